@@ -1,0 +1,66 @@
+"""Views of a tensor as rows of classes: ``[outer, K, inner]`` for a softmax over ``dim``.
+
+Row ``r = o * inner + i`` is the row-major order of the tensor with ``dim`` moved last, which
+the RNG spec uses; kernels address it through three strides, so most strided and expanded
+tensors need no copy.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+
+class RowShape(NamedTuple):
+    outer: int
+    classes: int
+    inner: int
+
+    @property
+    def rows(self) -> int:
+        return self.outer * self.inner
+
+    @classmethod
+    def of(cls, shape: torch.Size, dim: int) -> "RowShape":
+        outer = 1
+        for size in shape[:dim]:
+            outer *= size
+        inner = 1
+        for size in shape[dim + 1:]:
+            inner *= size
+        return cls(outer, shape[dim] if len(shape) else 1, inner)
+
+
+def _merged_stride(sizes, strides) -> int | None:
+    """Stride of ``sizes`` flattened into one dim, or None when they cannot be."""
+    merged, expected = 0, None
+    for size, stride in zip(reversed(sizes), reversed(strides)):
+        if size == 1:
+            continue
+        if expected is None:
+            merged = stride
+        elif stride != expected:
+            return None
+        expected = stride * size
+    return merged
+
+
+def row_strides(t: torch.Tensor, dim: int) -> tuple[int, int, int] | None:
+    """(outer, class, inner) strides of ``t`` viewed as [outer, K, inner], or None."""
+    if t.dim() == 0:
+        return (0, 0, 0)
+    sizes, strides = t.shape, t.stride()
+    outer = _merged_stride(sizes[:dim], strides[:dim])
+    inner = _merged_stride(sizes[dim + 1:], strides[dim + 1:])
+    if outer is None or inner is None:
+        return None
+    return (outer, strides[dim], inner)
+
+
+def as_rows(t: torch.Tensor, dim: int) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """``t`` (copied to contiguous only if it has no [outer, K, inner] view) and its strides."""
+    strides = row_strides(t, dim)
+    if strides is None:
+        t = t.contiguous()
+        strides = row_strides(t, dim)
+    return t, strides

@@ -1,0 +1,216 @@
+"""Public API: ``gumbel_softmax`` and ``categorical``, input checks and backend dispatch.
+
+``gumbel_softmax`` is a drop-in for ``torch.nn.functional.gumbel_softmax`` (Jang, Gu, Poole
+2017; Maddison, Mnih, Teh 2017): y = softmax((logits + g) / tau) with g ~ Gumbel(0, 1), or,
+with ``hard=True``, the exact one-hot of argmax(logits + g) with the soft sample's gradient.
+Every input error raises here, before any kernel launch. CUDA tensors run the fused Triton
+kernels (through ``GumbelSoftmaxFunction``); CPU tensors run the PyTorch reference with the
+same noise stream, or the Triton kernels under ``TRITON_INTERPRET=1``.
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from typing import Literal, Optional, Union
+
+import torch
+
+from . import reference, rng
+from ._layout import RowShape
+
+Backend = Literal["auto", "triton", "reference"]
+BACKEND_ENV = "FUSED_GUMBEL_BACKEND"
+
+
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def select_backend(device: torch.device, backend: Optional[Backend] = None) -> str:
+    """Which implementation runs for tensors on ``device``: "triton" or "reference".
+
+    ``backend`` (or the ``FUSED_GUMBEL_BACKEND`` environment variable) forces one; "auto" picks
+    Triton for CUDA tensors, and for CPU tensors when ``TRITON_INTERPRET=1``.
+    """
+    choice = backend or os.environ.get(BACKEND_ENV, "auto")
+    if choice not in ("auto", "triton", "reference"):
+        raise ValueError(f"backend must be 'auto', 'triton' or 'reference', got {choice!r}")
+    interpreted = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    if choice == "auto":
+        runs_triton = (device.type == "cuda" or (device.type == "cpu" and interpreted)) and _triton_available()
+        return "triton" if runs_triton else "reference"
+    if choice == "triton" and not (device.type == "cuda" or interpreted):
+        raise ValueError(f"the triton backend needs a CUDA tensor or TRITON_INTERPRET=1, got a {device.type} tensor")
+    return choice
+
+
+def _check_logits(logits: torch.Tensor) -> None:
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+    if not logits.is_floating_point():
+        raise TypeError(f"logits must have a floating dtype (float16, bfloat16, float32, float64), got {logits.dtype}")
+    if logits.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"fused_gumbel supports CPU and CUDA tensors, got device {logits.device}")
+
+
+def _normalize_dim(dim: int, ndim: int) -> int:
+    if not isinstance(dim, int) or isinstance(dim, bool):
+        raise TypeError(f"dim must be an int, got {type(dim).__name__}")
+    span = max(ndim, 1)
+    if not -span <= dim < span:
+        raise IndexError(f"Dimension out of range (expected to be in range of [{-span}, {span - 1}], but got {dim})")
+    return dim % span
+
+
+def _is_tracing() -> bool:
+    compiling = getattr(torch.compiler, "is_compiling", lambda: False)()
+    capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+    return compiling or capturing
+
+
+def _check_tau(tau, logits: torch.Tensor, dim: int):
+    """A validated float, or a floating tensor that broadcasts to the logits with size 1 at ``dim``."""
+    if isinstance(tau, torch.Tensor):
+        if not tau.is_floating_point():
+            raise TypeError(f"tau must be a float or a floating tensor, got {tau.dtype}")
+        row_shape = list(logits.shape)
+        if row_shape:
+            row_shape[dim] = 1
+        try:
+            broadcast = list(torch.broadcast_shapes(tau.shape, row_shape))
+        except RuntimeError:
+            broadcast = None
+        if tau.dim() > logits.dim() or broadcast != row_shape:
+            raise ValueError(
+                f"tau of shape {tuple(tau.shape)} must broadcast to the logits' shape {tuple(logits.shape)} "
+                f"with size 1 along dim {dim} (one temperature per row), i.e. to {tuple(row_shape)}")
+        if tau.device != logits.device and not (tau.device.type == "cpu" and tau.dim() == 0):
+            raise ValueError(f"tau is on {tau.device} but the logits are on {logits.device}")
+        # Value checks on a CUDA tensor cost one synchronisation; skipped while tracing or capturing.
+        if not _is_tracing() and tau.numel() and not bool(torch.all(torch.isfinite(tau) & (tau > 0))):
+            raise ValueError("tau must be positive and finite everywhere")
+        return tau
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)):
+        raise TypeError(f"tau must be a float or a tensor, got {type(tau).__name__}")
+    tau = float(tau)
+    if not (math.isfinite(tau) and tau > 0):
+        raise ValueError(f"tau must be positive and finite, got {tau}")
+    return tau
+
+
+def _tau_for_kernel(tau, logits: torch.Tensor, dim: int):
+    """float, 0-dim tensor or a contiguous [rows] tensor in RNG-spec row order (differentiable)."""
+    compute = reference.compute_dtype(logits.dtype)
+    if not isinstance(tau, torch.Tensor):
+        # Triton passes Python floats as float32; float64 math needs the exact value.
+        return torch.tensor(tau, dtype=compute, device=logits.device) if compute == torch.float64 else tau
+    tau = tau.to(device=logits.device, dtype=compute)
+    if tau.dim() == 0:
+        return tau
+    row_shape = list(logits.shape)
+    row_shape[dim] = 1
+    return tau.expand(row_shape).reshape(-1).contiguous()
+
+
+def _empty_like_result(logits: torch.Tensor) -> torch.Tensor:
+    # Keeps the autograd graph (and the dtype/device) of an empty input.
+    return logits * 0
+
+
+def gumbel_softmax(
+    logits: torch.Tensor,
+    tau: Union[float, torch.Tensor] = 1.0,
+    hard: bool = False,
+    eps: float = 1e-10,
+    dim: int = -1,
+    *,
+    generator: Optional[torch.Generator] = None,
+    backend: Optional[Backend] = None,
+) -> torch.Tensor:
+    r"""Sample from the Gumbel-Softmax (Concrete) distribution; drop-in for ``F.gumbel_softmax``.
+
+    .. math:: y = \mathrm{softmax}((\text{logits} + g) / \tau), \quad g_k = -\log(-\log u_k),\ u_k \sim U(0, 1)
+
+    Args:
+        logits: unnormalised log-probabilities, any shape, float16/bfloat16/float32/float64
+            (math in float32, float64 for float64); the output has the same dtype and shape.
+        tau: temperature > 0: a float, or a tensor (0-dim, or broadcastable to ``logits`` with
+            size 1 along ``dim``, e.g. one temperature per row). A tensor that requires grad
+            receives its gradient (learnable temperature).
+        hard: return the exact one-hot of ``argmax(logits + g)`` (values exactly 0.0 and 1.0)
+            with the straight-through gradient of the soft sample.
+        eps: deprecated and ignored, as in PyTorch.
+        dim: the class dimension.
+        generator: the torch generator (of the logits' device) the noise is drawn from;
+            default: the device's default generator, so ``torch.manual_seed`` reproduces calls.
+        backend: "auto" (default), "triton" or "reference"; see :func:`select_backend`.
+
+    Rows whose logits + noise hold a NaN or have no finite maximum (all ``-inf``, or ``+inf``)
+    give NaN rows, like ``torch.softmax``. ``-inf`` logits get probability 0 and are never chosen.
+    """
+    if eps != 1e-10:
+        warnings.warn("`eps` parameter is deprecated and has no effect.", DeprecationWarning, stacklevel=2)
+    _check_logits(logits)
+    dim = _normalize_dim(dim, logits.dim())
+    tau = _check_tau(tau, logits, dim)
+    if logits.numel() == 0:
+        return _empty_like_result(logits)
+    if logits.dim() == 0:
+        return gumbel_softmax(logits.reshape(1), tau, hard, dim=0, generator=generator, backend=backend).reshape(())
+    seed, offset = rng.draw_seed_offset(logits.device, generator)
+    if select_backend(logits.device, backend) == "reference":
+        return reference.gumbel_softmax(logits, tau, hard, dim, seed=seed, offset=offset)
+    from .function import GumbelSoftmaxFunction
+
+    return GumbelSoftmaxFunction.apply(logits, _tau_for_kernel(tau, logits, dim), bool(hard), dim, seed, offset)
+
+
+def categorical(
+    logits: torch.Tensor,
+    dim: int = -1,
+    *,
+    generator: Optional[torch.Generator] = None,
+    one_hot: bool = False,
+    backend: Optional[Backend] = None,
+) -> torch.Tensor:
+    r"""Exact draw from Categorical(softmax(logits)) by the Gumbel-max trick, ``argmax(logits + g)``.
+
+    Returns int64 indices with ``dim`` removed, or with ``one_hot=True`` a one-hot tensor of the
+    logits' dtype and shape. No gradient. Rows with no valid class (a NaN, all ``-inf``, or
+    ``+inf``) give index -1 (a NaN row when one-hot). Same noise stream as :func:`gumbel_softmax`.
+    """
+    _check_logits(logits)
+    dim = _normalize_dim(dim, logits.dim())
+    shape = RowShape.of(logits.shape, dim)
+    out_shape = logits.shape[:dim] + logits.shape[dim + 1:]
+    if shape.classes == 0 and shape.rows > 0:
+        raise ValueError(f"cannot sample from zero categories (logits shape {tuple(logits.shape)}, dim {dim})")
+    if logits.numel() == 0:
+        if one_hot:
+            return torch.empty_like(logits)
+        return torch.empty(out_shape, dtype=torch.int64, device=logits.device)
+    if logits.dim() == 0:
+        drawn = categorical(logits.reshape(1), 0, generator=generator, one_hot=one_hot, backend=backend)
+        return drawn.reshape(())
+    seed, offset = rng.draw_seed_offset(logits.device, generator)
+    logits = logits.detach()
+    if select_backend(logits.device, backend) == "reference":
+        return reference.categorical(logits, dim, one_hot=one_hot, seed=seed, offset=offset)
+    from ._layout import as_rows
+    from .kernels import gumbel_softmax as kernels
+
+    x, x_strides = as_rows(logits, dim)
+    if one_hot:
+        out = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+        kernels.gumbel_softmax_forward(x, x_strides, out, (shape.classes * shape.inner, shape.inner, 1), None,
+                                       1.0, shape.rows, shape.classes, shape.inner, seed, offset, kernels.MODE_HARD)
+        return out
+    index = torch.empty(shape.rows, dtype=torch.int64, device=logits.device)
+    kernels.gumbel_softmax_forward(x, x_strides, None, (0, 0, 0), index, 1.0, shape.rows, shape.classes,
+                                   shape.inner, seed, offset, kernels.MODE_INDEX)
+    return index.reshape(out_shape)

@@ -1,0 +1,117 @@
+"""The random-number spec shared by the Triton kernels and the PyTorch reference.
+
+Every random draw of this package is counter-based Philox4x32-10 (Salmon, Moraes, Dror, Shaw,
+"Parallel Random Numbers: As Easy as 1, 2, 3", SC 2011), the generator behind `tl.randint4x`
+and PyTorch's CUDA RNG. A call is identified by a 64-bit ``seed`` (the Philox key) and a
+64-bit ``offset`` (a stream id); the kernels (``kernels/rng.py``) and this module implement
+the same mapping from an element to its noise, bit for bit:
+
+1. View the logits as ``[R, K]``: ``dim`` moved last, the other dims flattened row-major
+   (independent of memory layout). Let ``Q = ceil(K / 4)``.
+2. Element ``(r, k)`` uses word ``k % 4`` of the Philox call with counter
+   ``n = r * Q + k // 4`` (64-bit), so one call feeds four neighbouring classes::
+
+       (w0, w1, w2, w3) = Philox4x32_10(counter=(lo32(n), hi32(n), lo32(offset), hi32(offset)),
+                                        key=(lo32(seed), hi32(seed)))
+
+3. ``b = w >> 1`` (31 bits); ``v = min(max(b, 1) * 2**-31, 1 - 2**-24)`` in the compute dtype
+   (float32, or float64 for float64 logits), so ``v`` lies strictly inside (0, 1).
+4. ``E = -log1p(-v)`` is Exp(1); log1p is evaluated as ``v * log(a) / (a - 1)`` with
+   ``a = 1 - v`` (Goldberg's trick, exact to a few ulp from plain ``log``), or ``v`` when
+   ``a`` rounds to 1. Small ``v`` is the winning tail, so it is resolved to 2**-31.
+5. The Gumbel(0, 1) noise is ``g = -log(E)``; it lies in about [-2.8, 21.5] in float32.
+
+Counters never repeat within a call (64-bit ``n``) nor across calls (fresh ``offset`` or
+``seed`` per call). Where ``seed`` and ``offset`` come from is ``draw_seed_offset``.
+"""
+from __future__ import annotations
+
+import torch
+
+PHILOX_ROUNDS = 10
+PHILOX_ROUND_A = 0xD2511F53
+PHILOX_ROUND_B = 0xCD9E8D57
+PHILOX_KEY_A = 0x9E3779B9
+PHILOX_KEY_B = 0xBB67AE85
+WORDS_PER_CALL = 4
+UNIFORM_SCALE = 2.0**-31
+UNIFORM_MAX = 1.0 - 2.0**-24
+# CUDA generators hand out offsets in multiples of 4 (one Philox block per thread); we
+# advance by the same amount per call so our streams interleave cleanly with PyTorch's.
+CUDA_OFFSET_INCREMENT = 4
+
+_MASK32 = 0xFFFFFFFF
+
+
+def philox4x32(seed: int, offset: int, counter: torch.Tensor, rounds: int = PHILOX_ROUNDS) -> torch.Tensor:
+    """Philox4x32-``rounds`` of each int64 ``counter`` (the low 64 bits of the 128-bit counter).
+
+    Returns an int64 tensor of shape ``counter.shape + (4,)`` holding the four 32-bit words.
+    Arithmetic is in int64: products of two 32-bit values wrap modulo 2**64, and the high and
+    low halves are recovered with shifts and masks, which reproduces ``tl.philox`` exactly.
+    """
+    flat = counter.reshape(-1).to(torch.int64)
+    # (c0, c2) and (c1, c3) are processed as pairs so a round is a handful of torch ops.
+    even = torch.stack((flat & _MASK32, torch.full_like(flat, offset & _MASK32)))
+    odd = torch.stack((flat >> 32, torch.full_like(flat, (offset >> 32) & _MASK32)))
+    multipliers = torch.tensor([[PHILOX_ROUND_A], [PHILOX_ROUND_B]], dtype=torch.int64, device=flat.device)
+    k0, k1 = seed & _MASK32, (seed >> 32) & _MASK32
+    for _ in range(rounds):
+        products = even * multipliers
+        keys = torch.tensor([[k0], [k1]], dtype=torch.int64, device=flat.device)
+        even = ((products >> 32) & _MASK32).flip(0) ^ odd ^ keys
+        odd = (products & _MASK32).flip(0)
+        k0 = (k0 + PHILOX_KEY_A) & _MASK32
+        k1 = (k1 + PHILOX_KEY_B) & _MASK32
+    words = torch.stack((even[0], odd[0], even[1], odd[1]), dim=-1)
+    return words.reshape(*counter.shape, WORDS_PER_CALL)
+
+
+def gumbel_from_bits(bits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Steps 3-5 of the spec: 31 random bits (int64 tensor) to Gumbel(0, 1) noise in ``dtype``."""
+    v = bits.clamp_min(1).to(dtype) * UNIFORM_SCALE
+    v = v.clamp_max(UNIFORM_MAX)
+    a = 1.0 - v
+    exact = a == 1.0
+    exponential = torch.where(exact, v, v * torch.log(a) / torch.where(exact, torch.ones_like(a), a - 1.0))
+    return -torch.log(exponential)
+
+
+def gumbel_noise_rows(rows: int, classes: int, seed: int, offset: int, dtype: torch.dtype,
+                      device: torch.device | str = "cpu") -> torch.Tensor:
+    """The ``[rows, classes]`` Gumbel noise of the spec for one call ``(seed, offset)``."""
+    calls_per_row = -(-classes // WORDS_PER_CALL)
+    counters = torch.arange(rows * calls_per_row, dtype=torch.int64, device=device)
+    words = philox4x32(seed, offset, counters).reshape(rows, calls_per_row * WORDS_PER_CALL)
+    return gumbel_from_bits(words[:, :classes] >> 1, dtype)
+
+
+def default_generator(device: torch.device) -> torch.Generator:
+    if device.type == "cpu":
+        return torch.default_generator
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return torch.cuda.default_generators[index]
+    raise ValueError(f"fused_gumbel supports CPU and CUDA tensors, got device {device}")
+
+
+def draw_seed_offset(device: torch.device, generator: torch.Generator | None = None) -> tuple[int, int]:
+    """Take ``(seed, offset)`` for one call from ``generator`` (default: the device's) and advance it.
+
+    CUDA generators are Philox generators themselves: the key is their seed and the offset is
+    reserved by advancing theirs, with no device synchronisation. CPU generators (Mersenne
+    Twister) draw a fresh 63-bit key and offset with one ``torch.randint``. Either way
+    ``torch.manual_seed`` / ``set_rng_state`` reproduce the call exactly.
+    """
+    if generator is None:
+        generator = default_generator(device)
+    elif generator.device.type != device.type:
+        raise ValueError(
+            f"generator is on {generator.device} but the logits are on {device}; "
+            "pass a generator of the logits' device")
+    if generator.device.type == "cuda":
+        offset = generator.get_offset()
+        generator.set_offset(offset + CUDA_OFFSET_INCREMENT)
+        return generator.initial_seed(), offset
+    seed, offset = torch.randint(0, 2**63 - 1, (2,), generator=generator, dtype=torch.int64).tolist()
+    return seed, offset

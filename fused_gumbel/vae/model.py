@@ -1,0 +1,173 @@
+"""Categorical VAE for binarised-intensity MNIST (Jang, Gu & Poole, ICLR 2017).
+
+The encoder maps an image to logits of ``latent_dim`` independent categoricals with
+``categories`` classes each; a (relaxed) sample ``z`` of those categoricals is decoded
+back to Bernoulli pixel probabilities. The negative ELBO per image is
+
+    L(x) = -E_q[log p(x | z)] + KL(q(z | x) || Uniform(categories)^latent_dim)
+         = BCE(decoder(z), x) summed over the 784 pixels
+           + sum_latents sum_k q_k * (log q_k + log categories),
+
+averaged over the batch. During training ``z`` is a Gumbel-Softmax sample (soft, or
+hard with the straight-through gradient); the *unrelaxed* objective and the test loss
+use an exact one-hot categorical draw instead.
+
+The architecture is that of the classic PyTorch Gumbel-Softmax VAE tutorial
+(784-512-256-(30x10) / (30x10)-256-512-784). ``relu_logits=True`` reproduces that
+tutorial's quirk of passing the encoder logits through a ReLU, which clips every
+negative logit to 0 and so limits how peaked q can become.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["LatentSampler", "CategoricalVAE", "negative_elbo", "SAMPLER_NAMES"]
+
+SAMPLER_NAMES = ("fused", "reference", "torch")
+
+IMAGE_PIXELS = 28 * 28
+
+
+def _torch_categorical_one_hot(logits: Tensor) -> Tensor:
+    # Gumbel-max with -log(Exp(1)) noise is an exact categorical draw.
+    exponential = torch.empty_like(logits, dtype=torch.float32).exponential_()
+    index = (logits.float() - exponential.log()).argmax(dim=-1)
+    return F.one_hot(index, logits.shape[-1]).to(logits.dtype)
+
+
+class LatentSampler:
+    """The two draws the VAE needs, taken from one backend.
+
+    ``relaxed(logits, tau, hard)`` is the differentiable Gumbel-Softmax sample used for
+    training; ``discrete(logits)`` is an exact one-hot categorical draw (no gradient)
+    used for the unrelaxed training loss, the test loss and reconstructions.
+
+    * ``fused``: ``fused_gumbel.gumbel_softmax`` and ``fused_gumbel.categorical``.
+    * ``reference``: ``fused_gumbel.reference.gumbel_softmax``; discrete draws by
+      Gumbel-max in plain PyTorch.
+    * ``torch``: ``torch.nn.functional.gumbel_softmax``; discrete draws as for
+      ``reference``.
+    """
+
+    def __init__(self, name: str = "fused") -> None:
+        if name not in SAMPLER_NAMES:
+            raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLER_NAMES)}")
+        self.name = name
+        self._relaxed: Callable[..., Tensor]
+        self._discrete: Callable[[Tensor], Tensor]
+        if name == "fused":
+            import fused_gumbel
+
+            missing = [f for f in ("gumbel_softmax", "categorical") if not hasattr(fused_gumbel, f)]
+            if missing:
+                raise RuntimeError(
+                    "this fused_gumbel build lacks " + ", ".join(missing)
+                    + "; use --sampler reference or --sampler torch"
+                )
+            self._relaxed = fused_gumbel.gumbel_softmax
+            self._discrete = lambda logits: fused_gumbel.categorical(logits, dim=-1, one_hot=True)
+        elif name == "reference":
+            from fused_gumbel import reference
+
+            self._relaxed = reference.gumbel_softmax
+            self._discrete = _torch_categorical_one_hot
+        else:
+            self._relaxed = F.gumbel_softmax
+            self._discrete = _torch_categorical_one_hot
+
+    def relaxed(self, logits: Tensor, tau: float | Tensor, hard: bool) -> Tensor:
+        return self._relaxed(logits, tau=tau, hard=hard, dim=-1)
+
+    @torch.no_grad()
+    def discrete(self, logits: Tensor) -> Tensor:
+        return self._discrete(logits)
+
+    def __repr__(self) -> str:
+        return f"LatentSampler({self.name!r})"
+
+
+class CategoricalVAE(nn.Module):
+    """MLP encoder/decoder around ``latent_dim`` categoricals of ``categories`` classes.
+
+    ``forward`` returns ``(decoder_logits, encoder_logits)``: decoder output *before*
+    the sigmoid (so the loss can use the numerically stable BCE-with-logits) and the
+    encoder logits of shape ``[B, latent_dim, categories]``.
+    With ``learn_tau=True`` the temperature is the parameter ``log_tau`` (trained through
+    the Gumbel-Softmax gradient w.r.t. tau) and the ``tau`` argument of ``forward`` is
+    ignored.
+    """
+
+    def __init__(
+        self,
+        latent_dim: int = 30,
+        categories: int = 10,
+        relu_logits: bool = False,
+        learn_tau: bool = False,
+        initial_tau: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.categories = categories
+        self.relu_logits = relu_logits
+        code_size = latent_dim * categories
+        self.encoder = nn.Sequential(
+            nn.Linear(IMAGE_PIXELS, 512), nn.ReLU(),
+            nn.Linear(512, 256), nn.ReLU(),
+            nn.Linear(256, code_size),
+        )
+        self.decoder = nn.Sequential(
+            nn.Linear(code_size, 256), nn.ReLU(),
+            nn.Linear(256, 512), nn.ReLU(),
+            nn.Linear(512, IMAGE_PIXELS),
+        )
+        self.log_tau = nn.Parameter(torch.tensor(math.log(initial_tau))) if learn_tau else None
+
+    @property
+    def learns_tau(self) -> bool:
+        return self.log_tau is not None
+
+    def learned_tau(self) -> Tensor:
+        if self.log_tau is None:
+            raise RuntimeError("this model was built with learn_tau=False")
+        return self.log_tau.exp()
+
+    def encode(self, images: Tensor) -> Tensor:
+        logits = self.encoder(images.reshape(-1, IMAGE_PIXELS))
+        if self.relu_logits:
+            logits = F.relu(logits)
+        return logits.view(-1, self.latent_dim, self.categories)
+
+    def decode_logits(self, codes: Tensor) -> Tensor:
+        return self.decoder(codes.reshape(-1, self.latent_dim * self.categories))
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """Pixel probabilities in [0, 1], shape ``[B, 784]``."""
+        return torch.sigmoid(self.decode_logits(codes))
+
+    def forward(
+        self, images: Tensor, sampler: LatentSampler, tau: float | Tensor = 1.0, hard: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        encoder_logits = self.encode(images)
+        temperature = self.learned_tau() if self.log_tau is not None else tau
+        codes = sampler.relaxed(encoder_logits, temperature, hard)
+        return self.decode_logits(codes), encoder_logits
+
+
+def negative_elbo(decoder_logits: Tensor, images: Tensor, encoder_logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(loss, bce, kl)``, each summed per image and averaged over the batch.
+
+    ``KL(q || Uniform(K)) = sum_k q_k (log q_k + log K)``, computed from log-softmax so
+    it needs no epsilon (the tutorial's ``log(q * K + 1e-20)`` is the same quantity).
+    """
+    batch = images.shape[0]
+    targets = images.reshape(batch, -1).to(torch.float32)
+    bce = F.binary_cross_entropy_with_logits(decoder_logits.float(), targets, reduction="sum") / batch
+    log_q = F.log_softmax(encoder_logits.float(), dim=-1)
+    categories = encoder_logits.shape[-1]
+    kl = (log_q.exp() * (log_q + math.log(categories))).sum() / batch
+    return bce + kl, bce, kl

@@ -1,0 +1,1 @@
+"""Device code (Triton kernels and launch helpers), installed as `fused_gumbel.kernels`."""
