@@ -89,4 +89,5 @@ def categorical(logits: torch.Tensor, dim: int = -1, *, generator: torch.Generat
     if one_hot:
         out = torch.zeros_like(perturbed).scatter_(dim, index.clamp_min(0), 1.0).masked_fill(invalid, float("nan"))
         return out.to(logits.dtype).reshape(logits.shape)
-    return index.squeeze(dim).reshape(logits.shape[:dim] + logits.shape[dim + 1:] if logits.dim() else ())
+    index = index.squeeze(dim)
+    return index.reshape(()) if logits.dim() == 0 else index

@@ -21,6 +21,16 @@ the same mapping from an element to its noise, bit for bit:
    ``a`` rounds to 1. Small ``v`` is the winning tail, so it is resolved to 2**-31.
 5. The Gumbel(0, 1) noise is ``g = -log(E)``; it lies in about [-2.8, 21.5] in float32.
 
+Elementwise mapping (relaxed Bernoulli, ``fused_gumbel.relaxed_bernoulli`` / ``bernoulli``):
+the logits are flattened row-major (any shape, independent of memory layout) and element
+``e`` uses word ``e % 4`` of the Philox call with counter ``n = e // 4``, counter words and key
+as in step 2. With ``b = max(w >> 1, 1)`` (31 bits, so ``1 <= b <= 2**31 - 1``),
+``u = b * 2**-31`` and ``1 - u = (2**31 - b) * 2**-31`` are both taken from the integer, and
+the Logistic(0, 1) noise is ``L = log(u) - log(1 - u)``: no floating-point ``1 - u`` and so no
+cancellation near u = 1, exactly antisymmetric, within about +-21.49. The exact Bernoulli
+draw is ``logits + L > 0`` (P = sigmoid(logits) up to 2**-31); the relaxed one is
+``sigmoid((logits + L) / tau)``. ``fused_gumbel.gumbel_topk`` uses the Gumbel mapping above.
+
 Counters never repeat within a call (64-bit ``n``) nor across calls (fresh ``offset`` or
 ``seed`` per call). Where ``seed`` and ``offset`` come from is ``draw_seed_offset``.
 """
@@ -53,7 +63,7 @@ def philox4x32(seed: int, offset: int, counter: torch.Tensor, rounds: int = PHIL
     flat = counter.reshape(-1).to(torch.int64)
     # (c0, c2) and (c1, c3) are processed as pairs so a round is a handful of torch ops.
     even = torch.stack((flat & _MASK32, torch.full_like(flat, offset & _MASK32)))
-    odd = torch.stack((flat >> 32, torch.full_like(flat, (offset >> 32) & _MASK32)))
+    odd = torch.stack(((flat >> 32) & _MASK32, torch.full_like(flat, (offset >> 32) & _MASK32)))
     multipliers = torch.tensor([[PHILOX_ROUND_A], [PHILOX_ROUND_B]], dtype=torch.int64, device=flat.device)
     k0, k1 = seed & _MASK32, (seed >> 32) & _MASK32
     for _ in range(rounds):
@@ -115,3 +125,35 @@ def draw_seed_offset(device: torch.device, generator: torch.Generator | None = N
         return generator.initial_seed(), offset
     seed, offset = torch.randint(0, 2**63 - 1, (2,), generator=generator, dtype=torch.int64).tolist()
     return seed, offset
+
+
+# Second mapping (elementwise draws: relaxed Bernoulli / logistic noise), see the module docstring.
+UNIFORM_BITS = 31
+
+
+def uniform_bits_flat(numel: int, seed: int, offset: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The 31-bit integers ``b`` (int64) of the elementwise mapping: element ``e`` of a
+    row-major-flattened tensor takes word ``e % 4`` of the Philox call with counter ``e // 4``."""
+    calls = -(-numel // WORDS_PER_CALL)
+    words = philox4x32(seed, offset, torch.arange(calls, dtype=torch.int64, device=device))
+    return words.reshape(calls * WORDS_PER_CALL)[:numel] >> 1
+
+
+def logistic_from_bits(bits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Logistic(0, 1) noise ``log(u) - log(1 - u)`` from 31 random bits (int64 tensor), in ``dtype``.
+
+    ``u = b * 2**-31`` and ``1 - u = (2**31 - b) * 2**-31`` are both formed from the integer
+    ``b`` (clamped to [1, 2**31 - 1]), so neither logarithm suffers the cancellation of a
+    floating-point ``1 - u``: the noise is accurate to a few ulp at both ends and exactly
+    antisymmetric (``b`` and ``2**31 - b`` give opposite values), within about +-21.49.
+    """
+    b = bits.clamp(1, 2**UNIFORM_BITS - 1)
+    u = b.to(dtype) * UNIFORM_SCALE
+    complement = (2**UNIFORM_BITS - b).to(dtype) * UNIFORM_SCALE
+    return torch.log(u) - torch.log(complement)
+
+
+def logistic_noise_flat(numel: int, seed: int, offset: int, dtype: torch.dtype,
+                        device: torch.device | str = "cpu") -> torch.Tensor:
+    """The ``[numel]`` logistic noise of the elementwise mapping for one call ``(seed, offset)``."""
+    return logistic_from_bits(uniform_bits_flat(numel, seed, offset, device), dtype)

@@ -1,0 +1,42 @@
+"""Shared test utilities: run the fused kernel and the reference on identical noise."""
+import torch
+
+import fused_gumbel
+from fused_gumbel import reference
+
+TOLERANCES = {  # (atol, rtol) for values in [0, 1] and their gradients
+    torch.float64: (1e-12, 1e-10),
+    torch.float32: (2e-6, 1e-5),
+    torch.float16: (2e-3, 2e-3),
+    torch.bfloat16: (1.6e-2, 1.6e-2),
+}
+
+
+def fused_and_reference(logits, tau=1.0, hard=False, dim=-1, seed=0, grad_weight=None):
+    """Forward (and backward with ``grad_weight``) of the Triton path and of the reference,
+    both from the same RNG state. Returns ((y, dlogits, dtau) fused, (...) reference)."""
+    results = []
+    for backend in ("triton", "reference"):
+        torch.manual_seed(seed)
+        x = logits.detach().clone().requires_grad_(grad_weight is not None)
+        t = tau.detach().clone().requires_grad_(grad_weight is not None) if isinstance(tau, torch.Tensor) else tau
+        y = fused_gumbel.gumbel_softmax(x, t, hard=hard, dim=dim, backend=backend)
+        dx = dt = None
+        if grad_weight is not None:
+            (y.to(grad_weight.dtype) * grad_weight).sum().backward()
+            dx = x.grad
+            dt = t.grad if isinstance(t, torch.Tensor) else None
+        results.append((y, dx, dt))
+    return results
+
+
+def assert_close(actual, expected, dtype, scale=None):
+    """Within ``dtype``'s tolerance; ``scale`` (default: 1 or the largest |expected|) scales atol,
+    since a gradient's rounding error grows with its magnitude."""
+    atol, rtol = TOLERANCES[dtype]
+    if scale is None:
+        scale = max(1.0, expected.abs().nan_to_num().max().item()) if expected.numel() else 1.0
+    torch.testing.assert_close(actual.double(), expected.double(), atol=atol * scale, rtol=rtol, equal_nan=True)
+
+
+__all__ = ["fused_and_reference", "assert_close", "TOLERANCES", "reference"]
