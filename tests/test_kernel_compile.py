@@ -1,0 +1,51 @@
+"""The Gumbel-Softmax kernels compile for an H100 (sm_90) in every constexpr variant the
+launchers use (checked without a GPU, in a subprocess free of TRITON_INTERPRET)."""
+import os
+import subprocess
+import sys
+import textwrap
+
+from conftest import REPO_ROOT
+
+SCRIPT = textwrap.dedent("""
+    import itertools, sys, torch
+    import triton.language as tl
+    sys.path.insert(0, {tests!r})
+    from sm90_compile import compile_variants
+    from fused_gumbel.kernels import gumbel_softmax as k
+
+    common = dict(n_rows=3000, K=10, Q=3, inner=1, num_chunks=1, tau_value=1.0, seed=2**40, offset=2**35,
+                  rng_ptr=torch.int64)
+    # Graph-capture variants (seed and offset read from a device tensor), where the kernel has them.
+    seed_variants = lambda kernel: [dict(SEED_FROM_PTR=True)] if "SEED_FROM_PTR" in kernel.arg_names else []
+    fwd_args = dict(common, x_ptr=torch.bfloat16, y_ptr=torch.bfloat16, index_ptr=torch.int64, tau_ptr=torch.float32,
+                    x_s_outer=10, x_s_k=1, x_s_inner=1, y_s_outer=10, y_s_k=1, y_s_inner=1, tau_s_row=1)
+    variants = []
+    for mode, single in itertools.product((k.MODE_SOFT, k.MODE_HARD, k.MODE_INDEX), (True, False)):
+        variants.append(dict(MODE=mode, TAU_FROM_PTR=not single, SINGLE_CHUNK=single, ROWS=128 if single else 1,
+                             BLOCK_Q=4 if single else 1024, COMPUTE=tl.float32, num_warps=4 if single else 8))
+    variants.append(dict(MODE=k.MODE_SOFT, TAU_FROM_PTR=True, SINGLE_CHUNK=True, ROWS=8, BLOCK_Q=64,
+                         COMPUTE=tl.float64))
+    variants += [dict(variants[0], **extra) for extra in seed_variants(k.gumbel_softmax_fwd_kernel)]
+    print("\\n".join(compile_variants(k.gumbel_softmax_fwd_kernel, fwd_args, variants)))
+
+    bwd_args = dict(common, grad_y_ptr=torch.float32, src_ptr=torch.bfloat16, grad_x_ptr=torch.bfloat16,
+                    grad_tau_ptr=torch.float32, tau_ptr=torch.float32, g_s_outer=10, g_s_k=1, g_s_inner=1,
+                    src_s_outer=10, src_s_k=1, src_s_inner=1, gx_s_outer=10, gx_s_k=1, gx_s_inner=1, tau_s_row=0)
+    variants = []
+    for regenerate, single in itertools.product((True, False), (True, False)):
+        variants.append(dict(REGENERATE=regenerate, TAU_GRAD=True, TAU_FROM_PTR=True, SINGLE_CHUNK=single,
+                             ROWS=128 if single else 1, BLOCK_Q=4 if single else 1024, COMPUTE=tl.float32))
+    variants.append(dict(REGENERATE=True, TAU_GRAD=False, TAU_FROM_PTR=False, SINGLE_CHUNK=True, ROWS=4,
+                         BLOCK_Q=256, COMPUTE=tl.float64))
+    variants += [dict(variants[0], **extra) for extra in seed_variants(k.gumbel_softmax_bwd_kernel)]
+    print("\\n".join(compile_variants(k.gumbel_softmax_bwd_kernel, bwd_args, variants)))
+""")
+
+
+def test_kernels_compile_for_sm90():
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    script = SCRIPT.format(tests=os.path.join(REPO_ROOT, "tests"))
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr[-4000:]
+    assert result.stdout.count(": ok") >= 12, result.stdout
