@@ -36,7 +36,13 @@ Counters never repeat within a call (64-bit ``n``) nor across calls (fresh ``off
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+try:  # optional: compiles the CPU backend's Philox loop (the same integers as the torch ops)
+    import numba
+except ImportError:  # pragma: no cover - exercised where numba is absent
+    numba = None
 
 PHILOX_ROUNDS = 10
 PHILOX_ROUND_A = 0xD2511F53
@@ -57,24 +63,91 @@ def philox4x32(seed: int, offset: int, counter: torch.Tensor, rounds: int = PHIL
     """Philox4x32-``rounds`` of each int64 ``counter`` (the low 64 bits of the 128-bit counter).
 
     Returns an int64 tensor of shape ``counter.shape + (4,)`` holding the four 32-bit words.
+    CPU counters go through a numba-compiled loop when numba is installed; it gives the same
+    integers as the torch ops.
+    """
+    if _philox_numba is not None and counter.device.type == "cpu" and rounds == PHILOX_ROUNDS:
+        flat = counter.reshape(-1).to(torch.int64).numpy()
+        words = np.empty((flat.shape[0], WORDS_PER_CALL), dtype=np.int64)
+        _philox_numba(flat, words, seed & _MASK32, (seed >> 32) & _MASK32, offset & _MASK32,
+                      (offset >> 32) & _MASK32)
+        return torch.from_numpy(words).reshape(*counter.shape, WORDS_PER_CALL)
+    return philox4x32_torch(seed, offset, counter, rounds)
+
+
+def philox4x32_torch(seed: int, offset: int, counter: torch.Tensor, rounds: int = PHILOX_ROUNDS) -> torch.Tensor:
+    """:func:`philox4x32` in torch integer ops, for any device.
+
     Arithmetic is in int64: products of two 32-bit values wrap modulo 2**64, and the high and
     low halves are recovered with shifts and masks, which reproduces ``tl.philox`` exactly.
     """
     flat = counter.reshape(-1).to(torch.int64)
-    # (c0, c2) and (c1, c3) are processed as pairs so a round is a handful of torch ops.
-    even = torch.stack((flat & _MASK32, torch.full_like(flat, offset & _MASK32)))
-    odd = torch.stack(((flat >> 32) & _MASK32, torch.full_like(flat, (offset >> 32) & _MASK32)))
-    multipliers = torch.tensor([[PHILOX_ROUND_A], [PHILOX_ROUND_B]], dtype=torch.int64, device=flat.device)
+    c0, c1 = flat & _MASK32, (flat >> 32) & _MASK32
+    c2 = torch.full_like(flat, offset & _MASK32)
+    c3 = torch.full_like(flat, (offset >> 32) & _MASK32)
     k0, k1 = seed & _MASK32, (seed >> 32) & _MASK32
     for _ in range(rounds):
-        products = even * multipliers
-        keys = torch.tensor([[k0], [k1]], dtype=torch.int64, device=flat.device)
-        even = ((products >> 32) & _MASK32).flip(0) ^ odd ^ keys
-        odd = (products & _MASK32).flip(0)
+        # In-place where the old value is dead: this loop is the CPU backend's hot path.
+        product_a = c0.mul_(PHILOX_ROUND_A)
+        product_b = c2.mul_(PHILOX_ROUND_B)
+        c0 = (product_b >> 32).bitwise_and_(_MASK32).bitwise_xor_(c1).bitwise_xor_(k0)
+        c2 = (product_a >> 32).bitwise_and_(_MASK32).bitwise_xor_(c3).bitwise_xor_(k1)
+        c1 = product_b.bitwise_and_(_MASK32)
+        c3 = product_a.bitwise_and_(_MASK32)
         k0 = (k0 + PHILOX_KEY_A) & _MASK32
         k1 = (k1 + PHILOX_KEY_B) & _MASK32
-    words = torch.stack((even[0], odd[0], even[1], odd[1]), dim=-1)
+    words = torch.stack((c0, c1, c2, c3), dim=-1)
     return words.reshape(*counter.shape, WORDS_PER_CALL)
+
+
+def _make_numba_kernels():
+    if numba is None:
+        return None, None
+
+    @numba.njit(cache=True, nogil=True, inline="always")
+    def philox_call(n, k0, k1, s0, s1):  # pragma: no cover - compiled
+        mask, shift = np.uint64(0xFFFFFFFF), np.uint64(32)
+        c0, c1, c2, c3 = n & mask, n >> shift, s0, s1
+        for _ in range(PHILOX_ROUNDS):
+            product_a, product_b = np.uint64(PHILOX_ROUND_A) * c0, np.uint64(PHILOX_ROUND_B) * c2
+            c0 = (product_b >> shift) ^ c1 ^ k0
+            c2 = (product_a >> shift) ^ c3 ^ k1
+            c1 = product_b & mask
+            c3 = product_a & mask
+            k0 = (k0 + np.uint64(PHILOX_KEY_A)) & mask
+            k1 = (k1 + np.uint64(PHILOX_KEY_B)) & mask
+        return c0, c1, c2, c3
+
+    @numba.njit(cache=True, nogil=True)
+    def philox_words(counters, out, k0, k1, s0, s1):  # pragma: no cover - compiled
+        for i in range(counters.shape[0]):
+            words = philox_call(np.uint64(counters[i]), np.uint64(k0), np.uint64(k1), np.uint64(s0), np.uint64(s1))
+            for w in range(4):
+                out[i, w] = np.int64(words[w])
+
+    @numba.njit(cache=True, nogil=True)
+    def gumbel_rows(out, constants, k0, k1, s0, s1):  # pragma: no cover - compiled
+        """Spec steps 2-5 for an [R, K] array; ``constants`` = (1, 2**-31, 1 - 2**-24) in its dtype."""
+        rows, classes = out.shape
+        calls_per_row = (classes + 3) // 4
+        one, scale, top = constants[0], constants[1], constants[2]
+        bits_as_float = constants[:1].copy()  # int -> out's dtype, rounded once, as in the torch ops
+        for r in range(rows):
+            for j in range(calls_per_row):
+                words = philox_call(np.uint64(r * calls_per_row + j), np.uint64(k0), np.uint64(k1), np.uint64(s0),
+                                    np.uint64(s1))
+                for w in range(min(4, classes - 4 * j)):
+                    bits_as_float[0] = float(max(words[w] >> np.uint64(1), np.uint64(1)))
+                    v = min(bits_as_float[0] * scale, top)
+                    a = one - v
+                    exponential = v if a == one else v * np.log(a) / (a - one)
+                    out[r, 4 * j + w] = -np.log(exponential)
+
+    return philox_words, gumbel_rows
+
+
+_philox_numba, _gumbel_rows_numba = _make_numba_kernels()
+
 
 
 def gumbel_from_bits(bits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -89,7 +162,23 @@ def gumbel_from_bits(bits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def gumbel_noise_rows(rows: int, classes: int, seed: int, offset: int, dtype: torch.dtype,
                       device: torch.device | str = "cpu") -> torch.Tensor:
-    """The ``[rows, classes]`` Gumbel noise of the spec for one call ``(seed, offset)``."""
+    """The ``[rows, classes]`` Gumbel noise of the spec for one call ``(seed, offset)``.
+
+    On CPU with numba installed this is one compiled pass (the CPU backend's hot path); its
+    bits are identical to :func:`gumbel_noise_rows_torch` and its logs agree to the last ulp.
+    """
+    if _gumbel_rows_numba is not None and torch.device(device).type == "cpu":
+        np_dtype = np.float64 if dtype == torch.float64 else np.float32
+        out = np.empty((rows, classes), dtype=np_dtype)
+        constants = np.array([1.0, UNIFORM_SCALE, UNIFORM_MAX], dtype=np_dtype)
+        _gumbel_rows_numba(out, constants, seed & _MASK32, (seed >> 32) & _MASK32, offset & _MASK32, (offset >> 32) & _MASK32)
+        return torch.from_numpy(out).to(dtype)
+    return gumbel_noise_rows_torch(rows, classes, seed, offset, dtype, device)
+
+
+def gumbel_noise_rows_torch(rows: int, classes: int, seed: int, offset: int, dtype: torch.dtype,
+                            device: torch.device | str = "cpu") -> torch.Tensor:
+    """:func:`gumbel_noise_rows` in torch ops, for any device: the readable definition."""
     calls_per_row = -(-classes // WORDS_PER_CALL)
     counters = torch.arange(rows * calls_per_row, dtype=torch.int64, device=device)
     words = philox4x32(seed, offset, counters).reshape(rows, calls_per_row * WORDS_PER_CALL)

@@ -20,12 +20,21 @@ PHILOX_KAT = [
 ]
 
 
+@pytest.mark.parametrize("philox", [rng.philox4x32, rng.philox4x32_torch])
 @pytest.mark.parametrize("counter,key,expected", PHILOX_KAT)
-def test_philox_known_answers(counter, key, expected):
+def test_philox_known_answers(philox, counter, key, expected):
     n = counter[0] | counter[1] << 32
     n = n - 2**64 if n >= 2**63 else n  # the int64 tensor holds the same 64 bits
-    words = rng.philox4x32(key[0] | key[1] << 32, counter[2] | counter[3] << 32, torch.tensor([n]))
+    words = philox(key[0] | key[1] << 32, counter[2] | counter[3] << 32, torch.tensor([n]))
     assert tuple(words[0].tolist()) == expected
+
+
+def test_compiled_cpu_philox_matches_torch_ops():
+    if rng.numba is None:
+        pytest.skip("numba not installed: the torch-ops Philox is the only CPU path")
+    counters = torch.randint(0, 2**62, (3, 1000))
+    for seed, offset in [(0, 0), (2**63 - 1, 2**63 - 1), (123456789, 2**40 + 3)]:
+        assert torch.equal(rng.philox4x32(seed, offset, counters), rng.philox4x32_torch(seed, offset, counters))
 
 
 @triton.jit
@@ -70,7 +79,7 @@ def kernel_noise(rows, K, seed, offset, dtype, block_q=None):
 def test_kernel_noise_matches_reference_noise(rows, K, block_q, dtype):
     seed, offset = 2**40 + 12345, 2**33 + 7  # both words of key and stream in use
     got = kernel_noise(rows, K, seed, offset, dtype, block_q)
-    expected = rng.gumbel_noise_rows(rows, K, seed, offset, dtype)
+    expected = rng.gumbel_noise_rows_torch(rows, K, seed, offset, dtype)
     # Same bits; the only freedom left is the last ulp of the platform's log.
     eps = torch.finfo(dtype).eps
     torch.testing.assert_close(got, expected, rtol=4 * eps, atol=4 * eps)
@@ -125,3 +134,14 @@ def test_generator_on_wrong_device_raises():
         pytest.skip("needs a CUDA device to hold a mismatched generator")
     with pytest.raises(ValueError, match="generator"):
         rng.draw_seed_offset(torch.device("cpu"), torch.Generator(device="cuda"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_cpu_noise_matches_torch_definition(dtype):
+    if rng.numba is None:
+        pytest.skip("numba not installed")
+    for rows, K, seed, offset in [(7, 1, 1, 2), (50, 10, 2**62 + 5, 2**36), (3, 301, 9, 0)]:
+        fast = rng.gumbel_noise_rows(rows, K, seed, offset, dtype)
+        slow = rng.gumbel_noise_rows_torch(rows, K, seed, offset, dtype)
+        eps = torch.finfo(dtype).eps
+        torch.testing.assert_close(fast, slow, rtol=2 * eps, atol=2 * eps)
