@@ -19,7 +19,9 @@ def _contiguous_strides(shape: RowShape) -> tuple[int, int, int]:
 
 class GumbelSoftmaxFunction(torch.autograd.Function):
     """``apply(logits, tau, hard, dim, seed, offset)``; ``tau`` is a float, a 0-dim tensor or a
-    contiguous [rows] tensor (one temperature per row, rows in RNG-spec order)."""
+    contiguous [rows] tensor (one temperature per row, rows in RNG-spec order). ``seed`` is an
+    int (with ``offset``) or, under CUDA-graph capture, an int64 [2] device tensor holding
+    (key, offset) that the kernels read at run time (``offset`` is then ignored)."""
 
     @staticmethod
     def forward(ctx, logits, tau, hard, dim, seed, offset):

@@ -5,7 +5,10 @@
 with ``hard=True``, the exact one-hot of argmax(logits + g) with the soft sample's gradient.
 Every input error raises here, before any kernel launch. CUDA tensors run the fused Triton
 kernels (through ``GumbelSoftmaxFunction``); CPU tensors run the PyTorch reference with the
-same noise stream, or the Triton kernels under ``TRITON_INTERPRET=1``.
+same noise stream, or the Triton kernels under ``TRITON_INTERPRET=1``. Inside ``torch.compile``
+both run as the custom op ``torch.ops.fused_gumbel.sample`` (``_custom_op``), which draws its
+seed at run time; where seeds come from (generator, ``seed=``, CUDA graphs, ranks) is
+``_seeding``.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from typing import Literal, Optional, Union
 
 import torch
 
-from . import reference, rng
+from . import _custom_op, _seeding, reference
 from ._layout import RowShape
 
 Backend = Literal["auto", "triton", "reference"]
@@ -117,6 +120,19 @@ def _tau_for_kernel(tau, logits: torch.Tensor, dim: int):
     return tau.expand(row_shape).reshape(-1).contiguous()
 
 
+def _check_compiled_call(generator: Optional[torch.Generator]) -> None:
+    if generator is not None:
+        raise ValueError(
+            "generator= is not supported inside torch.compile (a Generator cannot be a graph input); "
+            "seed the default generator with torch.manual_seed, or pass seed=")
+
+
+def _check_host_seed(key) -> None:
+    if isinstance(key, torch.Tensor):
+        raise RuntimeError("the reference backend cannot run under CUDA-graph capture (its seed would be frozen "
+                           "into the graph); use backend='triton'")
+
+
 def _empty_like_result(logits: torch.Tensor) -> torch.Tensor:
     # Keeps the autograd graph (and the dtype/device) of an empty input.
     return logits * 0
@@ -130,6 +146,7 @@ def gumbel_softmax(
     dim: int = -1,
     *,
     generator: Optional[torch.Generator] = None,
+    seed: Optional[int] = None,
     backend: Optional[Backend] = None,
 ) -> torch.Tensor:
     r"""Sample from the Gumbel-Softmax (Concrete) distribution; drop-in for ``F.gumbel_softmax``.
@@ -148,7 +165,14 @@ def gumbel_softmax(
         dim: the class dimension.
         generator: the torch generator (of the logits' device) the noise is drawn from;
             default: the device's default generator, so ``torch.manual_seed`` reproduces calls.
+        seed: an int in [0, 2**63): the noise is the RNG spec's stream (key ``seed``, offset 0),
+            identical on CPU and CUDA and on every backend and rank; no generator is used or
+            advanced. Exclusive with ``generator``.
         backend: "auto" (default), "triton" or "reference"; see :func:`select_backend`.
+
+    Runs on the logits' dtype whatever ``torch.autocast`` says (float32 math inside, output in
+    the input dtype). Works under ``torch.compile(fullgraph=True)`` (same samples as eager for the
+    same ``torch.manual_seed``) and CUDA-graph capture (fresh noise on every replay).
 
     Rows whose logits + noise hold a NaN or have no finite maximum (all ``-inf``, or ``+inf``)
     give NaN rows, like ``torch.softmax``. ``-inf`` logits get probability 0 and are never chosen.
@@ -161,13 +185,22 @@ def gumbel_softmax(
     if logits.numel() == 0:
         return _empty_like_result(logits)
     if logits.dim() == 0:
-        return gumbel_softmax(logits.reshape(1), tau, hard, dim=0, generator=generator, backend=backend).reshape(())
-    seed, offset = rng.draw_seed_offset(logits.device, generator)
-    if select_backend(logits.device, backend) == "reference":
-        return reference.gumbel_softmax(logits, tau, hard, dim, seed=seed, offset=offset)
+        return gumbel_softmax(logits.reshape(1), tau, hard, dim=0, generator=generator, seed=seed,
+                              backend=backend).reshape(())
+    chosen = select_backend(logits.device, backend)
+    if torch.compiler.is_compiling():
+        _check_compiled_call(generator)
+        if seed is not None:
+            _seeding.check_seed(seed)
+        mode = _custom_op.MODE_HARD if hard else _custom_op.MODE_SOFT
+        return _custom_op.sample(logits, _tau_for_kernel(tau, logits, dim), mode, dim, seed, chosen)
+    key, offset = _seeding.draw(logits.device, generator, seed)
+    if chosen == "reference":
+        _check_host_seed(key)
+        return reference.gumbel_softmax(logits, tau, hard, dim, seed=key, offset=offset)
     from .function import GumbelSoftmaxFunction
 
-    return GumbelSoftmaxFunction.apply(logits, _tau_for_kernel(tau, logits, dim), bool(hard), dim, seed, offset)
+    return GumbelSoftmaxFunction.apply(logits, _tau_for_kernel(tau, logits, dim), bool(hard), dim, key, offset)
 
 
 def categorical(
@@ -176,13 +209,15 @@ def categorical(
     *,
     generator: Optional[torch.Generator] = None,
     one_hot: bool = False,
+    seed: Optional[int] = None,
     backend: Optional[Backend] = None,
 ) -> torch.Tensor:
     r"""Exact draw from Categorical(softmax(logits)) by the Gumbel-max trick, ``argmax(logits + g)``.
 
     Returns int64 indices with ``dim`` removed, or with ``one_hot=True`` a one-hot tensor of the
     logits' dtype and shape. No gradient. Rows with no valid class (a NaN, all ``-inf``, or
-    ``+inf``) give index -1 (a NaN row when one-hot). Same noise stream as :func:`gumbel_softmax`.
+    ``+inf``) give index -1 (a NaN row when one-hot). Same noise stream as :func:`gumbel_softmax`;
+    ``generator`` and ``seed`` as there.
     """
     _check_logits(logits)
     dim = _normalize_dim(dim, logits.dim())
@@ -195,12 +230,20 @@ def categorical(
             return torch.empty_like(logits)
         return torch.empty(out_shape, dtype=torch.int64, device=logits.device)
     if logits.dim() == 0:
-        drawn = categorical(logits.reshape(1), 0, generator=generator, one_hot=one_hot, backend=backend)
+        drawn = categorical(logits.reshape(1), 0, generator=generator, one_hot=one_hot, seed=seed, backend=backend)
         return drawn.reshape(())
-    seed, offset = rng.draw_seed_offset(logits.device, generator)
     logits = logits.detach()
-    if select_backend(logits.device, backend) == "reference":
-        return reference.categorical(logits, dim, one_hot=one_hot, seed=seed, offset=offset)
+    chosen = select_backend(logits.device, backend)
+    if torch.compiler.is_compiling():
+        _check_compiled_call(generator)
+        if seed is not None:
+            _seeding.check_seed(seed)
+        mode = _custom_op.MODE_HARD if one_hot else _custom_op.MODE_INDEX
+        return _custom_op.sample(logits, 1.0, mode, dim, seed, chosen)
+    key, offset = _seeding.draw(logits.device, generator, seed)
+    if chosen == "reference":
+        _check_host_seed(key)
+        return reference.categorical(logits, dim, one_hot=one_hot, seed=key, offset=offset)
     from ._layout import as_rows
     from .kernels import gumbel_softmax as kernels
 
@@ -208,9 +251,9 @@ def categorical(
     if one_hot:
         out = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
         kernels.gumbel_softmax_forward(x, x_strides, out, (shape.classes * shape.inner, shape.inner, 1), None,
-                                       1.0, shape.rows, shape.classes, shape.inner, seed, offset, kernels.MODE_HARD)
+                                       1.0, shape.rows, shape.classes, shape.inner, key, offset, kernels.MODE_HARD)
         return out
     index = torch.empty(shape.rows, dtype=torch.int64, device=logits.device)
     kernels.gumbel_softmax_forward(x, x_strides, None, (0, 0, 0), index, 1.0, shape.rows, shape.classes,
-                                   shape.inner, seed, offset, kernels.MODE_INDEX)
+                                   shape.inner, key, offset, kernels.MODE_INDEX)
     return index.reshape(out_shape)

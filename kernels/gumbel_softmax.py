@@ -15,6 +15,16 @@ differ by log S, which sum(s) = 0 cancels). The hard (straight-through) mode sav
 tensor: it regenerates g and y from the logits and the call's (seed, offset), as in Triton's
 low-memory-dropout tutorial.
 
+Seeds: the 64-bit Philox key and stream offset arrive as four 32-bit words (always typed i32,
+never value-specialised), plus ``rng_ptr`` (an int64 ``[2]`` tensor) and a *runtime* ``rng_mode``:
+``RNG_SCALAR`` uses the words (eager calls, one launch); ``RNG_FROM_PTR`` reads (key, offset)
+from ``rng_ptr``, which is how a CUDA graph gets fresh noise on every replay (the tensor is
+refilled by a graph-safe PyTorch RNG op); ``RNG_STORE`` uses the words and writes them to
+``rng_ptr`` from program 0, so a compiled graph keeps the call's seed on the device for its
+backward without an extra copy or launch. Because none of this changes the kernel's
+specialisation, the binary that eager warm-up runs load is the one a graph capture launches:
+loading a module (``cuModuleLoadData``) is forbidden while a stream is capturing.
+
 Tiles are ``[ROWS, 4 * BLOCK_Q]``: many short rows per program for small class counts (the
 VAE's 10 classes), one row in ``num_chunks`` chunks (online max/sum) for large vocabularies.
 """
@@ -89,16 +99,41 @@ def _valid_rows(row_max, nan_count):
     return (nan_count == 0) & (tl.abs(row_max) < float("inf"))
 
 
-@triton.jit(do_not_specialize=["seed", "offset"])
+@triton.jit
+def _word_pair(lo, hi):
+    """The uint64 with 32-bit halves ``lo`` and ``hi`` (int32 bit patterns)."""
+    return (hi.to(tl.uint32).to(tl.uint64) << 32) | lo.to(tl.uint32).to(tl.uint64)
+
+
+@triton.jit
+def _call_seed(seed_lo, seed_hi, offset_lo, offset_hi, rng_ptr, rng_mode, pid):
+    """(seed, offset) as uint64 for this launch; see "Seeds" in the module docstring."""
+    seed = _word_pair(seed_lo, seed_hi)
+    offset = _word_pair(offset_lo, offset_hi)
+    if rng_mode == 1:
+        seed = tl.load(rng_ptr).to(tl.uint64, bitcast=True)
+        offset = tl.load(rng_ptr + 1).to(tl.uint64, bitcast=True)
+    if rng_mode == 2:
+        if pid == 0:
+            tl.store(rng_ptr, seed.to(tl.int64, bitcast=True))
+            tl.store(rng_ptr + 1, offset.to(tl.int64, bitcast=True))
+    return seed, offset
+
+
+_SEED_ARGS = ["seed_lo", "seed_hi", "offset_lo", "offset_hi", "rng_mode"]
+
+
+@triton.jit(do_not_specialize=_SEED_ARGS)
 def gumbel_softmax_fwd_kernel(
     x_ptr, y_ptr, index_ptr, tau_ptr, tau_value,
     n_rows, K, Q, inner, num_chunks,
     x_s_outer, x_s_k, x_s_inner, y_s_outer, y_s_k, y_s_inner, tau_s_row,
-    seed, offset,
+    seed_lo, seed_hi, offset_lo, offset_hi, rng_ptr, rng_mode,
     MODE: tl.constexpr, TAU_FROM_PTR: tl.constexpr, SINGLE_CHUNK: tl.constexpr,
     ROWS: tl.constexpr, BLOCK_Q: tl.constexpr, COMPUTE: tl.constexpr,
 ):
     pid = tl.program_id(0)
+    seed, offset = _call_seed(seed_lo, seed_hi, offset_lo, offset_hi, rng_ptr, rng_mode, pid)
     rows = pid.to(tl.int64) * ROWS + tl.arange(0, ROWS)
     row_mask = rows < n_rows
     x_rows = _row_offsets(rows, inner, x_s_outer, x_s_inner)
@@ -172,17 +207,18 @@ def _soft_sample_chunk(src_ptr, src_rows, src_s_k, rows, row_mask, chunk, K, Q, 
     return y, t, cols, mask
 
 
-@triton.jit(do_not_specialize=["seed", "offset"])
+@triton.jit(do_not_specialize=_SEED_ARGS)
 def gumbel_softmax_bwd_kernel(
     grad_y_ptr, src_ptr, grad_x_ptr, grad_tau_ptr, tau_ptr, tau_value,
     n_rows, K, Q, inner, num_chunks,
     g_s_outer, g_s_k, g_s_inner, src_s_outer, src_s_k, src_s_inner,
     gx_s_outer, gx_s_k, gx_s_inner, tau_s_row,
-    seed, offset,
+    seed_lo, seed_hi, offset_lo, offset_hi, rng_ptr, rng_mode,
     REGENERATE: tl.constexpr, TAU_GRAD: tl.constexpr, TAU_FROM_PTR: tl.constexpr,
     SINGLE_CHUNK: tl.constexpr, ROWS: tl.constexpr, BLOCK_Q: tl.constexpr, COMPUTE: tl.constexpr,
 ):
     pid = tl.program_id(0)
+    seed, offset = _call_seed(seed_lo, seed_hi, offset_lo, offset_hi, rng_ptr, rng_mode, pid)
     rows = pid.to(tl.int64) * ROWS + tl.arange(0, ROWS)
     row_mask = rows < n_rows
     g_rows = _row_offsets(rows, inner, g_s_outer, g_s_inner)
@@ -278,11 +314,49 @@ def _tau_args(tau, like):
     return tau, 1.0, (tau.stride(0) if tau.dim() == 1 else 0), True
 
 
+RNG_SCALAR = 0
+RNG_FROM_PTR = 1
+RNG_STORE = 2
+
+_dummy_rng = {}
+
+
+def _int32_words(value: int) -> tuple[int, int]:
+    """The low and high 32-bit words of a 64-bit value as int32 bit patterns (so Triton always
+    types them i32, whatever the value)."""
+    value &= 0xFFFFFFFFFFFFFFFF
+    lo, hi = value & 0xFFFFFFFF, value >> 32
+    return lo - (lo >> 31 << 32), hi - (hi >> 31 << 32)
+
+
+def _seed_args(seed, offset, rng_out, device):
+    """(seed_lo, seed_hi, offset_lo, offset_hi, rng_ptr, rng_mode) for an int seed (with
+    ``offset``) or an int64 [2] device tensor (key, offset)."""
+    if isinstance(seed, int):
+        if rng_out is None:
+            # Always an int64 pointer, so eager and captured launches share one specialisation.
+            rng_out = _dummy_rng.get(device)
+            if rng_out is None:
+                import torch
+
+                rng_out = _dummy_rng[device] = torch.empty(2, dtype=torch.int64, device=device)
+            mode = RNG_SCALAR
+        else:
+            mode = RNG_STORE
+        return (*_int32_words(seed), *_int32_words(offset), rng_out, mode)
+    if rng_out is not None:
+        raise ValueError("rng_out records scalar seeds; a device seed tensor is already on the device")
+    return 0, 0, 0, 0, seed, RNG_FROM_PTR
+
+
 def gumbel_softmax_forward(x, x_strides, out, out_strides, index, tau, n_rows, classes, inner, seed, offset,
-                           mode, max_block_k=None):
+                           mode, max_block_k=None, rng_out=None):
     """Launch the forward kernel once. ``x``/``out`` are [outer, K, inner] views given by their
-    (outer, class, inner) strides; ``index`` is an int64 [n_rows] tensor for ``MODE_INDEX``."""
+    (outer, class, inner) strides; ``index`` is an int64 [n_rows] tensor for ``MODE_INDEX``.
+    ``seed`` is an int (with ``offset``), or an int64 [2] device tensor holding (seed, offset);
+    ``rng_out`` (int64 [2], optional) receives the scalar (seed, offset) the kernel used."""
     cfg = tile_config(n_rows, classes, max_block_k)
+    seed_args = _seed_args(seed, offset, rng_out, x.device)
     tau_ptr, tau_value, tau_stride, tau_from_ptr = _tau_args(tau, x)
     out = x if out is None else out
     index = x if index is None else index
@@ -291,7 +365,7 @@ def gumbel_softmax_forward(x, x_strides, out, out_strides, index, tau, n_rows, c
         x, out, index, tau_ptr, tau_value,
         n_rows, classes, cfg["Q"], inner, cfg["num_chunks"],
         *x_strides, *out_strides, tau_stride,
-        seed, offset,
+        *seed_args,
         MODE=mode, TAU_FROM_PTR=tau_from_ptr, SINGLE_CHUNK=cfg["SINGLE_CHUNK"], ROWS=cfg["ROWS"],
         BLOCK_Q=cfg["BLOCK_Q"], COMPUTE=_compute_dtype(x.dtype), num_warps=cfg["num_warps"],
     )
@@ -300,15 +374,17 @@ def gumbel_softmax_forward(x, x_strides, out, out_strides, index, tau, n_rows, c
 def gumbel_softmax_backward(grad_y, grad_y_strides, src, src_strides, grad_x, grad_x_strides, grad_tau_rows,
                             tau, n_rows, classes, inner, seed, offset, regenerate, max_block_k=None):
     """Launch the backward kernel once. ``src`` is the saved soft output, or the logits when
-    ``regenerate`` (hard mode); ``grad_tau_rows`` ([n_rows], compute dtype) or None."""
+    ``regenerate`` (hard mode); ``grad_tau_rows`` ([n_rows], compute dtype) or None. ``seed``
+    is an int (with ``offset``) or an int64 [2] device tensor holding (seed, offset)."""
     cfg = tile_config(n_rows, classes, max_block_k)
+    seed_args = _seed_args(seed, offset, None, src.device)
     tau_ptr, tau_value, tau_stride, tau_from_ptr = _tau_args(tau, src)
     grid = (triton.cdiv(n_rows, cfg["ROWS"]),)
     gumbel_softmax_bwd_kernel[grid](
         grad_y, src, grad_x, grad_x if grad_tau_rows is None else grad_tau_rows, tau_ptr, tau_value,
         n_rows, classes, cfg["Q"], inner, cfg["num_chunks"],
         *grad_y_strides, *src_strides, *grad_x_strides, tau_stride,
-        seed, offset,
+        *seed_args,
         REGENERATE=regenerate, TAU_GRAD=grad_tau_rows is not None, TAU_FROM_PTR=tau_from_ptr,
         SINGLE_CHUNK=cfg["SINGLE_CHUNK"], ROWS=cfg["ROWS"], BLOCK_Q=cfg["BLOCK_Q"],
         COMPUTE=_compute_dtype(src.dtype if regenerate else grad_x.dtype), num_warps=cfg["num_warps"],

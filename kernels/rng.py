@@ -30,3 +30,31 @@ def gumbel_noise(seed, offset, rows, chunk, Q, ROWS: tl.constexpr, BLOCK_Q: tl.c
     exact = a == 1.0
     exponential = tl.where(exact, v, v * tl.log(a) / tl.where(exact, 1.0, a - 1.0))
     return -tl.log(exponential)
+
+
+@triton.jit
+def philox_words(seed, offset, counter):
+    """The four 32-bit words of the Philox calls ``counter`` (an integer tensor, 64-bit
+    counters), counter words (lo n, hi n, lo offset, hi offset) and key ``seed`` (spec step 2)."""
+    counter = counter.to(tl.int64).to(tl.uint64)
+    c0 = counter.to(tl.uint32)
+    c1 = (counter >> 32).to(tl.uint32)
+    stream = tl.to_tensor(offset).to(tl.uint64)
+    c2 = c0 * 0 + stream.to(tl.uint32)
+    c3 = c0 * 0 + (stream >> 32).to(tl.uint32)
+    return tl.philox(seed, c0, c1, c2, c3)
+
+
+@triton.jit
+def logistic_noise(seed, offset, first_call, BLOCK_Q: tl.constexpr, COMPUTE: tl.constexpr):
+    """Logistic(0, 1) noise of the elementwise mapping for the ``4 * BLOCK_Q`` flat elements
+    ``4 * first_call + arange(4 * BLOCK_Q)``: element ``e`` takes word ``e % 4`` of call ``e // 4``."""
+    calls = first_call + tl.arange(0, BLOCK_Q)
+    w0, w1, w2, w3 = philox_words(seed, offset, calls)
+    words = tl.reshape(tl.join(tl.join(w0, w2), tl.join(w1, w3)), [4 * BLOCK_Q])
+    b = tl.maximum((words >> 1).to(tl.int32), 1)
+    # 2**31 - b without overflowing int32; exact, so log(1 - u) has no cancellation near u = 1.
+    complement = (2147483647 - b) + 1
+    u = b.to(COMPUTE) * 4.656612873077393e-10  # 2**-31
+    v = complement.to(COMPUTE) * 4.656612873077393e-10
+    return tl.log(u) - tl.log(v)

@@ -14,8 +14,8 @@ SCRIPT = textwrap.dedent("""
     from sm90_compile import compile_variants
     from fused_gumbel.kernels import gumbel_softmax as k
 
-    common = dict(n_rows=3000, K=10, Q=3, inner=1, num_chunks=1, tau_value=1.0, seed=2**40, offset=2**35,
-                  rng_ptr=torch.int64)
+    common = dict(n_rows=3000, K=10, Q=3, inner=1, num_chunks=1, tau_value=1.0, seed_lo=-5, seed_hi=256,
+                  offset_lo=0, offset_hi=32, rng_ptr=torch.int64, rng_mode=0)
     # Graph-capture variants (seed and offset read from a device tensor), where the kernel has them.
     seed_variants = lambda kernel: [dict(SEED_FROM_PTR=True)] if "SEED_FROM_PTR" in kernel.arg_names else []
     fwd_args = dict(common, x_ptr=torch.bfloat16, y_ptr=torch.bfloat16, index_ptr=torch.int64, tau_ptr=torch.float32,
