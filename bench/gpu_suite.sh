@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# One GPU session, one command, one folder: the GPU correctness tests on the real device
+# (compiled kernels, no interpreter), then the benchmark suite.
+#
+#   bash bench/gpu_suite.sh [OUT_DIR]        # default bench/results/gpu-<UTC stamp>/
+#
+# Fits in 8 minutes on an H100 (SUITE_SECONDS, default 460, is the whole run's budget: the
+# tests get at most TEST_SECONDS, default 180; the benchmark gets what is left and stops
+# starting new cases in time to write its results). Needs no network: it installs the
+# checkout in place (--no-deps, --no-build-isolation) into the Python that is already there.
+# Writes into OUT_DIR: env.txt, pip-install.log, pytest-gpu.log/.xml, bench.log,
+# cuda-<date>.{json,md,png}, summary.txt; and copies the JSON to bench/results/.
+set -u -o pipefail
+START=$(date +%s)
+cd "$(dirname "$0")/.."
+OUT=${1:-bench/results/gpu-$(date -u +%Y%m%d-%H%M%S)}
+PY=${PYTHON:-python}
+SUITE_SECONDS=${SUITE_SECONDS:-460}
+TEST_SECONDS=${TEST_SECONDS:-180}
+mkdir -p "$OUT"
+unset TRITON_INTERPRET FUSED_GUMBEL_BACKEND  # real kernels only
+elapsed() { echo $(( $(date +%s) - START )); }
+
+{
+  date -u
+  nvidia-smi || true
+  "$PY" -c "import sys, torch, triton; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__); print(torch.cuda.get_device_name(0))"
+  git rev-parse HEAD 2>/dev/null || echo "no git checkout"
+} > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+
+"$PY" -m pip install --no-deps --no-build-isolation --no-index -e . > "$OUT/pip-install.log" 2>&1
+PIP_RC=$?
+echo "pip install -e . -> rc $PIP_RC ($(elapsed) s)"
+PYFLAGS=()
+if (( PIP_RC != 0 )); then
+  # No installable build backend offline: assemble the installed layout (kernels/ is the
+  # subpackage fused_gumbel.kernels) in a temporary folder; -P keeps the checkout's own
+  # fused_gumbel/ (which lacks kernels/) off the front of sys.path.
+  SITE=$(mktemp -d)
+  cp -r fused_gumbel "$SITE/" && rm -rf "$SITE/fused_gumbel/kernels" && cp -r kernels "$SITE/fused_gumbel/kernels"
+  export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+  PYFLAGS=(-P)
+  echo "using $SITE on PYTHONPATH instead of an install"
+fi
+
+timeout -k 10 "$TEST_SECONDS" "$PY" "${PYFLAGS[@]}" -m pytest -m gpu tests -v -rfEs -p no:cacheprovider \
+  --junitxml "$OUT/pytest-gpu.xml" 2>&1 | tee "$OUT/pytest-gpu.log"
+TEST_RC=${PIPESTATUS[0]}
+echo "pytest -m gpu -> rc $TEST_RC ($(elapsed) s)"
+
+REMAINING=$(( SUITE_SECONDS - $(elapsed) ))
+BUDGET=$(( REMAINING - 75 ))
+(( BUDGET < 60 )) && BUDGET=60
+timeout -k 10 $(( REMAINING > BUDGET + 20 ? REMAINING - 5 : BUDGET + 15 )) \
+  "$PY" "${PYFLAGS[@]}" -m bench --device cuda --out "$OUT" --time-budget "$BUDGET" --rep-ms 50 --compile-budget 100 2>&1 | tee "$OUT/bench.log"
+BENCH_RC=${PIPESTATUS[0]}
+echo "python -m bench -> rc $BENCH_RC ($(elapsed) s)"
+cp "$OUT"/cuda-*.json bench/results/ 2>/dev/null || true
+
+{
+  echo "pip_install_rc=$PIP_RC pytest_rc=$TEST_RC bench_rc=$BENCH_RC seconds=$(elapsed)"
+  grep -E "passed|failed|error" "$OUT/pytest-gpu.log" | tail -1
+  ls -1 "$OUT"
+} | tee "$OUT/summary.txt"
+(( TEST_RC == 0 && BENCH_RC == 0 ))

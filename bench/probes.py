@@ -1,0 +1,131 @@
+"""One-off probes of a call: device launches (torch.profiler) and peak memory.
+
+Launches: on CUDA, the device activities (kernels, memcpy, memset) the profiler records per
+call; on CPU, where nothing is launched, the top-level ATen operators dispatched per call.
+Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` during the call, minus what was
+allocated before it (the inputs); on CPU the running sum of the profiler's allocation and
+free events. Both count the call's outputs, which are still alive when it returns.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from typing import Callable
+
+import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile, record_function
+
+from .timing import synchronize
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Kineto prints start/stop lines on the C-level stderr; keep the report readable."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+LAUNCH_UNITS = {"cuda": "CUDA kernels/copies per call", "cpu": "top-level ATen ops per call (CPU launches none)"}
+
+
+_LAUNCH_ACTIVITIES = {"kernel", "gpu_memcpy", "gpu_memset"}
+
+
+def _is_device_launch(event) -> bool:
+    """A kernel, memcpy or memset on the device timeline; not the device-side mirror of a
+    ``record_function`` range, nor a synchronisation record."""
+    if event.device_type != DeviceType.CUDA:
+        return False
+    activity = getattr(event, "activity_type", None)  # absent from older torch
+    if activity is not None:
+        return activity in _LAUNCH_ACTIVITIES
+    if getattr(event, "is_user_annotation", False) or event.name.startswith("bench::"):
+        return False
+    return "Sync" not in event.name and "Wait" not in event.name
+
+
+def count_launches(calls: dict[str, Callable[[], object]], device: torch.device, repeats: int = 3,
+                   gap_s: float = 0.002) -> dict[str, float]:
+    """Mean device launches (CUDA) or top-level ATen ops (CPU) per call, for every provider of a
+    case in one profiler session (a session costs far more than the calls it watches).
+
+    Each provider runs ``repeats`` times inside its own ``record_function`` range, synchronised
+    and followed by a pause. A device event belongs to the provider whose range (widened to the
+    middle of the pauses on either side, which absorbs host/device clock skew) holds its start.
+    """
+    for call in calls.values():
+        call()
+    synchronize(device)
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with _quiet_native_stderr():
+        with profile(activities=activities) as prof:
+            for name, call in calls.items():
+                time.sleep(gap_s)
+                with record_function(f"bench::{name}"):
+                    for _ in range(repeats):
+                        call()
+                    synchronize(device)
+            time.sleep(gap_s)
+    events = prof.events()
+    # The host-side ranges (on CUDA each also has a device-side mirror, a user annotation).
+    ranges = {e.name[len("bench::"):]: e for e in events
+              if e.name.startswith("bench::") and e.device_type == DeviceType.CPU}
+    counts = {name: 0 for name in calls}
+    if cuda:
+        ordered = sorted(ranges.items(), key=lambda item: item[1].time_range.start)
+        half_gap_us = gap_s * 1e6 / 2
+        for event in events:
+            if not _is_device_launch(event):
+                continue
+            owner = None
+            for name, window in ordered:
+                if event.time_range.start >= window.time_range.start - half_gap_us:
+                    owner = name
+            if owner is not None:
+                counts[owner] += 1
+    else:
+        for event in events:
+            parent = event.cpu_parent
+            if parent is not None and parent.name.startswith("bench::") and event.name.startswith("aten::"):
+                counts[parent.name[len("bench::"):]] += 1
+    return {name: count / repeats for name, count in counts.items()}
+
+
+def peak_memory(call: Callable[[], object], device: torch.device) -> int:
+    """Peak bytes allocated during one call beyond what was allocated before it."""
+    call()  # warm: lazily allocated workspaces and caches are not the call's own
+    synchronize(device)
+    if device.type == "cuda":
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        out = call()
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) - before
+        del out
+        return peak
+    with _quiet_native_stderr():
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            out = call()
+    del out
+    memory_events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    current = peak = 0
+    for event in sorted(memory_events, key=lambda e: e.start_ns()):
+        current += event.nbytes()
+        peak = max(peak, current)
+    return peak
