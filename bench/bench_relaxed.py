@@ -25,6 +25,8 @@ import sys
 
 import torch
 
+from fused_gumbel.reference import StraightThrough
+
 from .timing import CudaTimer, WallClockTimer, error_record
 
 TAU = 0.5
@@ -42,21 +44,11 @@ TOPK_SHAPES = {
 }
 
 
-class _StraightThrough(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, soft, hard):
-        return hard
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None
-
-
 def _torch_relaxed_bernoulli(logits, hard):
     soft = torch.distributions.RelaxedBernoulli(torch.tensor(TAU, device=logits.device), logits=logits).rsample()
     if not hard:
         return soft
-    return _StraightThrough.apply(soft, (soft > 0.5).to(soft.dtype))
+    return StraightThrough.apply(soft, (soft > 0.5).to(soft.dtype))
 
 
 def _torch_gumbel_topk_khot(logits, k):

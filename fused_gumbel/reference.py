@@ -32,8 +32,9 @@ def gumbel_noise(logits: torch.Tensor, dim: int, seed: int, offset: int) -> torc
     return noise.movedim(-1, dim) if logits.dim() else noise.reshape(())
 
 
-class _StraightThrough(torch.autograd.Function):
-    """Forward the exact hard sample; send the gradient to the soft sample unchanged."""
+class StraightThrough(torch.autograd.Function):
+    """``StraightThrough.apply(soft, hard)``: forward the exact hard sample, send the gradient
+    to the soft sample unchanged (exact values, unlike ``hard - soft.detach() + soft``)."""
 
     @staticmethod
     def forward(ctx, y_soft, y_hard):
@@ -84,7 +85,7 @@ def gumbel_softmax(logits: torch.Tensor, tau: float | torch.Tensor = 1.0, hard: 
     if hard:
         index = perturbed.argmax(dim, keepdim=True)
         y_hard = _nan_rows(torch.zeros_like(y_soft).scatter_(dim, index, 1.0), invalid)
-        y_soft = _StraightThrough.apply(y_soft, y_hard)
+        y_soft = StraightThrough.apply(y_soft, y_hard)
     return y_soft.to(logits.dtype).reshape(logits.shape)
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from . import rng
-from .reference import _StraightThrough, _perturbed, compute_dtype
+from .reference import StraightThrough, _perturbed, compute_dtype
 
 
 def logistic_noise(logits: torch.Tensor, seed: int, offset: int) -> torch.Tensor:
@@ -62,7 +62,7 @@ def relaxed_bernoulli(logits: torch.Tensor, tau: float | torch.Tensor = 1.0, har
     y = torch.exp(torch.nn.functional.logsigmoid(scaled))
     if hard:
         y_hard = (z > 0).to(y.dtype).masked_fill(torch.isnan(z), float("nan"))
-        y = _StraightThrough.apply(y, y_hard)
+        y = StraightThrough.apply(y, y_hard)
     return y.to(logits.dtype)
 
 
@@ -132,7 +132,7 @@ def gumbel_topk(logits: torch.Tensor, k: int, tau: float | torch.Tensor = 1.0, h
         tau = tau.expand(row_shape).movedim(dim, -1)
     y = relaxed_topk_rows(safe_rows, k, tau).masked_fill(invalid_rows, float("nan"))
     if hard:
-        y = _StraightThrough.apply(y, y_hard)
+        y = StraightThrough.apply(y, y_hard)
     return y.movedim(-1, dim).to(logits.dtype).reshape(logits.shape)
 
 

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..reference import StraightThrough
+
 __all__ = ["BernoulliSampler", "BernoulliVAE", "negative_elbo_bernoulli", "SAMPLER_NAMES"]
 
 SAMPLER_NAMES = ("fused", "reference", "torch")
@@ -32,20 +34,10 @@ IMAGE_PIXELS = 28 * 28
 LATENTS = 200
 
 
-class _StraightThrough(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, soft, hard):
-        return hard
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None
-
-
 def _torch_relaxed(logits: Tensor, tau: float | Tensor, hard: bool = False) -> Tensor:
     tau = torch.as_tensor(tau, dtype=torch.float32, device=logits.device)
     soft = torch.distributions.RelaxedBernoulli(tau, logits=logits.float()).rsample().to(logits.dtype)
-    return _StraightThrough.apply(soft, (soft > 0.5).to(soft.dtype)) if hard else soft
+    return StraightThrough.apply(soft, (soft > 0.5).to(soft.dtype)) if hard else soft
 
 
 class BernoulliSampler:
