@@ -12,15 +12,16 @@ TOLERANCES = {  # (atol, rtol) for values in [0, 1] and their gradients
 }
 
 
-def fused_and_reference(logits, tau=1.0, hard=False, dim=-1, seed=0, grad_weight=None):
-    """Forward (and backward with ``grad_weight``) of the Triton path and of the reference,
-    both from the same RNG state. Returns ((y, dlogits, dtau) fused, (...) reference)."""
+def run_both_backends(sample, logits, tau=1.0, seed=0, grad_weight=None, **kwargs):
+    """``sample(x, tau=t, backend=b, **kwargs)`` on the Triton path and on the reference, both from
+    the same RNG state, with a backward of ``(y * grad_weight).sum()`` when ``grad_weight`` is
+    given. Returns ((y, dlogits, dtau) fused, (y, dlogits, dtau) reference)."""
     results = []
     for backend in ("triton", "reference"):
         torch.manual_seed(seed)
         x = logits.detach().clone().requires_grad_(grad_weight is not None)
         t = tau.detach().clone().requires_grad_(grad_weight is not None) if isinstance(tau, torch.Tensor) else tau
-        y = fused_gumbel.gumbel_softmax(x, t, hard=hard, dim=dim, backend=backend)
+        y = sample(x, tau=t, backend=backend, **kwargs)
         dx = dt = None
         if grad_weight is not None:
             (y.to(grad_weight.dtype) * grad_weight).sum().backward()
@@ -28,6 +29,11 @@ def fused_and_reference(logits, tau=1.0, hard=False, dim=-1, seed=0, grad_weight
             dt = t.grad if isinstance(t, torch.Tensor) else None
         results.append((y, dx, dt))
     return results
+
+
+def fused_and_reference(logits, tau=1.0, hard=False, dim=-1, seed=0, grad_weight=None):
+    """:func:`run_both_backends` for ``fused_gumbel.gumbel_softmax``."""
+    return run_both_backends(fused_gumbel.gumbel_softmax, logits, tau, seed, grad_weight, hard=hard, dim=dim)
 
 
 def assert_close(actual, expected, dtype, scale=None):
@@ -39,4 +45,4 @@ def assert_close(actual, expected, dtype, scale=None):
     torch.testing.assert_close(actual.double(), expected.double(), atol=atol * scale, rtol=rtol, equal_nan=True)
 
 
-__all__ = ["fused_and_reference", "assert_close", "TOLERANCES", "reference"]
+__all__ = ["run_both_backends", "fused_and_reference", "assert_close", "TOLERANCES", "reference"]

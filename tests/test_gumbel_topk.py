@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 import torch
-from helpers import assert_close
+from helpers import assert_close, run_both_backends
 from scipy import stats
 
 import fused_gumbel
@@ -20,19 +20,7 @@ from fused_gumbel.kernels import gumbel_topk as topk_kernels
 
 def fused_and_reference(logits, k, tau=1.0, hard=False, dim=-1, seed=0, grad_weight=None):
     """((y, dlogits, dtau) of the Triton path, (...) of the reference), same RNG state."""
-    results = []
-    for backend in ("triton", "reference"):
-        torch.manual_seed(seed)
-        x = logits.detach().clone().requires_grad_(grad_weight is not None)
-        t = tau.detach().clone().requires_grad_(grad_weight is not None) if isinstance(tau, torch.Tensor) else tau
-        y = fused_gumbel.gumbel_topk(x, k, t, hard=hard, dim=dim, backend=backend)
-        dx = dt = None
-        if grad_weight is not None:
-            (y.to(grad_weight.dtype) * grad_weight).sum().backward()
-            dx = x.grad
-            dt = t.grad if isinstance(t, torch.Tensor) else None
-        results.append((y, dx, dt))
-    return results
+    return run_both_backends(fused_gumbel.gumbel_topk, logits, tau, seed, grad_weight, k=k, hard=hard, dim=dim)
 
 
 def plackett_luce_probabilities(logits, k):

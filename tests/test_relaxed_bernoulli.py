@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 import torch
-from helpers import assert_close
+from helpers import assert_close, run_both_backends
 
 import fused_gumbel
 from fused_gumbel import reference_relaxed, rng
@@ -16,19 +16,7 @@ from fused_gumbel import reference_relaxed, rng
 
 def fused_and_reference(logits, tau=1.0, hard=False, seed=0, grad_weight=None):
     """((y, dlogits, dtau) of the Triton path, (...) of the reference), same RNG state."""
-    results = []
-    for backend in ("triton", "reference"):
-        torch.manual_seed(seed)
-        x = logits.detach().clone().requires_grad_(grad_weight is not None)
-        t = tau.detach().clone().requires_grad_(grad_weight is not None) if isinstance(tau, torch.Tensor) else tau
-        y = fused_gumbel.relaxed_bernoulli(x, t, hard=hard, backend=backend)
-        dx = dt = None
-        if grad_weight is not None:
-            (y.to(grad_weight.dtype) * grad_weight).sum().backward()
-            dx = x.grad
-            dt = t.grad if isinstance(t, torch.Tensor) else None
-        results.append((y, dx, dt))
-    return results
+    return run_both_backends(fused_gumbel.relaxed_bernoulli, logits, tau, seed, grad_weight, hard=hard)
 
 
 def _tau(kind, shape, dtype):

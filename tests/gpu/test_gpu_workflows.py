@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import fused_gumbel
-from fused_gumbel import reference
 from fused_gumbel.kernels import gumbel_softmax as kernels
 from fused_gumbel.nn import GumbelSoftmax
 
