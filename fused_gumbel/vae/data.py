@@ -49,7 +49,7 @@ def resolve_data_root(data_root: str | os.PathLike | None = None) -> Path:
 
 
 def _unavailable_message(root: Path, reason: str) -> str:
-    raw_dir = root / "MNIST" / "raw"
+    raw_dir = root.absolute() / "MNIST" / "raw"
     return (
         f"MNIST is not under {raw_dir} and downloading it failed ({reason}).\n"
         f"Put the four raw files {', '.join(RAW_FILES)} (uncompressed, as from the .gz "
@@ -93,7 +93,7 @@ class ImageTensorDataset(Dataset):
         return self.images[index]
 
     def __getitems__(self, indices: list[int]) -> Tensor:
-        return self.images[torch.as_tensor(indices, dtype=torch.long)]
+        return self.images[torch.as_tensor(indices, dtype=torch.long, device=self.images.device)]
 
 
 def collate_batch(batch: Tensor) -> Tensor:

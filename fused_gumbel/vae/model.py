@@ -48,10 +48,9 @@ class LatentSampler:
     used for the unrelaxed training loss, the test loss and reconstructions.
 
     * ``fused``: ``fused_gumbel.gumbel_softmax`` and ``fused_gumbel.categorical``.
-    * ``reference``: ``fused_gumbel.reference.gumbel_softmax``; discrete draws by
-      Gumbel-max in plain PyTorch.
-    * ``torch``: ``torch.nn.functional.gumbel_softmax``; discrete draws as for
-      ``reference``.
+    * ``reference``: ``fused_gumbel.reference.gumbel_softmax`` and ``.categorical``.
+    * ``torch``: ``torch.nn.functional.gumbel_softmax``; discrete draws by Gumbel-max
+      with ``torch.Tensor.exponential_`` noise.
     """
 
     def __init__(self, name: str = "fused") -> None:
@@ -75,7 +74,7 @@ class LatentSampler:
             from fused_gumbel import reference
 
             self._relaxed = reference.gumbel_softmax
-            self._discrete = _torch_categorical_one_hot
+            self._discrete = lambda logits: reference.categorical(logits, dim=-1, one_hot=True)
         else:
             self._relaxed = F.gumbel_softmax
             self._discrete = _torch_categorical_one_hot

@@ -207,9 +207,10 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
-        self.train_dataset = ImageTensorDataset(train_images)
+        # MNIST fits in any accelerator's memory: keep it there, index batches in place.
+        self.train_dataset = ImageTensorDataset(train_images.to(device))
         # Each rank evaluates a disjoint, exact shard of the test set.
-        self.test_images = test_images[self.context.rank :: self.context.world_size]
+        self.test_images = test_images[self.context.rank :: self.context.world_size].to(device)
         self.wrapped_model: torch.nn.Module = self.model
         if self.context.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -260,8 +261,7 @@ class Trainer:
             generator = torch.Generator().manual_seed(_shuffle_seed(self.config.seed, epoch))
             sampler = RandomSampler(self.train_dataset, generator=generator)
         batches = BatchSampler(sampler, self.rank_batch_size, drop_last=False)
-        return DataLoader(self.train_dataset, batch_sampler=batches, collate_fn=collate_batch,
-                          pin_memory=self.device.type == "cuda")
+        return DataLoader(self.train_dataset, batch_sampler=batches, collate_fn=collate_batch)
 
     def train_epoch(self, progress: Any = None) -> dict[str, float]:
         """One pass over the training data; returns the epoch's mean relaxed and
@@ -269,10 +269,10 @@ class Trainer:
         torch.manual_seed(_noise_seed(self.config.seed, self.context.rank, self.epoch))
         loader = self._train_loader(self.epoch)
         self.wrapped_model.train()
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # relaxed, unrelaxed, images
+        loss_sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # relaxed, unrelaxed
+        images_seen = 0
         started = time.perf_counter()
         for batch_index, images in enumerate(loader):
-            images = images.to(self.device, non_blocking=True)
             batch = images.shape[0]
             with self._autocast():
                 decoder_logits, encoder_logits = self.wrapped_model(
@@ -289,46 +289,45 @@ class Trainer:
             self.optimizer.step()
             self.step += 1
             self.schedule.step()
-            sums += torch.stack([loss.detach().double() * batch, unrelaxed.double() * batch,
-                                 torch.tensor(float(batch), dtype=torch.float64, device=self.device)])
+            loss_sums += torch.stack([loss.detach().double(), unrelaxed.double()]) * batch
+            images_seen += batch
             if progress is not None:
                 progress.update(1)
                 if batch_index % 20 == 0:
                     elapsed = time.perf_counter() - started
                     progress.set_postfix(
                         loss=f"{float(loss.detach()):.1f}", tau=f"{self.tau:.3f}",
-                        samples_per_s=f"{self.context.world_size * float(sums[2]) / max(elapsed, 1e-9):.0f}",
+                        samples_per_s=f"{self.context.world_size * images_seen / max(elapsed, 1e-9):.0f}",
                     )
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - started
-        sums = self.context.all_reduce_sum(sums)
-        images_seen = float(sums[2])
+        totals = self.context.all_reduce_sum(
+            torch.cat([loss_sums, torch.tensor([float(images_seen)], dtype=torch.float64, device=self.device)]))
+        all_ranks_images = float(totals[2])
         return {
-            "train_loss_relaxed": float(sums[0]) / images_seen,
-            "train_loss_unrelaxed": float(sums[1]) / images_seen,
+            "train_loss_relaxed": float(totals[0]) / all_ranks_images,
+            "train_loss_unrelaxed": float(totals[1]) / all_ranks_images,
             "tau": self.tau,
             "seconds": seconds,
-            "samples_per_s": images_seen / seconds,
+            "samples_per_s": all_ranks_images / seconds,
         }
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Test negative ELBO with exact one-hot samples, over the whole test set."""
         self.model.eval()
-        sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss, bce, kl, images
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, bce, kl
         for start in range(0, self.test_images.shape[0], self.rank_batch_size):
-            images = self.test_images[start : start + self.rank_batch_size].to(self.device, non_blocking=True)
-            batch = images.shape[0]
+            images = self.test_images[start : start + self.rank_batch_size]
             with self._autocast():
                 encoder_logits = self.model.encode(images)
                 decoder_logits = self.model.decode_logits(self.sampler.discrete(encoder_logits))
-            loss, bce, kl = negative_elbo(decoder_logits, images, encoder_logits)
-            sums += torch.stack([loss.double() * batch, bce.double() * batch, kl.double() * batch,
-                                 torch.tensor(float(batch), dtype=torch.float64, device=self.device)])
-        sums = self.context.all_reduce_sum(sums)
-        return {"test_loss": float(sums[0] / sums[3]), "test_bce": float(sums[1] / sums[3]),
-                "test_kl": float(sums[2] / sums[3])}
+            sums += torch.stack(negative_elbo(decoder_logits, images, encoder_logits)).double() * images.shape[0]
+        count = torch.tensor([float(self.test_images.shape[0])], dtype=torch.float64, device=self.device)
+        totals = self.context.all_reduce_sum(torch.cat([sums, count]))
+        loss, bce, kl = (float(total / totals[3]) for total in totals[:3])
+        return {"test_loss": loss, "test_bce": bce, "test_kl": kl}
 
     # ---------------------------------------------------------------- images
     @torch.no_grad()
