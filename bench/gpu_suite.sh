@@ -18,7 +18,9 @@ PY=${PYTHON:-python}
 SUITE_SECONDS=${SUITE_SECONDS:-460}
 TEST_SECONDS=${TEST_SECONDS:-180}
 mkdir -p "$OUT"
-unset TRITON_INTERPRET FUSED_GUMBEL_BACKEND  # real kernels only
+# Real kernels only: TRITON_INTERPRET=0 (not unset: tests/conftest.py defaults it to 1).
+export TRITON_INTERPRET=0
+unset FUSED_GUMBEL_BACKEND
 elapsed() { echo $(( $(date +%s) - START )); }
 
 {

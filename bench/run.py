@@ -33,7 +33,7 @@ import torch
 
 import fused_gumbel
 from bench import cases as case_lib
-from bench import probes, providers as provider_lib, report, vae_e2e
+from bench import bench_relaxed, probes, providers as provider_lib, report, vae_e2e
 from bench.timing import CudaTimer, Skipped, WallClockTimer, deadline, error_record, synchronize
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -65,6 +65,8 @@ def _parse(argv):
                         help="CPU: torch threads (default 1: stable timings on shared cores; 0 keeps torch's default)")
     parser.add_argument("--no-probes", action="store_true", help="skip launch counts and peak memory")
     parser.add_argument("--no-vae", action="store_true")
+    parser.add_argument("--no-relaxed", action="store_true",
+                        help="skip relaxed_bernoulli / gumbel_topk (bench/bench_relaxed.py), run after the main cases")
     parser.add_argument("--vae-batches", nargs="+", type=int)
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
@@ -330,6 +332,15 @@ def main(argv=None) -> int:
         print(_progress(record), flush=True)
         report.write_json(data, json_path)
     suite._inputs = None
+
+    if not args.no_relaxed and not suite.out_of_time():
+        try:
+            data["relaxed"] = bench_relaxed.run(device, args.quick)
+        except Exception as error:
+            data["relaxed"] = [error_record(error)]
+        for record in data["relaxed"]:
+            print("relaxed", {key: value for key, value in record.items() if key != "providers"}, flush=True)
+        report.write_json(data, json_path)
 
     data["goals"] = report.evaluate_goals([r for r in data["results"] if "error" not in r], args.device)
     data["wall_s"] = time.perf_counter() - suite.started

@@ -1,6 +1,6 @@
 """GPU correctness: the CUDA kernels against the PyTorch reference run on CPU, same noise.
 
-Run on a CUDA machine with TRITON_INTERPRET unset (``bench/gpu_suite.sh`` runs
+Run on a CUDA machine with TRITON_INTERPRET=0 (``bench/gpu_suite.sh`` runs
 ``pytest -m gpu``): real compiled kernels, no interpreter. Each test draws through the public
 API with an explicit ``seed=`` (key ``seed``, offset 0: the cross-device contract of
 ``fused_gumbel._seeding``) or a CUDA generator, then runs ``fused_gumbel.reference`` on a CPU
