@@ -132,3 +132,25 @@ def test_two_process_gloo_ddp_run(tmp_path):
     for name in OUTPUT_FILES:
         assert (run_dir / name).is_file(), name
     assert result.stdout.count("epoch 1/1 step 4") == 1  # only rank 0 reports
+
+
+def test_bernoulli_latent_trains_and_is_recorded(tmp_path):
+    run_dir = tmp_path / "bernoulli"
+    check_ok(run_cli(["--latent", "bernoulli", "--limit", 500, "--epochs", 1, "--quiet", "--out", run_dir],
+                     cwd=tmp_path))
+    for name in OUTPUT_FILES:
+        assert (run_dir / name).is_file(), name
+    metrics = metrics_of(run_dir)
+    (epoch,) = metrics["epochs"]
+    assert metrics["config"]["latent"] == "bernoulli" and metrics["config"]["latent_dim"] == 200
+    assert epoch["step"] == 5
+    assert all(math.isfinite(epoch[key]) for key in ("train_loss_relaxed", "train_loss_unrelaxed", "test_loss"))
+    # 5 steps already move the test loss well below the untrained decoder's 543 nats.
+    assert epoch["test_loss"] < 0.9 * UNTRAINED_LOSS, epoch["test_loss"]
+
+    import torch
+
+    # The latent kind travels in the checkpoint, so --resume rebuilds the Bernoulli model.
+    checkpoint = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert checkpoint["config"]["latent"] == "bernoulli"
+    assert checkpoint["model"]["encoder.4.weight"].shape == (200, 256)

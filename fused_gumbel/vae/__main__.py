@@ -9,6 +9,7 @@ DistributedDataParallel. Options left unset take their value from the recipe
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import Any, Sequence
 
@@ -28,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--epochs", type=int, help="total epochs to train (default 10; with --resume, the new total)")
     add("--seed", type=int, help="seed for weights, shuffling and noise (default 0)")
+    add("--latent", choices=("categorical", "bernoulli"),
+        help="30x10 categorical latents (default) or Jang et al.'s 200 binary latents (relaxed Bernoulli)")
     add("--sampler", choices=("fused", "reference", "torch"),
         help="fused_gumbel.gumbel_softmax (default), fused_gumbel.reference or torch.nn.functional")
     add("--hard", action=argparse.BooleanOptionalAction, help="straight-through one-hot samples")
@@ -67,8 +70,9 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser):
         checkpoint, checkpoint_path = load_checkpoint(args.resume)
     except FileNotFoundError as error:
         parser.error(str(error))
-    conflicting = sorted(key for key in given if key not in RESUMABLE_OVERRIDES
-                         and given[key] != checkpoint["config"].get(key))
+    # A checkpoint written before a config field existed ran with that field's default.
+    stored = {**dataclasses.asdict(TrainConfig()), **checkpoint["config"]}
+    conflicting = sorted(key for key in given if key not in RESUMABLE_OVERRIDES and given[key] != stored[key])
     if args.seed_recipe and not checkpoint["config"].get("seed_recipe"):
         conflicting.append("seed_recipe")
     if conflicting:

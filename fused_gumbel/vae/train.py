@@ -14,6 +14,9 @@ tau = 1, soft samples) and the default (no ReLU on the logits, tau annealed
 Under ``torchrun`` (``WORLD_SIZE > 1``) the model is wrapped in
 DistributedDataParallel and the data sharded with a DistributedSampler; the global batch
 stays ``batch_size``; each rank seeds its own noise; rank 0 writes all outputs.
+``latent="bernoulli"`` (``--latent bernoulli``) swaps in the 200-binary-latent
+``BernoulliVAE`` of ``fused_gumbel.vae.bernoulli`` (relaxed Bernoulli samples, Bernoulli(1/2)
+prior); the loop, recipes and outputs are the same.
 Reproducibility: the model is initialised from ``seed``, and at the start of every
 epoch the noise RNG and the shuffle are re-seeded from ``(seed, rank, epoch)``, so a run
 resumed from a checkpoint continues exactly as an uninterrupted one.
@@ -38,6 +41,8 @@ from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler
 
 from fused_gumbel.schedules import ConstantSchedule, ExponentialDecay, TemperatureSchedule
+from fused_gumbel.vae.bernoulli import LATENTS as BERNOULLI_LATENTS
+from fused_gumbel.vae.bernoulli import BernoulliSampler, BernoulliVAE, negative_elbo_bernoulli
 from fused_gumbel.vae.data import ImageTensorDataset, collate_batch, load_mnist
 from fused_gumbel.vae.model import CategoricalVAE, LatentSampler, negative_elbo
 
@@ -63,6 +68,7 @@ LOSS_CURVE_NAME = "loss_curve.png"
 SEED_RECIPE: dict[str, Any] = dict(relu_logits=True, tau=1.0, anneal_rate=0.0, hard=False)
 # Ours: unclipped logits, tau annealed 1.0 -> 0.5 with Jang et al.'s r = 1e-4.
 DEFAULT_RECIPE: dict[str, Any] = dict(relu_logits=False, tau=1.0, anneal_rate=1e-4, min_tau=0.5, hard=False)
+LATENT_KINDS = ("categorical", "bernoulli")
 
 
 @dataclass
@@ -88,6 +94,7 @@ class TrainConfig:
     device: str | None = None
     amp: str = "none"
     quiet: bool = False
+    latent: str = "categorical"
 
     @classmethod
     def from_recipe(cls, seed_recipe: bool = False, **overrides: Any) -> "TrainConfig":
@@ -95,6 +102,9 @@ class TrainConfig:
         values = dict(SEED_RECIPE if seed_recipe else DEFAULT_RECIPE)
         if overrides.get("learn_tau") and "anneal_rate" not in overrides:
             values["anneal_rate"] = 0.0  # a learned temperature replaces the schedule
+        if overrides.get("latent") == "bernoulli":
+            # Jang et al.'s Bernoulli VAE: 200 binary (two-class) latents.
+            values.update(latent_dim=BERNOULLI_LATENTS, categories=2)
         values.update(overrides)
         config = cls(seed_recipe=seed_recipe, **values)
         config.validate()
@@ -103,6 +113,10 @@ class TrainConfig:
     def validate(self) -> None:
         if self.sampler not in ("fused", "reference", "torch"):
             raise ValueError(f"unknown sampler {self.sampler!r}")
+        if self.latent not in LATENT_KINDS:
+            raise ValueError(f"unknown latent {self.latent!r}; choose from {', '.join(LATENT_KINDS)}")
+        if self.latent == "bernoulli" and self.relu_logits:
+            raise ValueError("the seed recipe's ReLU on the encoder logits is for --latent categorical only")
         if self.learn_tau and self.anneal_rate > 0:
             raise ValueError("--learn-tau and --anneal-rate > 0 are exclusive: the temperature is either learned or scheduled")
         if self.amp not in ("none", "bf16"):
@@ -196,12 +210,21 @@ class Trainer:
         if config.batch_size % self.context.world_size:
             raise ValueError(f"batch_size {config.batch_size} is not divisible by {self.context.world_size} processes")
         self.rank_batch_size = config.batch_size // self.context.world_size
-        self.sampler = LatentSampler(config.sampler)
-        torch.manual_seed(config.seed)  # identical initial weights on every rank
-        self.model = CategoricalVAE(
-            config.latent_dim, config.categories, relu_logits=config.relu_logits,
-            learn_tau=config.learn_tau, initial_tau=config.tau,
-        ).to(device)
+        self.sampler: LatentSampler | BernoulliSampler
+        self.model: CategoricalVAE | BernoulliVAE
+        if config.latent == "bernoulli":
+            self.sampler = BernoulliSampler(config.sampler)
+            torch.manual_seed(config.seed)  # identical initial weights on every rank
+            self.model = BernoulliVAE(config.latent_dim, learn_tau=config.learn_tau, initial_tau=config.tau).to(device)
+            self.loss_fn = negative_elbo_bernoulli
+        else:
+            self.sampler = LatentSampler(config.sampler)
+            torch.manual_seed(config.seed)  # identical initial weights on every rank
+            self.model = CategoricalVAE(
+                config.latent_dim, config.categories, relu_logits=config.relu_logits,
+                learn_tau=config.learn_tau, initial_tau=config.tau,
+            ).to(device)
+            self.loss_fn = negative_elbo
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.schedule = config.make_schedule()
         self.step = 0
@@ -278,12 +301,12 @@ class Trainer:
                 decoder_logits, encoder_logits = self.wrapped_model(
                     images, self.sampler, self.schedule.value, self.config.hard
                 )
-            loss, _, _ = negative_elbo(decoder_logits, images, encoder_logits)
+            loss, _, _ = self.loss_fn(decoder_logits, images, encoder_logits)
             with torch.no_grad(), self._autocast():
                 # The unrelaxed objective at the same parameters: an exact one-hot draw
                 # from the same logits, through the decoder the relaxed loss just used.
                 one_hot = self.sampler.discrete(encoder_logits.detach())
-                unrelaxed, _, _ = negative_elbo(self.model.decode_logits(one_hot), images, encoder_logits.detach())
+                unrelaxed, _, _ = self.loss_fn(self.model.decode_logits(one_hot), images, encoder_logits.detach())
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -323,7 +346,7 @@ class Trainer:
             with self._autocast():
                 encoder_logits = self.model.encode(images)
                 decoder_logits = self.model.decode_logits(self.sampler.discrete(encoder_logits))
-            sums += torch.stack(negative_elbo(decoder_logits, images, encoder_logits)).double() * images.shape[0]
+            sums += torch.stack(self.loss_fn(decoder_logits, images, encoder_logits)).double() * images.shape[0]
         count = torch.tensor([float(self.test_images.shape[0])], dtype=torch.float64, device=self.device)
         totals = self.context.all_reduce_sum(torch.cat([sums, count]))
         loss, bce, kl = (float(total / totals[3]) for total in totals[:3])
@@ -332,9 +355,12 @@ class Trainer:
     # ---------------------------------------------------------------- images
     @torch.no_grad()
     def prior_samples(self, count: int = 64, seed: int = 0) -> Tensor:
-        """Decoded images of latents drawn from the uniform prior, ``[count, 1, 28, 28]``."""
+        """Decoded images of latents drawn from the prior (uniform categorical, or
+        Bernoulli(1/2)), ``[count, 1, 28, 28]``."""
         self.model.eval()
         generator = torch.Generator().manual_seed(seed)
+        if isinstance(self.model, BernoulliVAE):
+            return self.model.decode(self.model.prior_codes(count, generator)).float().cpu().view(count, 1, 28, 28)
         classes = torch.randint(0, self.config.categories, (count, self.config.latent_dim), generator=generator)
         codes = torch.nn.functional.one_hot(classes, self.config.categories).float().to(self.device)
         return self.model.decode(codes).float().cpu().view(count, 1, 28, 28)
@@ -389,7 +415,7 @@ def _run_title(config: TrainConfig) -> str:
     mode = "hard ST" if config.hard else "soft"
     tau = "learned tau" if config.learn_tau else (
         f"tau {config.tau:g}->{config.min_tau:g}" if config.anneal_rate > 0 else f"tau {config.tau:g}")
-    return f"categorical VAE, {recipe}, {mode}, {tau}, sampler {config.sampler}, seed {config.seed}"
+    return f"{config.latent} VAE, {recipe}, {mode}, {tau}, sampler {config.sampler}, seed {config.seed}"
 
 
 def write_loss_curve(path: Path, history: list[dict[str, Any]], title: str = "") -> None:
