@@ -23,14 +23,14 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..reference import StraightThrough
+from .model import IMAGE_PIXELS, MLPVAE
 
 __all__ = ["BernoulliSampler", "BernoulliVAE", "negative_elbo_bernoulli", "SAMPLER_NAMES"]
 
 SAMPLER_NAMES = ("fused", "reference", "torch")
-IMAGE_PIXELS = 28 * 28
 LATENTS = 200
 
 
@@ -81,7 +81,7 @@ class BernoulliSampler:
         return f"BernoulliSampler({self.name!r})"
 
 
-class BernoulliVAE(nn.Module):
+class BernoulliVAE(MLPVAE):
     """MLP encoder/decoder (784-512-256-200 / 200-256-512-784) around ``latent_dim`` binary latents.
 
     ``forward`` returns ``(decoder_logits, encoder_logits)``: decoder output before the
@@ -90,51 +90,17 @@ class BernoulliVAE(nn.Module):
     """
 
     def __init__(self, latent_dim: int = LATENTS, learn_tau: bool = False, initial_tau: float = 1.0) -> None:
-        super().__init__()
+        super().__init__(latent_dim, learn_tau, initial_tau)
         self.latent_dim = latent_dim
-        self.encoder = nn.Sequential(
-            nn.Linear(IMAGE_PIXELS, 512), nn.ReLU(),
-            nn.Linear(512, 256), nn.ReLU(),
-            nn.Linear(256, latent_dim),
-        )
-        self.decoder = nn.Sequential(
-            nn.Linear(latent_dim, 256), nn.ReLU(),
-            nn.Linear(256, 512), nn.ReLU(),
-            nn.Linear(512, IMAGE_PIXELS),
-        )
-        self.log_tau = nn.Parameter(torch.tensor(math.log(initial_tau))) if learn_tau else None
-
-    @property
-    def learns_tau(self) -> bool:
-        return self.log_tau is not None
-
-    def learned_tau(self) -> Tensor:
-        if self.log_tau is None:
-            raise RuntimeError("this model was built with learn_tau=False")
-        return self.log_tau.exp()
 
     def encode(self, images: Tensor) -> Tensor:
         return self.encoder(images.reshape(-1, IMAGE_PIXELS))
-
-    def decode_logits(self, codes: Tensor) -> Tensor:
-        return self.decoder(codes.reshape(-1, self.latent_dim))
-
-    def decode(self, codes: Tensor) -> Tensor:
-        """Pixel probabilities in [0, 1], shape ``[B, 784]``."""
-        return torch.sigmoid(self.decode_logits(codes))
 
     def prior_codes(self, count: int, generator: torch.Generator | None = None) -> Tensor:
         """``count`` draws from the Bernoulli(1/2) prior, ``[count, latent_dim]``, on the model's
         device (drawn on the CPU, so a CPU ``generator`` reproduces them on any device)."""
         device = next(self.parameters()).device
         return torch.randint(0, 2, (count, self.latent_dim), generator=generator).float().to(device)
-
-    def forward(self, images: Tensor, sampler: BernoulliSampler, tau: float | Tensor = 1.0,
-                hard: bool = False) -> tuple[Tensor, Tensor]:
-        encoder_logits = self.encode(images)
-        temperature = self.learned_tau() if self.log_tau is not None else tau
-        codes = sampler.relaxed(encoder_logits, temperature, hard)
-        return self.decode_logits(codes), encoder_logits
 
 
 def negative_elbo_bernoulli(decoder_logits: Tensor, images: Tensor,

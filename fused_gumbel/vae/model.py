@@ -90,30 +90,14 @@ class LatentSampler:
         return f"LatentSampler({self.name!r})"
 
 
-class CategoricalVAE(nn.Module):
-    """MLP encoder/decoder around ``latent_dim`` categoricals of ``categories`` classes.
+class MLPVAE(nn.Module):
+    """The networks both VAEs share: encoder 784-512-256-``code_size``, decoder
+    ``code_size``-256-512-784 (ReLU between layers), and an optional learnable temperature
+    ``log_tau``. Subclasses say how the code is shaped, sampled and decoded from."""
 
-    ``forward`` returns ``(decoder_logits, encoder_logits)``: decoder output *before*
-    the sigmoid (so the loss can use the numerically stable BCE-with-logits) and the
-    encoder logits of shape ``[B, latent_dim, categories]``.
-    With ``learn_tau=True`` the temperature is the parameter ``log_tau`` (trained through
-    the Gumbel-Softmax gradient w.r.t. tau) and the ``tau`` argument of ``forward`` is
-    ignored.
-    """
-
-    def __init__(
-        self,
-        latent_dim: int = 30,
-        categories: int = 10,
-        relu_logits: bool = False,
-        learn_tau: bool = False,
-        initial_tau: float = 1.0,
-    ) -> None:
+    def __init__(self, code_size: int, learn_tau: bool = False, initial_tau: float = 1.0) -> None:
         super().__init__()
-        self.latent_dim = latent_dim
-        self.categories = categories
-        self.relu_logits = relu_logits
-        code_size = latent_dim * categories
+        self.code_size = code_size
         self.encoder = nn.Sequential(
             nn.Linear(IMAGE_PIXELS, 512), nn.ReLU(),
             nn.Linear(512, 256), nn.ReLU(),
@@ -135,26 +119,49 @@ class CategoricalVAE(nn.Module):
             raise RuntimeError("this model was built with learn_tau=False")
         return self.log_tau.exp()
 
-    def encode(self, images: Tensor) -> Tensor:
-        logits = self.encoder(images.reshape(-1, IMAGE_PIXELS))
-        if self.relu_logits:
-            logits = F.relu(logits)
-        return logits.view(-1, self.latent_dim, self.categories)
-
     def decode_logits(self, codes: Tensor) -> Tensor:
-        return self.decoder(codes.reshape(-1, self.latent_dim * self.categories))
+        return self.decoder(codes.reshape(-1, self.code_size))
 
     def decode(self, codes: Tensor) -> Tensor:
         """Pixel probabilities in [0, 1], shape ``[B, 784]``."""
         return torch.sigmoid(self.decode_logits(codes))
 
-    def forward(
-        self, images: Tensor, sampler: LatentSampler, tau: float | Tensor = 1.0, hard: bool = False
-    ) -> tuple[Tensor, Tensor]:
+    def forward(self, images: Tensor, sampler, tau: float | Tensor = 1.0, hard: bool = False) -> tuple[Tensor, Tensor]:
         encoder_logits = self.encode(images)
         temperature = self.learned_tau() if self.log_tau is not None else tau
         codes = sampler.relaxed(encoder_logits, temperature, hard)
         return self.decode_logits(codes), encoder_logits
+
+
+class CategoricalVAE(MLPVAE):
+    """MLP encoder/decoder around ``latent_dim`` categoricals of ``categories`` classes.
+
+    ``forward`` returns ``(decoder_logits, encoder_logits)``: decoder output *before*
+    the sigmoid (so the loss can use the numerically stable BCE-with-logits) and the
+    encoder logits of shape ``[B, latent_dim, categories]``.
+    With ``learn_tau=True`` the temperature is the parameter ``log_tau`` (trained through
+    the Gumbel-Softmax gradient w.r.t. tau) and the ``tau`` argument of ``forward`` is
+    ignored.
+    """
+
+    def __init__(
+        self,
+        latent_dim: int = 30,
+        categories: int = 10,
+        relu_logits: bool = False,
+        learn_tau: bool = False,
+        initial_tau: float = 1.0,
+    ) -> None:
+        super().__init__(latent_dim * categories, learn_tau, initial_tau)
+        self.latent_dim = latent_dim
+        self.categories = categories
+        self.relu_logits = relu_logits
+
+    def encode(self, images: Tensor) -> Tensor:
+        logits = self.encoder(images.reshape(-1, IMAGE_PIXELS))
+        if self.relu_logits:
+            logits = F.relu(logits)
+        return logits.view(-1, self.latent_dim, self.categories)
 
 
 def negative_elbo(decoder_logits: Tensor, images: Tensor, encoder_logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
