@@ -45,14 +45,20 @@ class StraightThrough(torch.autograd.Function):
         return grad, None
 
 
-def _resolve_noise(logits, dim, generator, noise, seed, offset):
+def resolve_noise(logits, generator, noise, seed, offset, make_noise):
+    """The explicit ``noise`` (checked, in the compute dtype), else ``make_noise(seed, offset)``
+    for the given ``(seed, offset)``, else for a fresh pair drawn from ``generator``."""
     if noise is not None:
         if noise.shape != logits.shape:
             raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {tuple(logits.shape)}")
         return noise.to(device=logits.device, dtype=compute_dtype(logits.dtype))
     if seed is None:
         seed, offset = rng.draw_seed_offset(logits.device, generator)
-    return gumbel_noise(logits, dim, seed, 0 if offset is None else offset)
+    return make_noise(seed, 0 if offset is None else offset)
+
+
+def _resolve_noise(logits, dim, generator, noise, seed, offset):
+    return resolve_noise(logits, generator, noise, seed, offset, lambda s, o: gumbel_noise(logits, dim, s, o))
 
 
 def _perturbed(logits, dim, generator, noise, seed, offset):

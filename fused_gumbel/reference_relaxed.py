@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from . import rng
-from .reference import StraightThrough, _perturbed, compute_dtype
+from .reference import StraightThrough, _perturbed, compute_dtype, resolve_noise
 
 
 def logistic_noise(logits: torch.Tensor, seed: int, offset: int) -> torch.Tensor:
@@ -37,13 +37,7 @@ def logistic_noise(logits: torch.Tensor, seed: int, offset: int) -> torch.Tensor
 
 
 def _resolve_logistic_noise(logits, generator, noise, seed, offset):
-    if noise is not None:
-        if noise.shape != logits.shape:
-            raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {tuple(logits.shape)}")
-        return noise.to(device=logits.device, dtype=compute_dtype(logits.dtype))
-    if seed is None:
-        seed, offset = rng.draw_seed_offset(logits.device, generator)
-    return logistic_noise(logits, seed, 0 if offset is None else offset)
+    return resolve_noise(logits, generator, noise, seed, offset, lambda s, o: logistic_noise(logits, s, o))
 
 
 def relaxed_bernoulli(logits: torch.Tensor, tau: float | torch.Tensor = 1.0, hard: bool = False, *,
