@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 
 from . import _seeding, reference
-from ._layout import RowShape, as_rows
+from ._layout import as_rows
 
 # The kernels' MODE_* values (kernels.gumbel_softmax), repeated so that importing this module,
 # which registers the ops, does not import Triton.
@@ -78,24 +78,14 @@ def _sample(logits: torch.Tensor, tau: Optional[torch.Tensor], tau_value: float,
             out = reference.gumbel_softmax(logits, _reference_tau(tau, tau_value, logits, dim), mode == MODE_HARD,
                                            dim, seed=key, offset=offset)
         return out.contiguous(), state
-    from .kernels import gumbel_softmax as kernels
+    from .function import sample_forward
 
-    shape = RowShape.of(logits.shape, dim)
-    x, x_strides = as_rows(logits, dim)
     if isinstance(key, torch.Tensor):
         state, rng_out = key, None
     else:
         state = rng_out = torch.empty(2, dtype=torch.int64, device=logits.device)
-    tau_arg = tau_value if tau is None else tau
-    if mode == MODE_INDEX:
-        index = torch.empty(shape.rows, dtype=torch.int64, device=logits.device)
-        kernels.gumbel_softmax_forward(x, x_strides, None, (0, 0, 0), index, tau_arg, shape.rows, shape.classes,
-                                       shape.inner, key, offset, MODE_INDEX, rng_out=rng_out)
-        return index.reshape(logits.shape[:dim] + logits.shape[dim + 1:]), state
-    y = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
-    kernels.gumbel_softmax_forward(x, x_strides, y, (shape.classes * shape.inner, shape.inner, 1), None, tau_arg,
-                                   shape.rows, shape.classes, shape.inner, key, offset, mode, rng_out=rng_out)
-    return y, state
+    out, _, _ = sample_forward(logits, tau_value if tau is None else tau, mode, dim, key, offset, rng_out=rng_out)
+    return out, state
 
 
 def _sample_fake(logits, tau, tau_value, mode, dim, seed, backend, call_token):
@@ -112,22 +102,12 @@ def _sample_backward(grad: torch.Tensor, src: torch.Tensor, tau: Optional[torch.
     output y for the Triton soft mode (which needs no noise)."""
     if backend == "reference":
         return _reference_backward(grad, src, tau, tau_value, dim, rng_state, tau_grad)
-    from .kernels import gumbel_softmax as kernels
+    from .function import sample_backward
 
-    shape = RowShape.of(src.shape, dim)
-    grad, grad_strides = as_rows(grad, dim)
     src, src_strides = as_rows(src, dim)
-    grad_x = torch.empty(src.shape, dtype=src.dtype, device=src.device)
-    grad_tau_rows = None
-    if tau_grad:
-        grad_tau_rows = torch.empty(shape.rows, dtype=reference.compute_dtype(src.dtype), device=src.device)
-    kernels.gumbel_softmax_backward(grad, grad_strides, src, src_strides, grad_x,
-                                    (shape.classes * shape.inner, shape.inner, 1), grad_tau_rows,
-                                    tau_value if tau is None else tau, shape.rows, shape.classes, shape.inner,
-                                    rng_state, None, regenerate=hard)
-    if grad_tau_rows is None:
-        return grad_x, grad_x.new_empty(0)
-    return grad_x, (grad_tau_rows.sum() if tau.dim() == 0 else grad_tau_rows).to(tau.dtype)
+    grad_x, grad_tau = sample_backward(grad, src, src_strides, tau_value if tau is None else tau, dim, rng_state, None,
+                                       hard, tau_grad)
+    return grad_x, grad_x.new_empty(0) if grad_tau is None else grad_tau
 
 
 def _reference_backward(grad, logits, tau, tau_value, dim, rng_state, tau_grad):

@@ -20,6 +20,11 @@ class RowShape(NamedTuple):
     def rows(self) -> int:
         return self.outer * self.inner
 
+    @property
+    def contiguous_strides(self) -> tuple[int, int, int]:
+        """(outer, class, inner) strides of a contiguous tensor of this shape."""
+        return (self.classes * self.inner, self.inner, 1)
+
     @classmethod
     def of(cls, shape: torch.Size, dim: int) -> "RowShape":
         outer = 1

@@ -13,8 +13,47 @@ from ._layout import RowShape, as_rows
 from .kernels import gumbel_softmax as kernels
 
 
-def _contiguous_strides(shape: RowShape) -> tuple[int, int, int]:
-    return (shape.classes * shape.inner, shape.inner, 1)
+def sample_forward(logits, tau, mode, dim, seed, offset, rng_out=None):
+    """One forward launch for ``mode`` (kernels.MODE_*). Returns ``(out, x, x_strides)``: the
+    sample (same shape and dtype as the logits) or, for MODE_INDEX, int64 indices with ``dim``
+    removed; and the [outer, K, inner] view of the logits the kernel read."""
+    shape = RowShape.of(logits.shape, dim)
+    x, x_strides = as_rows(logits, dim)
+    if mode == kernels.MODE_INDEX:
+        index = torch.empty(shape.rows, dtype=torch.int64, device=logits.device)
+        kernels.gumbel_softmax_forward(x, x_strides, None, (0, 0, 0), index, tau, shape.rows, shape.classes,
+                                       shape.inner, seed, offset, mode, rng_out=rng_out)
+        return index.reshape(logits.shape[:dim] + logits.shape[dim + 1:]), x, x_strides
+    y = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+    kernels.gumbel_softmax_forward(x, x_strides, y, shape.contiguous_strides, None, tau, shape.rows, shape.classes,
+                                   shape.inner, seed, offset, mode, rng_out=rng_out)
+    return y, x, x_strides
+
+
+def tau_grad_buffer(tau, needed: bool, size: int, like: torch.Tensor):
+    """Per-row (or per-program) temperature-gradient buffer in the compute dtype, or None."""
+    if not (needed and isinstance(tau, torch.Tensor)):
+        return None
+    return torch.empty(size, dtype=torch.float64 if like.dtype == torch.float64 else torch.float32,
+                       device=like.device)
+
+
+def reduce_tau_grad(partial: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """The gradient of a 0-dim tau is the sum of the partial ones; a per-row tau keeps them."""
+    return (partial.sum() if tau.dim() == 0 else partial).to(tau.dtype)
+
+
+def sample_backward(grad_y, src, src_strides, tau, dim, seed, offset, hard, tau_grad):
+    """One backward launch. ``src`` is the saved soft output, or the logits' [outer, K, inner]
+    view when ``hard`` (the kernel regenerates the noise). Returns (grad_logits, grad_tau or None)."""
+    shape = RowShape.of(src.shape, dim)
+    grad_y, grad_y_strides = as_rows(grad_y, dim)
+    grad_x = torch.empty(grad_y.shape, dtype=src.dtype, device=src.device)
+    grad_tau_rows = tau_grad_buffer(tau, tau_grad, shape.rows, src)
+    kernels.gumbel_softmax_backward(grad_y, grad_y_strides, src, src_strides, grad_x, shape.contiguous_strides,
+                                    grad_tau_rows, tau, shape.rows, shape.classes, shape.inner, seed, offset,
+                                    regenerate=hard)
+    return grad_x, None if grad_tau_rows is None else reduce_tau_grad(grad_tau_rows, tau)
 
 
 class GumbelSoftmaxFunction(torch.autograd.Function):
@@ -25,34 +64,19 @@ class GumbelSoftmaxFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, tau, hard, dim, seed, offset):
-        shape = RowShape.of(logits.shape, dim)
-        x, x_strides = as_rows(logits, dim)
-        y = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
-        kernels.gumbel_softmax_forward(x, x_strides, y, _contiguous_strides(shape), None, tau, shape.rows,
-                                       shape.classes, shape.inner, seed, offset,
-                                       kernels.MODE_HARD if hard else kernels.MODE_SOFT)
+        mode = kernels.MODE_HARD if hard else kernels.MODE_SOFT
+        y, x, x_strides = sample_forward(logits, tau, mode, dim, seed, offset)
         tau_tensor = tau if isinstance(tau, torch.Tensor) else None
         ctx.save_for_backward(x if hard else y, tau_tensor)
         ctx.tau_float = None if tau_tensor is not None else tau
-        ctx.hard, ctx.dim, ctx.seed, ctx.offset, ctx.shape = hard, dim, seed, offset, shape
-        ctx.src_strides = x_strides if hard else _contiguous_strides(shape)
+        ctx.hard, ctx.dim, ctx.seed, ctx.offset = hard, dim, seed, offset
+        ctx.src_strides = x_strides if hard else RowShape.of(logits.shape, dim).contiguous_strides
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
         src, tau_tensor = ctx.saved_tensors
         tau = ctx.tau_float if tau_tensor is None else tau_tensor
-        shape = ctx.shape
-        grad_y, grad_y_strides = as_rows(grad_y, ctx.dim)
-        grad_x = torch.empty(grad_y.shape, dtype=src.dtype, device=src.device)
-        grad_tau_rows = None
-        if tau_tensor is not None and ctx.needs_input_grad[1]:
-            grad_tau_rows = torch.empty(shape.rows, dtype=torch.float64 if src.dtype == torch.float64
-                                        else torch.float32, device=src.device)
-        kernels.gumbel_softmax_backward(grad_y, grad_y_strides, src, ctx.src_strides, grad_x,
-                                        _contiguous_strides(shape), grad_tau_rows, tau, shape.rows,
-                                        shape.classes, shape.inner, ctx.seed, ctx.offset, regenerate=ctx.hard)
-        grad_tau = None
-        if grad_tau_rows is not None:
-            grad_tau = (grad_tau_rows.sum() if tau_tensor.dim() == 0 else grad_tau_rows).to(tau_tensor.dtype)
+        grad_x, grad_tau = sample_backward(grad_y, src, ctx.src_strides, tau, ctx.dim, ctx.seed, ctx.offset,
+                                           ctx.hard, ctx.needs_input_grad[1])
         return grad_x, grad_tau, None, None, None, None

@@ -120,11 +120,13 @@ def _tau_for_kernel(tau, logits: torch.Tensor, dim: int):
     return tau.expand(row_shape).reshape(-1).contiguous()
 
 
-def _check_compiled_call(generator: Optional[torch.Generator]) -> None:
+def _check_compiled_call(generator: Optional[torch.Generator], seed: Optional[int]) -> None:
     if generator is not None:
         raise ValueError(
             "generator= is not supported inside torch.compile (a Generator cannot be a graph input); "
             "seed the default generator with torch.manual_seed, or pass seed=")
+    if seed is not None:
+        _seeding.check_seed(seed)
 
 
 def _check_host_seed(key) -> None:
@@ -189,9 +191,7 @@ def gumbel_softmax(
                               backend=backend).reshape(())
     chosen = select_backend(logits.device, backend)
     if torch.compiler.is_compiling():
-        _check_compiled_call(generator)
-        if seed is not None:
-            _seeding.check_seed(seed)
+        _check_compiled_call(generator, seed)
         mode = _custom_op.MODE_HARD if hard else _custom_op.MODE_SOFT
         return _custom_op.sample(logits, _tau_for_kernel(tau, logits, dim), mode, dim, seed, chosen)
     key, offset = _seeding.draw(logits.device, generator, seed)
@@ -235,25 +235,14 @@ def categorical(
     logits = logits.detach()
     chosen = select_backend(logits.device, backend)
     if torch.compiler.is_compiling():
-        _check_compiled_call(generator)
-        if seed is not None:
-            _seeding.check_seed(seed)
+        _check_compiled_call(generator, seed)
         mode = _custom_op.MODE_HARD if one_hot else _custom_op.MODE_INDEX
         return _custom_op.sample(logits, 1.0, mode, dim, seed, chosen)
     key, offset = _seeding.draw(logits.device, generator, seed)
     if chosen == "reference":
         _check_host_seed(key)
         return reference.categorical(logits, dim, one_hot=one_hot, seed=key, offset=offset)
-    from ._layout import as_rows
-    from .kernels import gumbel_softmax as kernels
+    from .function import sample_forward
 
-    x, x_strides = as_rows(logits, dim)
-    if one_hot:
-        out = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
-        kernels.gumbel_softmax_forward(x, x_strides, out, (shape.classes * shape.inner, shape.inner, 1), None,
-                                       1.0, shape.rows, shape.classes, shape.inner, key, offset, kernels.MODE_HARD)
-        return out
-    index = torch.empty(shape.rows, dtype=torch.int64, device=logits.device)
-    kernels.gumbel_softmax_forward(x, x_strides, None, (0, 0, 0), index, 1.0, shape.rows, shape.classes,
-                                   shape.inner, key, offset, kernels.MODE_INDEX)
-    return index.reshape(out_shape)
+    mode = _custom_op.MODE_HARD if one_hot else _custom_op.MODE_INDEX
+    return sample_forward(logits, 1.0, mode, dim, key, offset)[0]

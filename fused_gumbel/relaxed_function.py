@@ -11,16 +11,10 @@ from __future__ import annotations
 import torch
 
 from ._layout import RowShape, as_rows
+from .function import reduce_tau_grad, tau_grad_buffer
+from .reference import compute_dtype
 from .kernels import gumbel_topk as topk_kernels
 from .kernels import relaxed_bernoulli as bernoulli_kernels
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _contiguous_strides(shape: RowShape) -> tuple[int, int, int]:
-    return (shape.classes * shape.inner, shape.inner, 1)
 
 
 class RelaxedBernoulliFunction(torch.autograd.Function):
@@ -45,13 +39,12 @@ class RelaxedBernoulliFunction(torch.autograd.Function):
         tau = ctx.tau_float if tau_tensor is None else tau_tensor
         grad_y = grad_y.contiguous()
         grad_x = torch.empty_like(x)
-        grad_tau = None
-        if tau_tensor is not None and ctx.needs_input_grad[1]:
-            size = x.numel() if tau_tensor.dim() else bernoulli_kernels.num_programs(x.numel())
-            grad_tau = torch.empty(size, dtype=_compute_dtype(x.dtype), device=x.device)
+        # A 0-dim tau gets one partial sum per program (no atomics), reduced below.
+        size = x.numel() if tau_tensor is not None and tau_tensor.dim() else bernoulli_kernels.num_programs(x.numel())
+        grad_tau = tau_grad_buffer(tau_tensor, ctx.needs_input_grad[1], size, x)
         bernoulli_kernels.relaxed_bernoulli_backward(grad_y, x, grad_x, grad_tau, tau, ctx.seed, ctx.offset)
         if grad_tau is not None:
-            grad_tau = (grad_tau if tau_tensor.dim() else grad_tau.sum()).to(tau_tensor.dtype)
+            grad_tau = reduce_tau_grad(grad_tau, tau_tensor)
         return grad_x, grad_tau, None, None, None
 
 
@@ -67,9 +60,9 @@ class GumbelTopkFunction(torch.autograd.Function):
         y = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
         stats = None
         if save_stats:
-            stats = torch.empty(shape.rows, k, 4, dtype=_compute_dtype(logits.dtype), device=logits.device)
+            stats = torch.empty(shape.rows, k, 4, dtype=compute_dtype(logits.dtype), device=logits.device)
         mode = topk_kernels.MODE_HARD if hard else topk_kernels.MODE_SOFT
-        topk_kernels.gumbel_topk_forward(x, x_strides, y, _contiguous_strides(shape), None, stats, tau, shape.rows,
+        topk_kernels.gumbel_topk_forward(x, x_strides, y, shape.contiguous_strides, None, stats, tau, shape.rows,
                                          shape.classes, shape.inner, k, seed, offset, mode)
         tau_tensor = tau if isinstance(tau, torch.Tensor) else None
         ctx.save_for_backward(x, tau_tensor, stats)
@@ -84,13 +77,9 @@ class GumbelTopkFunction(torch.autograd.Function):
         shape = ctx.shape
         grad_y, grad_y_strides = as_rows(grad_y, ctx.dim)
         grad_x = torch.empty(grad_y.shape, dtype=x.dtype, device=x.device)
-        grad_tau_rows = None
-        if tau_tensor is not None and ctx.needs_input_grad[1]:
-            grad_tau_rows = torch.empty(shape.rows, dtype=_compute_dtype(x.dtype), device=x.device)
-        topk_kernels.gumbel_topk_backward(grad_y, grad_y_strides, x, ctx.x_strides, grad_x, _contiguous_strides(shape),
+        grad_tau_rows = tau_grad_buffer(tau_tensor, ctx.needs_input_grad[1], shape.rows, x)
+        topk_kernels.gumbel_topk_backward(grad_y, grad_y_strides, x, ctx.x_strides, grad_x, shape.contiguous_strides,
                                           grad_tau_rows, stats, tau, shape.rows, shape.classes, shape.inner, ctx.k,
                                           ctx.seed, ctx.offset)
-        grad_tau = None
-        if grad_tau_rows is not None:
-            grad_tau = (grad_tau_rows.sum() if tau_tensor.dim() == 0 else grad_tau_rows).to(tau_tensor.dtype)
+        grad_tau = None if grad_tau_rows is None else reduce_tau_grad(grad_tau_rows, tau_tensor)
         return grad_x, grad_tau, None, None, None, None, None, None

@@ -36,8 +36,8 @@ Every term is bounded (e'_i / R' <= 1, p_i <= 1/2 off the argmax), so nothing la
 import triton
 import triton.language as tl
 
-from .gumbel_softmax import (_SEED_ARGS, _call_seed, _perturbed_logits, _row_offsets, _seed_args, _tau_rows,
-                             _valid_rows, tile_config)
+from .gumbel_softmax import (_SEED_ARGS, _call_seed, _compute_dtype, _perturbed_logits, _row_offsets, _seed_args,
+                             _tau_rows, _valid_rows, tile_config)
 
 MODE_SOFT = 0
 MODE_HARD = 1
@@ -228,12 +228,6 @@ def topk_tile_config(n_rows: int, classes: int) -> dict:
     if classes > MAX_CLASSES:
         raise ValueError(f"the fused top-k holds a row in registers: at most {MAX_CLASSES} classes, got {classes}")
     return tile_config(n_rows, classes, MAX_CLASSES)
-
-
-def _compute_dtype(dtype):
-    import torch
-
-    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 def _tau_args(tau, like):

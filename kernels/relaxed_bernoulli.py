@@ -20,7 +20,7 @@ logits) contribute 0 rather than 0 * inf. NaN logits give NaN samples and gradie
 import triton
 import triton.language as tl
 
-from .gumbel_softmax import _SEED_ARGS, _call_seed, _seed_args
+from .gumbel_softmax import _SEED_ARGS, _call_seed, _compute_dtype, _seed_args
 from .rng import logistic_noise
 
 MODE_SOFT = 0
@@ -101,12 +101,6 @@ def relaxed_bernoulli_bwd_kernel(
         else:
             # One partial sum per program, summed on the host: deterministic, no atomics.
             tl.store(grad_tau_ptr + pid, tl.sum(tl.where(mask, grad_tau, 0.0), axis=0))
-
-
-def _compute_dtype(dtype):
-    import torch
-
-    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 def num_programs(numel: int) -> int:
