@@ -26,11 +26,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..reference import StraightThrough
-from .model import IMAGE_PIXELS, MLPVAE
+from .model import IMAGE_PIXELS, SAMPLER_NAMES, MLPVAE, Sampler
 
 __all__ = ["BernoulliSampler", "BernoulliVAE", "negative_elbo_bernoulli", "SAMPLER_NAMES"]
 
-SAMPLER_NAMES = ("fused", "reference", "torch")
 LATENTS = 200
 
 
@@ -40,7 +39,7 @@ def _torch_relaxed(logits: Tensor, tau: float | Tensor, hard: bool = False) -> T
     return StraightThrough.apply(soft, (soft > 0.5).to(soft.dtype)) if hard else soft
 
 
-class BernoulliSampler:
+class BernoulliSampler(Sampler):
     """``relaxed(logits, tau, hard)`` (differentiable, for training) and ``discrete(logits)``
     (exact 0/1 draws, no gradient), from one backend:
 
@@ -50,35 +49,18 @@ class BernoulliSampler:
       for hard) and ``torch.bernoulli(sigmoid(logits))``.
     """
 
-    def __init__(self, name: str = "fused") -> None:
-        if name not in SAMPLER_NAMES:
-            raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLER_NAMES)}")
-        self.name = name
-        self._relaxed: Callable[..., Tensor]
-        self._discrete: Callable[[Tensor], Tensor]
+    def _bind(self, name: str) -> tuple[Callable[..., Tensor], Callable[[Tensor], Tensor]]:
         if name == "fused":
             import fused_gumbel
 
-            self._relaxed = fused_gumbel.relaxed_bernoulli
-            self._discrete = fused_gumbel.bernoulli
-        elif name == "reference":
+            return (lambda logits, tau, hard: fused_gumbel.relaxed_bernoulli(logits, tau, hard=hard),
+                    fused_gumbel.bernoulli)
+        if name == "reference":
             from fused_gumbel import reference_relaxed
 
-            self._relaxed = reference_relaxed.relaxed_bernoulli
-            self._discrete = reference_relaxed.bernoulli
-        else:
-            self._relaxed = _torch_relaxed
-            self._discrete = lambda logits: torch.bernoulli(torch.sigmoid(logits.float())).to(logits.dtype)
-
-    def relaxed(self, logits: Tensor, tau: float | Tensor, hard: bool) -> Tensor:
-        return self._relaxed(logits, tau, hard=hard)
-
-    @torch.no_grad()
-    def discrete(self, logits: Tensor) -> Tensor:
-        return self._discrete(logits)
-
-    def __repr__(self) -> str:
-        return f"BernoulliSampler({self.name!r})"
+            return (lambda logits, tau, hard: reference_relaxed.relaxed_bernoulli(logits, tau, hard=hard),
+                    reference_relaxed.bernoulli)
+        return _torch_relaxed, lambda logits: torch.bernoulli(torch.sigmoid(logits.float())).to(logits.dtype)
 
 
 class BernoulliVAE(MLPVAE):

@@ -40,12 +40,34 @@ def _torch_categorical_one_hot(logits: Tensor) -> Tensor:
     return F.one_hot(index, logits.shape[-1]).to(logits.dtype)
 
 
-class LatentSampler:
-    """The two draws the VAE needs, taken from one backend.
+class Sampler:
+    """The two draws a VAE needs, taken from one backend (``SAMPLER_NAMES``):
+    ``relaxed(logits, tau, hard)``, differentiable, for training, and ``discrete(logits)``,
+    exact and without gradient, for the unrelaxed loss, the test loss and reconstructions.
+    Subclasses bind the backend's two functions in ``_bind``."""
 
-    ``relaxed(logits, tau, hard)`` is the differentiable Gumbel-Softmax sample used for
-    training; ``discrete(logits)`` is an exact one-hot categorical draw (no gradient)
-    used for the unrelaxed training loss, the test loss and reconstructions.
+    def __init__(self, name: str = "fused") -> None:
+        if name not in SAMPLER_NAMES:
+            raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLER_NAMES)}")
+        self.name = name
+        self._relaxed, self._discrete = self._bind(name)
+
+    def _bind(self, name: str) -> tuple[Callable[..., Tensor], Callable[[Tensor], Tensor]]:
+        raise NotImplementedError
+
+    def relaxed(self, logits: Tensor, tau: float | Tensor, hard: bool) -> Tensor:
+        return self._relaxed(logits, tau, hard)
+
+    @torch.no_grad()
+    def discrete(self, logits: Tensor) -> Tensor:
+        return self._discrete(logits)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+class LatentSampler(Sampler):
+    """Categorical draws over the last dim.
 
     * ``fused``: ``fused_gumbel.gumbel_softmax`` and ``fused_gumbel.categorical``.
     * ``reference``: ``fused_gumbel.reference.gumbel_softmax`` and ``.categorical``.
@@ -53,41 +75,20 @@ class LatentSampler:
       with ``torch.Tensor.exponential_`` noise.
     """
 
-    def __init__(self, name: str = "fused") -> None:
-        if name not in SAMPLER_NAMES:
-            raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLER_NAMES)}")
-        self.name = name
-        self._relaxed: Callable[..., Tensor]
-        self._discrete: Callable[[Tensor], Tensor]
+    def _bind(self, name: str) -> tuple[Callable[..., Tensor], Callable[[Tensor], Tensor]]:
         if name == "fused":
             import fused_gumbel
 
-            missing = [f for f in ("gumbel_softmax", "categorical") if not hasattr(fused_gumbel, f)]
-            if missing:
-                raise RuntimeError(
-                    "this fused_gumbel build lacks " + ", ".join(missing)
-                    + "; use --sampler reference or --sampler torch"
-                )
-            self._relaxed = fused_gumbel.gumbel_softmax
-            self._discrete = lambda logits: fused_gumbel.categorical(logits, dim=-1, one_hot=True)
+            relaxed, categorical = fused_gumbel.gumbel_softmax, fused_gumbel.categorical
         elif name == "reference":
             from fused_gumbel import reference
 
-            self._relaxed = reference.gumbel_softmax
-            self._discrete = lambda logits: reference.categorical(logits, dim=-1, one_hot=True)
+            relaxed, categorical = reference.gumbel_softmax, reference.categorical
         else:
-            self._relaxed = F.gumbel_softmax
-            self._discrete = _torch_categorical_one_hot
-
-    def relaxed(self, logits: Tensor, tau: float | Tensor, hard: bool) -> Tensor:
-        return self._relaxed(logits, tau=tau, hard=hard, dim=-1)
-
-    @torch.no_grad()
-    def discrete(self, logits: Tensor) -> Tensor:
-        return self._discrete(logits)
-
-    def __repr__(self) -> str:
-        return f"LatentSampler({self.name!r})"
+            relaxed = F.gumbel_softmax
+            return (lambda logits, tau, hard: relaxed(logits, tau=tau, hard=hard, dim=-1)), _torch_categorical_one_hot
+        return ((lambda logits, tau, hard: relaxed(logits, tau=tau, hard=hard, dim=-1)),
+                lambda logits: categorical(logits, dim=-1, one_hot=True))
 
 
 class MLPVAE(nn.Module):
