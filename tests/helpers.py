@@ -1,4 +1,9 @@
-"""Shared test utilities: run the fused kernel and the reference on identical noise."""
+"""Shared test utilities: run the fused kernel and the reference on identical noise; compile
+kernels for an H100 without a GPU."""
+import os
+import subprocess
+import sys
+
 import torch
 
 import fused_gumbel
@@ -36,6 +41,18 @@ def fused_and_reference(logits, tau=1.0, hard=False, dim=-1, seed=0, grad_weight
     return run_both_backends(fused_gumbel.gumbel_softmax, logits, tau, seed, grad_weight, hard=hard, dim=dim)
 
 
+def compile_for_sm90(script: str, timeout: int = 900) -> str:
+    """Run ``script`` (a ``str.format`` template whose ``{tests}`` is this folder, so it can import
+    ``sm90_compile``) in a fresh Python without TRITON_INTERPRET; assert it succeeds and return
+    its stdout (one ``: ok`` line per compiled variant)."""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", script.format(tests=tests)], cwd=os.path.dirname(tests), env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout + done.stderr[-4000:]
+    return done.stdout
+
+
 def assert_close(actual, expected, dtype, scale=None):
     """Within ``dtype``'s tolerance; ``scale`` (default: 1 or the largest |expected|) scales atol,
     since a gradient's rounding error grows with its magnitude."""
@@ -45,4 +62,4 @@ def assert_close(actual, expected, dtype, scale=None):
     torch.testing.assert_close(actual.double(), expected.double(), atol=atol * scale, rtol=rtol, equal_nan=True)
 
 
-__all__ = ["run_both_backends", "fused_and_reference", "assert_close", "TOLERANCES", "reference"]
+__all__ = ["compile_for_sm90", "run_both_backends", "fused_and_reference", "assert_close", "TOLERANCES", "reference"]

@@ -2,8 +2,6 @@
 samples what eager samples for the same ``torch.manual_seed``; the Triton variants added for it
 compile for sm_90."""
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -15,7 +13,8 @@ from fused_gumbel import _custom_op  # noqa: F401  (registers torch.ops.fused_gu
 from fused_gumbel.nn import GumbelSoftmax
 from fused_gumbel.schedules import ExponentialDecay
 
-from conftest import REPO_ROOT, interpreted
+from conftest import interpreted
+from helpers import compile_for_sm90
 
 BACKENDS = ["reference"] + (["triton"] if interpreted() else [])
 COMPILERS = ["aot_eager", "inductor"]
@@ -254,12 +253,8 @@ def test_seed_pointer_kernel_variants_compile_for_sm90():
     """The kernels with their runtime seed words and rng pointer (the one binary that eager,
     compiled and captured launches share) build for an H100 in every mode, packed and looped;
     no GPU needed."""
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    script = SM90_CHECK.format(tests=os.path.join(REPO_ROOT, "tests"))
-    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                            timeout=900)
-    assert result.returncode == 0, result.stdout + result.stderr[-4000:]
-    assert result.stdout.count(": ok") == 10, result.stdout
+    stdout = compile_for_sm90(SM90_CHECK)
+    assert stdout.count(": ok") == 10, stdout
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -1,11 +1,8 @@
 """The Gumbel-Softmax kernels compile for an H100 (sm_90) in every constexpr variant the
 launchers use (checked without a GPU, in a subprocess free of TRITON_INTERPRET)."""
-import os
-import subprocess
-import sys
 import textwrap
 
-from conftest import REPO_ROOT
+from helpers import compile_for_sm90
 
 SCRIPT = textwrap.dedent("""
     import itertools, sys, torch
@@ -44,8 +41,5 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_kernels_compile_for_sm90():
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    script = SCRIPT.format(tests=os.path.join(REPO_ROOT, "tests"))
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout + result.stderr[-4000:]
-    assert result.stdout.count(": ok") >= 12, result.stdout
+    stdout = compile_for_sm90(SCRIPT)
+    assert stdout.count(": ok") >= 12, stdout
