@@ -84,7 +84,7 @@ def _sample(logits: torch.Tensor, tau: Optional[torch.Tensor], tau_value: float,
         state, rng_out = key, None
     else:
         state = rng_out = torch.empty(2, dtype=torch.int64, device=logits.device)
-    out, _, _ = sample_forward(logits, tau_value if tau is None else tau, mode, dim, key, offset, rng_out=rng_out)
+    out = sample_forward(logits, tau_value if tau is None else tau, mode, dim, key, offset, rng_out=rng_out)[0]
     return out, state
 
 

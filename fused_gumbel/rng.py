@@ -1,10 +1,10 @@
-"""The random-number spec shared by the Triton kernels and the PyTorch reference.
+"""The random-number spec (version 2) shared by the Triton kernels and the PyTorch reference.
 
 Every random draw of this package is counter-based Philox4x32-10 (Salmon, Moraes, Dror, Shaw,
 "Parallel Random Numbers: As Easy as 1, 2, 3", SC 2011), the generator behind `tl.randint4x`
-and PyTorch's CUDA RNG. A call is identified by a 64-bit ``seed`` (the Philox key) and a
-64-bit ``offset`` (a stream id); the kernels (``kernels/rng.py``) and this module implement
-the same mapping from an element to its noise, bit for bit:
+and PyTorch's CUDA RNG. A call is identified by a 64-bit ``seed`` and a 64-bit ``offset`` (a
+stream id); the kernels (``kernels/rng.py``) and this module map an element to the same Philox
+word, bit for bit, and to the same noise within a stated bound:
 
 1. View the logits as ``[R, K]``: ``dim`` moved last, the other dims flattened row-major
    (independent of memory layout). Let ``Q = ceil(K / 4)``.
@@ -12,14 +12,25 @@ the same mapping from an element to its noise, bit for bit:
    ``n = r * Q + k // 4`` (64-bit), so one call feeds four neighbouring classes::
 
        (w0, w1, w2, w3) = Philox4x32_10(counter=(lo32(n), hi32(n), lo32(offset), hi32(offset)),
-                                        key=(lo32(seed), hi32(seed)))
+                                        key=(lo32(key), hi32(key)))   with key = seed ^ DOMAIN_TAG
 
-3. ``b = w >> 1`` (31 bits); ``v = min(max(b, 1) * 2**-31, 1 - 2**-24)`` in the compute dtype
-   (float32, or float64 for float64 logits), so ``v`` lies strictly inside (0, 1).
-4. ``E = -log1p(-v)`` is Exp(1); log1p is evaluated as ``v * log(a) / (a - 1)`` with
-   ``a = 1 - v`` (Goldberg's trick, exact to a few ulp from plain ``log``), or ``v`` when
-   ``a`` rounds to 1. Small ``v`` is the winning tail, so it is resolved to 2**-31.
-5. The Gumbel(0, 1) noise is ``g = -log(E)``; it lies in about [-2.8, 21.5] in float32.
+   The domain tag (v2) keeps our counters apart from PyTorch's own CUDA Philox stream, whose
+   key is the generator's seed itself: the same (seed, offset) can no longer yield the same words.
+3. ``b = min(max(w >> 1, 1), 2**31 - 2**7)`` (31 bits); ``v = b * 2**-31`` lies in
+   ``[2**-31, 1 - 2**-24]`` (the float32 ``min``/``max`` of version 1, moved to the integer).
+4. ``E = -log1p(-v)`` is Exp(1) and the Gumbel(0, 1) noise is ``g = -log(E)``: its definition is
+   this formula in exact (float64) arithmetic. ``g`` lies in about [-2.8, 21.5]. Small ``v`` is
+   the winning tail, resolved to 2**-31, so a class d nats below the leader still wins with the
+   right probability 1 / (1 + e^d) to within 1% up to d = 18 (checked by exact enumeration).
+5. Implementations evaluate step 4 within a stated error of the definition:
+   - exact twin (the reference, the CPU path, the Triton interpreter, float64 everywhere):
+     Goldberg's log1p ``v * log(a) / (a - 1)`` with ``a = 1 - v`` (``v`` when ``a`` rounds to 1),
+     within a few float32 ulp of the definition (``EXACT_NOISE_BOUND``);
+   - fast twin (float32 Triton kernels on the GPU): ``E = v(1 + v/2 + v^2/3 + v^3/4)`` for
+     ``v < 2**-6``, else ``-ln2 * lg2.approx(1 - v)``; ``g = -ln2 * lg2.approx(E)`` (MUFU unit),
+     within ``FAST_NOISE_BOUND`` nats of the definition.
+   Hard samples and categorical draws agree between implementations except on near-ties
+   closer than the bound, which occur with probability about (number of classes) x bound.
 
 Elementwise mapping (relaxed Bernoulli, ``fused_gumbel.relaxed_bernoulli`` / ``bernoulli``):
 the logits are flattened row-major (any shape, independent of memory layout) and element
@@ -58,9 +69,27 @@ CUDA_OFFSET_INCREMENT = 4
 
 _MASK32 = 0xFFFFFFFF
 
+SPEC_VERSION = 2
+# XOR-ed into every seed to form the Philox key (spec step 2); kernels/rng.py holds its two halves.
+DOMAIN_TAG = 0x2545F4914F6CDD1D
+# Largest 31-bit draw used (spec step 3): (2**31 - 2**7) * 2**-31 = 1 - 2**-24.
+TOP_BITS = 2**31 - 2**7
+# Stated bounds on |g - g_definition| in nats (spec step 5), for float32 noise. The exact twin's
+# bound is a few ulp of |g| <= 21.5 plus the log's own error; the fast twin's comes from the
+# MUFU lg2 error (about 2**-22 absolute) divided by E >= 2**-6 * ln 2 on the MUFU branch.
+EXACT_NOISE_BOUND = 2e-6
+FAST_NOISE_BOUND = 1e-5
+FAST_SERIES_BELOW = 2.0**-6
+
+
+def philox_key(seed: int) -> int:
+    """The 64-bit Philox key of a call with ``seed`` (spec step 2: ``seed ^ DOMAIN_TAG``)."""
+    return (seed ^ DOMAIN_TAG) & 0xFFFFFFFFFFFFFFFF
+
 
 def philox4x32(seed: int, offset: int, counter: torch.Tensor, rounds: int = PHILOX_ROUNDS) -> torch.Tensor:
-    """Philox4x32-``rounds`` of each int64 ``counter`` (the low 64 bits of the 128-bit counter).
+    """Philox4x32-``rounds`` of each int64 ``counter`` (the low 64 bits of the 128-bit counter)
+    under the raw key ``seed`` (callers pass :func:`philox_key` of a call's seed).
 
     Returns an int64 tensor of shape ``counter.shape + (4,)`` holding the four 32-bit words.
     CPU counters go through a numba-compiled loop when numba is installed; it gives the same
@@ -167,21 +196,26 @@ def gumbel_noise_rows(rows: int, classes: int, seed: int, offset: int, dtype: to
     On CPU with numba installed this is one compiled pass (the CPU backend's hot path); its
     bits are identical to :func:`gumbel_noise_rows_torch` and its logs agree to the last ulp.
     """
+    seed = philox_key(seed)
     if _gumbel_rows_numba is not None and torch.device(device).type == "cpu":
         np_dtype = np.float64 if dtype == torch.float64 else np.float32
         out = np.empty((rows, classes), dtype=np_dtype)
         constants = np.array([1.0, UNIFORM_SCALE, UNIFORM_MAX], dtype=np_dtype)
         _gumbel_rows_numba(out, constants, seed & _MASK32, (seed >> 32) & _MASK32, offset & _MASK32, (offset >> 32) & _MASK32)
         return torch.from_numpy(out).to(dtype)
-    return gumbel_noise_rows_torch(rows, classes, seed, offset, dtype, device)
+    return _gumbel_noise_rows_keyed(rows, classes, seed, offset, dtype, device)
 
 
 def gumbel_noise_rows_torch(rows: int, classes: int, seed: int, offset: int, dtype: torch.dtype,
                             device: torch.device | str = "cpu") -> torch.Tensor:
     """:func:`gumbel_noise_rows` in torch ops, for any device: the readable definition."""
+    return _gumbel_noise_rows_keyed(rows, classes, philox_key(seed), offset, dtype, device)
+
+
+def _gumbel_noise_rows_keyed(rows, classes, key, offset, dtype, device):
     calls_per_row = -(-classes // WORDS_PER_CALL)
     counters = torch.arange(rows * calls_per_row, dtype=torch.int64, device=device)
-    words = philox4x32(seed, offset, counters).reshape(rows, calls_per_row * WORDS_PER_CALL)
+    words = philox4x32(key, offset, counters).reshape(rows, calls_per_row * WORDS_PER_CALL)
     return gumbel_from_bits(words[:, :classes] >> 1, dtype)
 
 
@@ -224,7 +258,7 @@ def uniform_bits_flat(numel: int, seed: int, offset: int, device: torch.device |
     """The 31-bit integers ``b`` (int64) of the elementwise mapping: element ``e`` of a
     row-major-flattened tensor takes word ``e % 4`` of the Philox call with counter ``e // 4``."""
     calls = -(-numel // WORDS_PER_CALL)
-    words = philox4x32(seed, offset, torch.arange(calls, dtype=torch.int64, device=device))
+    words = philox4x32(philox_key(seed), offset, torch.arange(calls, dtype=torch.int64, device=device))
     return words.reshape(calls * WORDS_PER_CALL)[:numel] >> 1
 
 

@@ -1,8 +1,8 @@
 """Fused Gumbel-Softmax kernels (Jang, Gu, Poole 2017; Maddison, Mnih, Teh 2017) and launchers.
 
-Forward, one launch: load the logits once, draw Gumbel noise g in registers (RNG spec in
+Forward, one launch: load the logits once, draw Gumbel noise g in registers (RNG spec v2 in
 ``fused_gumbel/rng.py``), and write one of
-    soft:  y = softmax((x + g) / tau)        computed as exp((x + g - M) / tau) / S,
+    soft:  y = softmax((x + g) / tau)        computed as 2^((x + g - M) c) / S, c = log2(e) / tau,
     hard:  y = one_hot(argmax(x + g))        exact 0/1 values,
     index: argmax(x + g)                     an exact categorical draw (Gumbel-max),
 with M the row max of x + g and S the row sum. Rows whose max is not finite or that hold a
@@ -15,32 +15,48 @@ differ by log S, which sum(s) = 0 cancels). The hard (straight-through) mode sav
 tensor: it regenerates g and y from the logits and the call's (seed, offset), as in Triton's
 low-memory-dropout tutorial.
 
-Seeds: the 64-bit Philox key and stream offset arrive as four 32-bit words (always typed i32,
+Cost model (``python -m bench.static``): the budget is about 31 SASS instructions per bf16
+element on an H200, so every element draws its noise exactly once per launch:
+- Rows up to ``MAX_RESIDENT`` classes stay in registers: one load, one noise draw, one store.
+  Tiles are ``[ROWS, BLOCK_Q, 4]``: word w of Philox call q of a row is class 4q + w, and the
+  four word planes are computed separately (no shuffles), so a 4-class group is one vector load.
+- Longer rows stream in chunks of ``MAX_RESIDENT``: the forward writes each chunk scaled by its
+  own running max and rescales it in a second, noise-free pass over the (L2-resident) output;
+  the hard backward regenerates the noise once, using the row statistics (max, sum) that the
+  forward saved (8 bytes a row).
+- ``FAST`` (float32 on a GPU) puts the logarithms and exponentials on the MUFU unit
+  (``kernels/rng.py``); the interpreter and float64 run the exact twin.
+
+Seeds: the 64-bit Philox seed and stream offset arrive as four 32-bit words (always typed i32,
 never value-specialised), plus ``rng_ptr`` (an int64 ``[2]`` tensor) and a *runtime* ``rng_mode``:
-``RNG_SCALAR`` uses the words (eager calls, one launch); ``RNG_FROM_PTR`` reads (key, offset)
+``RNG_SCALAR`` uses the words (eager calls, one launch); ``RNG_FROM_PTR`` reads (seed, offset)
 from ``rng_ptr``, which is how a CUDA graph gets fresh noise on every replay (the tensor is
 refilled by a graph-safe PyTorch RNG op); ``RNG_STORE`` uses the words and writes them to
 ``rng_ptr`` from program 0, so a compiled graph keeps the call's seed on the device for its
 backward without an extra copy or launch. Because none of this changes the kernel's
 specialisation, the binary that eager warm-up runs load is the one a graph capture launches:
 loading a module (``cuModuleLoadData``) is forbidden while a stream is capturing.
-
-Tiles are ``[ROWS, 4 * BLOCK_Q]``: many short rows per program for small class counts (the
-VAE's 10 classes), one row in ``num_chunks`` chunks (online max/sum) for large vocabularies.
 """
+import functools
+import os
+
 import triton
 import triton.language as tl
 
-from .rng import gumbel_noise
+from .rng import ex2, gumbel_from_word, gumbel_noise, lg2, join_words, philox_words, split_words
 
 MODE_SOFT = 0
 MODE_HARD = 1
 MODE_INDEX = 2
 
-# Widest row (in classes) held in registers at once; wider rows loop over chunks this wide.
+# Widest row (in classes) held in registers by one program; wider rows stream in chunks this wide.
+MAX_RESIDENT = 16384
+# Kept for the top-k kernels, which hold whole rows of at most this many classes.
 MAX_BLOCK_K = 8192
 # Elements per program that row packing aims for.
 TARGET_TILE = 2048
+# Elements per thread that num_warps aims for (registers: a few per element).
+ELEMENTS_PER_THREAD = 16
 
 
 @triton.jit
@@ -69,29 +85,13 @@ def _chunk_columns(chunk, K, row_mask, BLOCK_Q: tl.constexpr):
 @triton.jit
 def _perturbed_logits(x_ptr, x_rows, x_s_k, rows, row_mask, chunk, K, Q, seed, offset,
                       ROWS: tl.constexpr, BLOCK_Q: tl.constexpr, COMPUTE: tl.constexpr):
-    """x + g for one chunk of columns; -inf outside the tensor. Returns (x + g, cols, mask)."""
+    """x + g for one ``[ROWS, 4 * BLOCK_Q]`` chunk (class-major, exact noise); -inf outside the
+    tensor. Returns (x + g, cols, mask). Used by the top-k kernels."""
     cols, mask = _chunk_columns(chunk, K, row_mask, BLOCK_Q)
     x = tl.load(x_ptr + x_rows[:, None] + cols[None, :].to(tl.int64) * x_s_k, mask=mask,
                 other=float("-inf")).to(COMPUTE)
     g = gumbel_noise(seed, offset, rows, chunk, Q, ROWS, BLOCK_Q, COMPUTE)
     return tl.where(mask, x + g, float("-inf")), cols, mask
-
-
-@triton.jit
-def _update_row_stats(a, cols, tau, row_max, row_sum, best, nan_count, NEED_SUM: tl.constexpr):
-    """Fold one chunk of x + g into the running max, softmax denominator, argmax and NaN count."""
-    chunk_max = tl.max(a, axis=1)
-    nan_count += tl.sum((a != a).to(tl.int32), axis=1)
-    # First index of the maximum, as torch.argmax; strict '>' keeps the earlier chunk on ties.
-    chunk_best = tl.min(tl.where(a == chunk_max[:, None], cols[None, :], 2147483647), axis=1)
-    best = tl.where(chunk_max > row_max, chunk_best, best)
-    new_max = tl.maximum(row_max, chunk_max)
-    if NEED_SUM:
-        # A row that is all -inf so far keeps sum 0 instead of producing (-inf) - (-inf).
-        shift = tl.where(new_max == float("-inf"), 0.0, new_max)
-        row_sum = row_sum * tl.exp((row_max - shift) / tau) + \
-            tl.sum(tl.exp((a - shift[:, None]) / tau[:, None]), axis=1)
-    return new_max, row_sum, best, nan_count
 
 
 @triton.jit
@@ -123,99 +123,273 @@ def _call_seed(seed_lo, seed_hi, offset_lo, offset_hi, rng_ptr, rng_mode, pid):
 _SEED_ARGS = ["seed_lo", "seed_hi", "offset_lo", "offset_hi", "rng_mode"]
 
 
+@triton.jit
+def _log2e(COMPUTE: tl.constexpr):
+    # A float literal would be typed float32 and cost float64 math 8 digits.
+    return tl.full([], 1.4426950408889634, COMPUTE)
+
+
+@triton.jit
+def _ln2(COMPUTE: tl.constexpr):
+    return tl.full([], 0.6931471805599453, COMPUTE)
+
+
+# ---- word-plane tiles: [ROWS, BLOCK_Q] planes w = 0..3 hold classes 4q + w ----------------------
+
+@triton.jit
+def _tile(rows_base, row_mask, chunk, K, s_k, BLOCK_Q: tl.constexpr):
+    """Offsets and mask of a [ROWS, BLOCK_Q, 4] tile of chunk ``chunk`` (class 4q + w at [., q, w])."""
+    q = chunk * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    cols = (4 * q)[None, :, None] + tl.arange(0, 4)[None, None, :]
+    mask = row_mask[:, None, None] & (cols < K)
+    return rows_base[:, None, None] + cols.to(tl.int64) * s_k, mask, 4 * q
+
+
+@triton.jit
+def _load_planes(ptr, offs, mask, other, COMPUTE: tl.constexpr):
+    return split_words(tl.load(ptr + offs, mask=mask, other=other).to(COMPUTE))
+
+
+@triton.jit
+def _store_planes(ptr, offs, mask, y0, y1, y2, y3):
+    tl.store(ptr + offs, join_words(y0, y1, y2, y3).to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _noise_planes(seed, offset, rows, q4, Q, FAST: tl.constexpr, COMPUTE: tl.constexpr):
+    """Gumbel noise of the four word planes of the calls ``rows * Q + q4 // 4``."""
+    w0, w1, w2, w3 = philox_words(seed, offset, rows.to(tl.int64)[:, None] * Q + (q4 // 4)[None, :])
+    return (gumbel_from_word(w0, FAST, COMPUTE), gumbel_from_word(w1, FAST, COMPUTE),
+            gumbel_from_word(w2, FAST, COMPUTE), gumbel_from_word(w3, FAST, COMPUTE))
+
+
+@triton.jit
+def _perturbed_planes(x_ptr, x_rows, x_s_k, rows, row_mask, chunk, K, Q, seed, offset,
+                      BLOCK_Q: tl.constexpr, FAST: tl.constexpr, COMPUTE: tl.constexpr):
+    """x + g for one chunk as four planes; -inf outside the tensor (masked loads give -inf)."""
+    offs, mask, q4 = _tile(x_rows, row_mask, chunk, K, x_s_k, BLOCK_Q)
+    x0, x1, x2, x3 = _load_planes(x_ptr, offs, mask, float("-inf"), COMPUTE)
+    g0, g1, g2, g3 = _noise_planes(seed, offset, rows, q4, Q, FAST, COMPUTE)
+    return x0 + g0, x1 + g1, x2 + g2, x3 + g3, q4
+
+
+@triton.jit
+def _max_nan(a, b):
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _planes_max(a0, a1, a2, a3):
+    """Row max of four planes; NaN if any element is NaN (so the row reads as invalid)."""
+    return tl.reduce(_max_nan(_max_nan(a0, a1), _max_nan(a2, a3)), 1, _max_nan)
+
+
+@triton.jit
+def _planes_sum(e0, e1, e2, e3):
+    return tl.sum((e0 + e1) + (e2 + e3), axis=1)
+
+
+@triton.jit
+def _planes_argmax(a0, a1, a2, a3, q4, row_max):
+    """First class index where the planes equal the row max (torch.argmax's tie rule)."""
+    m = row_max[:, None]
+    big = 2147483647
+    first = tl.minimum(tl.where(a0 == m, q4[None, :], big), tl.where(a1 == m, q4[None, :] + 1, big))
+    second = tl.minimum(tl.where(a2 == m, q4[None, :] + 2, big), tl.where(a3 == m, q4[None, :] + 3, big))
+    return tl.min(tl.minimum(first, second), axis=1)
+
+
+@triton.jit
+def _exp_planes(a0, a1, a2, a3, scale, shift, FAST: tl.constexpr):
+    """2^(a * scale - shift) per plane; scale = log2(e) / tau and shift = M * scale per row."""
+    c = scale[:, None]
+    s = shift[:, None]
+    return ex2(a0 * c - s, FAST), ex2(a1 * c - s, FAST), ex2(a2 * c - s, FAST), ex2(a3 * c - s, FAST)
+
+
+@triton.jit
+def _one_hot_planes(q4, best, one, zero):
+    """Planes of the one-hot of ``best`` with per-row values ``one``/``zero`` (NaN for invalid rows)."""
+    b = best[:, None]
+    o = one[:, None]
+    z = zero[:, None]
+    k = q4[None, :]
+    return tl.where(k == b, o, z), tl.where(k + 1 == b, o, z), tl.where(k + 2 == b, o, z), tl.where(k + 3 == b, o, z)
+
+
+@triton.jit
+def _online_update(row_max, row_sum, best, chunk_max, chunk_best, chunk_sum_at_chunk_max, scale):
+    """Fold a chunk's (max, argmax, sum of 2^((a - chunk_max) scale)) into the running row stats.
+    Strict '>' keeps the earlier chunk on ties (first index, as torch.argmax); NaN sticks."""
+    new_max = _max_nan(row_max, chunk_max)
+    best = tl.where(chunk_max > row_max, chunk_best, best)
+    # A row that is all -inf so far keeps sum 0 instead of producing (-inf) - (-inf).
+    shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+    old = tl.where(row_sum == 0.0, 0.0, row_sum * tl.exp2((row_max - shift) * scale))
+    fresh = tl.where(chunk_sum_at_chunk_max == 0.0, 0.0,
+                     chunk_sum_at_chunk_max * tl.exp2((chunk_max - shift) * scale))
+    return new_max, old + fresh, best
+
+
 @triton.jit(do_not_specialize=_SEED_ARGS)
 def gumbel_softmax_fwd_kernel(
-    x_ptr, y_ptr, index_ptr, tau_ptr, tau_value,
+    x_ptr, y_ptr, index_ptr, stats_ptr, tau_ptr, tau_value,
     n_rows, K, Q, inner, num_chunks,
     x_s_outer, x_s_k, x_s_inner, y_s_outer, y_s_k, y_s_inner, tau_s_row,
     seed_lo, seed_hi, offset_lo, offset_hi, rng_ptr, rng_mode,
-    MODE: tl.constexpr, TAU_FROM_PTR: tl.constexpr, SINGLE_CHUNK: tl.constexpr,
-    ROWS: tl.constexpr, BLOCK_Q: tl.constexpr, COMPUTE: tl.constexpr,
+    MODE: tl.constexpr, TAU_FROM_PTR: tl.constexpr, SINGLE_CHUNK: tl.constexpr, SAVE_STATS: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_Q: tl.constexpr, COMPUTE: tl.constexpr, FAST: tl.constexpr,
 ):
     pid = tl.program_id(0)
     seed, offset = _call_seed(seed_lo, seed_hi, offset_lo, offset_hi, rng_ptr, rng_mode, pid)
     rows = pid.to(tl.int64) * ROWS + tl.arange(0, ROWS)
     row_mask = rows < n_rows
     x_rows = _row_offsets(rows, inner, x_s_outer, x_s_inner)
+    y_rows = _row_offsets(rows, inner, y_s_outer, y_s_inner)
     tau = _tau_rows(tau_ptr, tau_value, tau_s_row, rows, row_mask, ROWS, TAU_FROM_PTR, COMPUTE)
+    scale = _log2e(COMPUTE) / tau
 
-    row_max = tl.full([ROWS], float("-inf"), COMPUTE)
-    row_sum = tl.zeros([ROWS], COMPUTE)
-    best = tl.zeros([ROWS], tl.int32)
-    nan_count = tl.zeros([ROWS], tl.int32)
     if SINGLE_CHUNK:
-        a, cols, mask = _perturbed_logits(x_ptr, x_rows, x_s_k, rows, row_mask, 0, K, Q, seed, offset,
-                                          ROWS, BLOCK_Q, COMPUTE)
-        row_max, row_sum, best, nan_count = _update_row_stats(a, cols, tau, row_max, row_sum, best,
-                                                              nan_count, MODE == 0)
+        a0, a1, a2, a3, q4 = _perturbed_planes(x_ptr, x_rows, x_s_k, rows, row_mask, 0, K, Q, seed, offset,
+                                               BLOCK_Q, FAST, COMPUTE)
+        row_max = _planes_max(a0, a1, a2, a3)
+        valid = tl.abs(row_max) < float("inf")  # NaN compares false
+        if MODE != 0:
+            best = _planes_argmax(a0, a1, a2, a3, q4, row_max)
+            if MODE == 2:
+                tl.store(index_ptr + rows, tl.where(valid, best, -1).to(tl.int64), mask=row_mask)
+        if MODE == 0 or SAVE_STATS:
+            shift = tl.where(valid, row_max * scale, 0.0)
+            e0, e1, e2, e3 = _exp_planes(a0, a1, a2, a3, scale, shift, FAST)
+            row_sum = _planes_sum(e0, e1, e2, e3)
+            if SAVE_STATS:
+                tl.store(stats_ptr + 2 * rows, row_max, mask=row_mask)
+                tl.store(stats_ptr + 2 * rows + 1, row_sum, mask=row_mask)
+        if MODE != 2:
+            offs, mask, q4 = _tile(y_rows, row_mask, 0, K, y_s_k, BLOCK_Q)
+            if MODE == 0:
+                inv = tl.where(valid, 1.0 / row_sum, float("nan"))[:, None]
+                _store_planes(y_ptr, offs, mask, e0 * inv, e1 * inv, e2 * inv, e3 * inv)
+            else:
+                one = tl.where(valid, 1.0, float("nan"))
+                zero = tl.where(valid, 0.0, float("nan"))
+                y0, y1, y2, y3 = _one_hot_planes(q4, best, one, zero)
+                _store_planes(y_ptr, offs, mask, y0, y1, y2, y3)
     else:
+        # Streaming rows (ROWS == 1): one noise draw per element; soft chunks are written scaled by
+        # their own max and rescaled in a noise-free second pass over the output.
+        row_max = tl.full([ROWS], float("-inf"), COMPUTE)
+        row_sum = tl.zeros([ROWS], COMPUTE)
+        best = tl.zeros([ROWS], tl.int32)
         for chunk in range(0, num_chunks):
-            a, cols, mask = _perturbed_logits(x_ptr, x_rows, x_s_k, rows, row_mask, chunk, K, Q, seed,
-                                              offset, ROWS, BLOCK_Q, COMPUTE)
-            row_max, row_sum, best, nan_count = _update_row_stats(a, cols, tau, row_max, row_sum, best,
-                                                                  nan_count, MODE == 0)
-    valid = _valid_rows(row_max, nan_count)
-    row_sum = tl.where(valid, row_sum, 1.0)  # invalid rows are written as NaN below
-
-    if MODE == 2:
-        tl.store(index_ptr + rows, tl.where(valid, best, -1).to(tl.int64), mask=row_mask)
-    else:
-        y_rows = _row_offsets(rows, inner, y_s_outer, y_s_inner)
-        shift = tl.where(valid, row_max, 0.0)
-        if SINGLE_CHUNK:
-            _store_sample(y_ptr, y_rows, y_s_k, a, cols, mask, shift, tau, row_sum, best, valid, MODE)
-        else:
-            for chunk in range(0, num_chunks):
+            a0, a1, a2, a3, q4 = _perturbed_planes(x_ptr, x_rows, x_s_k, rows, row_mask, chunk, K, Q, seed,
+                                                   offset, BLOCK_Q, FAST, COMPUTE)
+            chunk_max = _planes_max(a0, a1, a2, a3)
+            chunk_best = best
+            if MODE != 0:
+                chunk_best = _planes_argmax(a0, a1, a2, a3, q4, chunk_max)
+            chunk_sum = row_sum
+            if MODE == 0 or SAVE_STATS:
+                chunk_shift = tl.where(tl.abs(chunk_max) < float("inf"), chunk_max * scale, 0.0)
+                e0, e1, e2, e3 = _exp_planes(a0, a1, a2, a3, scale, chunk_shift, FAST)
+                chunk_sum = _planes_sum(e0, e1, e2, e3)
                 if MODE == 0:
-                    a, cols, mask = _perturbed_logits(x_ptr, x_rows, x_s_k, rows, row_mask, chunk, K, Q,
-                                                      seed, offset, ROWS, BLOCK_Q, COMPUTE)
-                else:  # a one-hot needs no second look at the logits
-                    cols, mask = _chunk_columns(chunk, K, row_mask, BLOCK_Q)
-                    a = tl.zeros([ROWS, 4 * BLOCK_Q], COMPUTE)
-                _store_sample(y_ptr, y_rows, y_s_k, a, cols, mask, shift, tau, row_sum, best, valid, MODE)
+                    offs, mask, q4 = _tile(y_rows, row_mask, chunk, K, y_s_k, BLOCK_Q)
+                    _store_planes(y_ptr, offs, mask, e0, e1, e2, e3)
+                    tl.store(stats_ptr + (rows * num_chunks + chunk) * 2, chunk_max, mask=row_mask)
+            row_max, row_sum, best = _online_update(row_max, row_sum, best, chunk_max, chunk_best, chunk_sum,
+                                                    scale)
+        valid = tl.abs(row_max) < float("inf")
+        if MODE == 2:
+            tl.store(index_ptr + rows, tl.where(valid, best, -1).to(tl.int64), mask=row_mask)
+        if SAVE_STATS:
+            tl.store(stats_ptr + 2 * rows, row_max, mask=row_mask)
+            tl.store(stats_ptr + 2 * rows + 1, row_sum, mask=row_mask)
+        if MODE != 2:
+            one = tl.where(valid, 1.0, float("nan"))
+            zero = tl.where(valid, 0.0, float("nan"))
+            inv = tl.where(valid, 1.0 / row_sum, float("nan"))
+            for chunk in range(0, num_chunks):
+                offs, mask, q4 = _tile(y_rows, row_mask, chunk, K, y_s_k, BLOCK_Q)
+                if MODE == 0:
+                    chunk_max = tl.load(stats_ptr + (rows * num_chunks + chunk) * 2, mask=row_mask, other=0.0)
+                    factor = tl.where(chunk_max == float("-inf"), 0.0,
+                                      tl.exp2((chunk_max - row_max) * scale) * inv)[:, None]
+                    y0, y1, y2, y3 = _load_planes(y_ptr, offs, mask, 0.0, COMPUTE)
+                    _store_planes(y_ptr, offs, mask, y0 * factor, y1 * factor, y2 * factor, y3 * factor)
+                else:
+                    y0, y1, y2, y3 = _one_hot_planes(q4, best, one, zero)
+                    _store_planes(y_ptr, offs, mask, y0, y1, y2, y3)
 
 
 @triton.jit
-def _store_sample(y_ptr, y_rows, y_s_k, a, cols, mask, shift, tau, row_sum, best, valid,
-                  MODE: tl.constexpr):
-    if MODE == 0:
-        y = tl.exp((a - shift[:, None]) / tau[:, None]) / row_sum[:, None]
-    else:
-        y = tl.where(cols[None, :] == best[:, None], 1.0, 0.0)
-    y = tl.where(valid[:, None], y, float("nan"))
-    tl.store(y_ptr + y_rows[:, None] + cols[None, :].to(tl.int64) * y_s_k, y.to(y_ptr.dtype.element_ty),
-             mask=mask)
+def _log_planes(y0, y1, y2, y3, FAST: tl.constexpr, COMPUTE: tl.constexpr):
+    """log(y) per plane, 0 where y == 0 (zero-probability classes add nothing, not 0 * -inf).
+    log y differs from (x + g - M) / tau by the per-row log S, which sum(s) = 0 cancels."""
+    ln2 = _ln2(COMPUTE)
+    return (tl.where(y0 > 0, lg2(tl.where(y0 > 0, y0, 1.0), FAST) * ln2, 0.0),
+            tl.where(y1 > 0, lg2(tl.where(y1 > 0, y1, 1.0), FAST) * ln2, 0.0),
+            tl.where(y2 > 0, lg2(tl.where(y2 > 0, y2, 1.0), FAST) * ln2, 0.0),
+            tl.where(y3 > 0, lg2(tl.where(y3 > 0, y3, 1.0), FAST) * ln2, 0.0))
 
 
 @triton.jit
-def _soft_sample_chunk(src_ptr, src_rows, src_s_k, rows, row_mask, chunk, K, Q, seed, offset, tau,
-                       shift, row_sum, REGENERATE: tl.constexpr, ROWS: tl.constexpr,
-                       BLOCK_Q: tl.constexpr, COMPUTE: tl.constexpr):
-    """y and its log-scale logits t for one chunk: regenerated from the logits, or the saved y."""
+def _bwd_chunk(grad_y_ptr, g_rows, g_s_k, src_ptr, src_rows, src_s_k, rows, row_mask, chunk, K, Q, seed, offset,
+               scale, shift, inv, REGENERATE: tl.constexpr, TAU_GRAD: tl.constexpr, BLOCK_Q: tl.constexpr,
+               FAST: tl.constexpr, COMPUTE: tl.constexpr):
+    """y and dy of one chunk, with its share of dot = sum(dy * y) and of the tau-gradient sums
+    sum(dy * y * t), sum(y * t), t = (x + g - M) / tau (natural-log units)."""
+    offs_g, mask, q4 = _tile(g_rows, row_mask, chunk, K, g_s_k, BLOCK_Q)
+    dy0, dy1, dy2, dy3 = _load_planes(grad_y_ptr, offs_g, mask, 0.0, COMPUTE)
     if REGENERATE:
-        a, cols, mask = _perturbed_logits(src_ptr, src_rows, src_s_k, rows, row_mask, chunk, K, Q, seed,
-                                          offset, ROWS, BLOCK_Q, COMPUTE)
-        t = (a - shift[:, None]) / tau[:, None]
-        y = tl.exp(t) / row_sum[:, None]
+        a0, a1, a2, a3, q4 = _perturbed_planes(src_ptr, src_rows, src_s_k, rows, row_mask, chunk, K, Q, seed,
+                                               offset, BLOCK_Q, FAST, COMPUTE)
+        c = scale[:, None]
+        s = shift[:, None]
+        u0, u1, u2, u3 = a0 * c - s, a1 * c - s, a2 * c - s, a3 * c - s  # t / ln 2
+        i = inv[:, None]
+        y0, y1, y2, y3 = ex2(u0, FAST) * i, ex2(u1, FAST) * i, ex2(u2, FAST) * i, ex2(u3, FAST) * i
+        if TAU_GRAD:
+            ln2 = _ln2(COMPUTE)
+            # Zero-probability classes (masked lanes, -inf logits) add nothing, not 0 * -inf.
+            t0 = tl.where(y0 > 0, u0 * ln2, 0.0)
+            t1 = tl.where(y1 > 0, u1 * ln2, 0.0)
+            t2 = tl.where(y2 > 0, u2 * ln2, 0.0)
+            t3 = tl.where(y3 > 0, u3 * ln2, 0.0)
     else:
-        cols, mask = _chunk_columns(chunk, K, row_mask, BLOCK_Q)
-        y = tl.load(src_ptr + src_rows[:, None] + cols[None, :].to(tl.int64) * src_s_k, mask=mask,
-                    other=0.0).to(COMPUTE)
-        t = tl.log(tl.where(y > 0, y, 1.0))
-    # Zero-probability classes (masked lanes, -inf logits) contribute nothing, not 0 * -inf.
-    t = tl.where(y > 0, t, 0.0)
-    return y, t, cols, mask
+        offs_s, mask, q4 = _tile(src_rows, row_mask, chunk, K, src_s_k, BLOCK_Q)
+        y0, y1, y2, y3 = _load_planes(src_ptr, offs_s, mask, 0.0, COMPUTE)
+        if TAU_GRAD:
+            t0, t1, t2, t3 = _log_planes(y0, y1, y2, y3, FAST, COMPUTE)
+    dot = _planes_sum(dy0 * y0, dy1 * y1, dy2 * y2, dy3 * y3)
+    if TAU_GRAD:
+        dy_y_t = _planes_sum(dy0 * y0 * t0, dy1 * y1 * t1, dy2 * y2 * t2, dy3 * y3 * t3)
+        y_t = _planes_sum(y0 * t0, y1 * t1, y2 * t2, y3 * t3)
+    else:
+        dy_y_t = dot
+        y_t = dot
+    return y0, y1, y2, y3, dy0, dy1, dy2, dy3, dot, dy_y_t, y_t
+
+
+@triton.jit
+def _store_grad(grad_x_ptr, offs, mask, y0, y1, y2, y3, dy0, dy1, dy2, dy3, dot, inv_tau):
+    """dx = y * (dy - dot) / tau."""
+    d = dot[:, None]
+    it = inv_tau[:, None]
+    _store_planes(grad_x_ptr, offs, mask, y0 * (dy0 - d) * it, y1 * (dy1 - d) * it, y2 * (dy2 - d) * it,
+                  y3 * (dy3 - d) * it)
 
 
 @triton.jit(do_not_specialize=_SEED_ARGS)
 def gumbel_softmax_bwd_kernel(
-    grad_y_ptr, src_ptr, grad_x_ptr, grad_tau_ptr, tau_ptr, tau_value,
+    grad_y_ptr, src_ptr, grad_x_ptr, grad_tau_ptr, stats_ptr, tau_ptr, tau_value,
     n_rows, K, Q, inner, num_chunks,
     g_s_outer, g_s_k, g_s_inner, src_s_outer, src_s_k, src_s_inner,
     gx_s_outer, gx_s_k, gx_s_inner, tau_s_row,
     seed_lo, seed_hi, offset_lo, offset_hi, rng_ptr, rng_mode,
     REGENERATE: tl.constexpr, TAU_GRAD: tl.constexpr, TAU_FROM_PTR: tl.constexpr,
     SINGLE_CHUNK: tl.constexpr, ROWS: tl.constexpr, BLOCK_Q: tl.constexpr, COMPUTE: tl.constexpr,
+    FAST: tl.constexpr,
 ):
     pid = tl.program_id(0)
     seed, offset = _call_seed(seed_lo, seed_hi, offset_lo, offset_hi, rng_ptr, rng_mode, pid)
@@ -225,58 +399,65 @@ def gumbel_softmax_bwd_kernel(
     src_rows = _row_offsets(rows, inner, src_s_outer, src_s_inner)
     gx_rows = _row_offsets(rows, inner, gx_s_outer, gx_s_inner)
     tau = _tau_rows(tau_ptr, tau_value, tau_s_row, rows, row_mask, ROWS, TAU_FROM_PTR, COMPUTE)
-
+    scale = _log2e(COMPUTE) / tau
+    inv_tau = 1.0 / tau
     shift = tl.zeros([ROWS], COMPUTE)
-    row_sum = tl.zeros([ROWS], COMPUTE)
+    inv = tl.zeros([ROWS], COMPUTE)
     if REGENERATE:
-        row_max = tl.full([ROWS], float("-inf"), COMPUTE)
-        best = tl.zeros([ROWS], tl.int32)
-        nan_count = tl.zeros([ROWS], tl.int32)
-        for chunk in range(0, num_chunks):
-            a, cols, mask = _perturbed_logits(src_ptr, src_rows, src_s_k, rows, row_mask, chunk, K, Q, seed,
-                                              offset, ROWS, BLOCK_Q, COMPUTE)
-            row_max, row_sum, best, nan_count = _update_row_stats(a, cols, tau, row_max, row_sum, best,
-                                                                  nan_count, True)
-        valid = _valid_rows(row_max, nan_count)
-        shift = tl.where(valid, row_max, 0.0)
-        row_sum = tl.where(valid, row_sum, float("nan"))
+        if SINGLE_CHUNK:
+            # The whole row is in registers: its statistics cost one reduction, no extra draw
+            # (the chunk below recomputes x + g from the same registers' inputs; the compiler
+            # shares the loads and the noise).
+            a0, a1, a2, a3, q4 = _perturbed_planes(src_ptr, src_rows, src_s_k, rows, row_mask, 0, K, Q, seed,
+                                                   offset, BLOCK_Q, FAST, COMPUTE)
+            row_max = _planes_max(a0, a1, a2, a3)
+            valid = tl.abs(row_max) < float("inf")
+            shift = tl.where(valid, row_max * scale, 0.0)
+            e0, e1, e2, e3 = _exp_planes(a0, a1, a2, a3, scale, shift, FAST)
+            row_sum = _planes_sum(e0, e1, e2, e3)
+        else:
+            row_max = tl.load(stats_ptr + 2 * rows, mask=row_mask, other=0.0)
+            row_sum = tl.load(stats_ptr + 2 * rows + 1, mask=row_mask, other=1.0)
+            valid = tl.abs(row_max) < float("inf")
+            shift = tl.where(valid, row_max * scale, 0.0)
+        inv = tl.where(valid, 1.0 / row_sum, float("nan"))
 
     if SINGLE_CHUNK:
-        y, t, cols, mask = _soft_sample_chunk(src_ptr, src_rows, src_s_k, rows, row_mask, 0, K, Q, seed,
-                                              offset, tau, shift, row_sum, REGENERATE, ROWS, BLOCK_Q,
-                                              COMPUTE)
-        dy = tl.load(grad_y_ptr + g_rows[:, None] + cols[None, :].to(tl.int64) * g_s_k, mask=mask,
-                     other=0.0).to(COMPUTE)
-        s = y * (dy - tl.sum(dy * y, axis=1)[:, None])
-        tl.store(grad_x_ptr + gx_rows[:, None] + cols[None, :].to(tl.int64) * gx_s_k,
-                 (s / tau[:, None]).to(grad_x_ptr.dtype.element_ty), mask=mask)
-        if TAU_GRAD:
-            tl.store(grad_tau_ptr + rows, -tl.sum(s * t, axis=1) / tau, mask=row_mask)
+        y0, y1, y2, y3, dy0, dy1, dy2, dy3, dot, dy_y_t, y_t = _bwd_chunk(
+            grad_y_ptr, g_rows, g_s_k, src_ptr, src_rows, src_s_k, rows, row_mask, 0, K, Q, seed, offset,
+            scale, shift, inv, REGENERATE, TAU_GRAD, BLOCK_Q, FAST, COMPUTE)
+        offs_x, mask, q4 = _tile(gx_rows, row_mask, 0, K, gx_s_k, BLOCK_Q)
+        _store_grad(grad_x_ptr, offs_x, mask, y0, y1, y2, y3, dy0, dy1, dy2, dy3, dot, inv_tau)
     else:
         dot = tl.zeros([ROWS], COMPUTE)
         dy_y_t = tl.zeros([ROWS], COMPUTE)
         y_t = tl.zeros([ROWS], COMPUTE)
         for chunk in range(0, num_chunks):
-            y, t, cols, mask = _soft_sample_chunk(src_ptr, src_rows, src_s_k, rows, row_mask, chunk, K, Q,
-                                                  seed, offset, tau, shift, row_sum, REGENERATE, ROWS,
-                                                  BLOCK_Q, COMPUTE)
-            dy = tl.load(grad_y_ptr + g_rows[:, None] + cols[None, :].to(tl.int64) * g_s_k, mask=mask,
-                         other=0.0).to(COMPUTE)
-            dot += tl.sum(dy * y, axis=1)
-            if TAU_GRAD:
-                dy_y_t += tl.sum(dy * y * t, axis=1)
-                y_t += tl.sum(y * t, axis=1)
+            y0, y1, y2, y3, dy0, dy1, dy2, dy3, part_dot, part_dy_y_t, part_y_t = _bwd_chunk(
+                grad_y_ptr, g_rows, g_s_k, src_ptr, src_rows, src_s_k, rows, row_mask, chunk, K, Q, seed, offset,
+                scale, shift, inv, REGENERATE, TAU_GRAD, BLOCK_Q, FAST, COMPUTE)
+            dot += part_dot
+            dy_y_t += part_dy_y_t
+            y_t += part_y_t
+            if REGENERATE:
+                # Park y in grad_x; pass 2 reads it back (from L2) instead of drawing the noise again.
+                offs_x, mask, q4 = _tile(gx_rows, row_mask, chunk, K, gx_s_k, BLOCK_Q)
+                _store_planes(grad_x_ptr, offs_x, mask, y0, y1, y2, y3)
         for chunk in range(0, num_chunks):
-            y, t, cols, mask = _soft_sample_chunk(src_ptr, src_rows, src_s_k, rows, row_mask, chunk, K, Q,
-                                                  seed, offset, tau, shift, row_sum, REGENERATE, ROWS,
-                                                  BLOCK_Q, COMPUTE)
-            dy = tl.load(grad_y_ptr + g_rows[:, None] + cols[None, :].to(tl.int64) * g_s_k, mask=mask,
-                         other=0.0).to(COMPUTE)
-            tl.store(grad_x_ptr + gx_rows[:, None] + cols[None, :].to(tl.int64) * gx_s_k,
-                     (y * (dy - dot[:, None]) / tau[:, None]).to(grad_x_ptr.dtype.element_ty), mask=mask)
-        if TAU_GRAD:
-            tl.store(grad_tau_ptr + rows, -(dy_y_t - dot * y_t) / tau, mask=row_mask)
+            offs_g, mask, q4 = _tile(g_rows, row_mask, chunk, K, g_s_k, BLOCK_Q)
+            dy0, dy1, dy2, dy3 = _load_planes(grad_y_ptr, offs_g, mask, 0.0, COMPUTE)
+            offs_x, mask, q4 = _tile(gx_rows, row_mask, chunk, K, gx_s_k, BLOCK_Q)
+            if REGENERATE:
+                y0, y1, y2, y3 = _load_planes(grad_x_ptr, offs_x, mask, 0.0, COMPUTE)
+            else:
+                offs_s, mask, q4 = _tile(src_rows, row_mask, chunk, K, src_s_k, BLOCK_Q)
+                y0, y1, y2, y3 = _load_planes(src_ptr, offs_s, mask, 0.0, COMPUTE)
+            _store_grad(grad_x_ptr, offs_x, mask, y0, y1, y2, y3, dy0, dy1, dy2, dy3, dot, inv_tau)
+    if TAU_GRAD:
+        tl.store(grad_tau_ptr + rows, -(dy_y_t - dot * y_t) * inv_tau, mask=row_mask)
 
+
+# ---- launchers ---------------------------------------------------------------------------------
 
 def _next_power_of_2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
@@ -284,27 +465,43 @@ def _next_power_of_2(n: int) -> int:
 
 def tile_config(n_rows: int, classes: int, max_block_k: int | None = None) -> dict:
     """Tile shape for a [n_rows, classes] problem: whole rows in registers when they fit in
-    ``max_block_k`` (packing rows up to ``TARGET_TILE`` elements), otherwise one row per
-    program in chunks of ``max_block_k`` classes."""
-    max_block_k = MAX_BLOCK_K if max_block_k is None else max_block_k
-    calls_per_row = triton.cdiv(classes, 4)
+    ``max_block_k`` classes (default ``MAX_RESIDENT``; packing rows up to ``TARGET_TILE``
+    elements), otherwise one row per program streamed in chunks of ``max_block_k`` classes.
+    Cached: the launchers call it on every call."""
+    return _tile_config(n_rows, classes, MAX_RESIDENT if max_block_k is None else max_block_k)
+
+
+@functools.lru_cache(maxsize=4096)
+def _tile_config(n_rows: int, classes: int, max_block_k: int) -> dict:
+    calls_per_row = -(-classes // 4)
     block_q = _next_power_of_2(calls_per_row)
     if 4 * block_q <= max_block_k:
         num_chunks = 1
         rows = max(1, min(TARGET_TILE // (4 * block_q), _next_power_of_2(n_rows)))
     else:
         block_q = max(1, _next_power_of_2(max_block_k) // 4)
-        num_chunks = triton.cdiv(calls_per_row, block_q)
+        num_chunks = -(-calls_per_row // block_q)
         rows = 1
     tile = rows * 4 * block_q
     return dict(Q=calls_per_row, num_chunks=num_chunks, SINGLE_CHUNK=num_chunks == 1, ROWS=rows,
-                BLOCK_Q=block_q, num_warps=min(8, max(1, tile // 512)))
+                BLOCK_Q=block_q, num_warps=min(16, max(1, tile // (32 * ELEMENTS_PER_THREAD))))
+
+
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _compute_dtype(dtype):
     import torch
 
     return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _fast(dtype) -> bool:
+    """MUFU fast math for float32 math on a real GPU; the exact twin in the interpreter and float64."""
+    import torch
+
+    return dtype != torch.float64 and not _interpreted()
 
 
 def _tau_args(tau, like):
@@ -318,7 +515,18 @@ RNG_SCALAR = 0
 RNG_FROM_PTR = 1
 RNG_STORE = 2
 
-_dummy_rng = {}
+_dummy = {}
+
+
+def _dummy_tensor(device, dtype_name="int64"):
+    """A tiny persistent tensor standing in for an unused pointer argument (one per device)."""
+    key = (device, dtype_name)
+    tensor = _dummy.get(key)
+    if tensor is None:
+        import torch
+
+        tensor = _dummy[key] = torch.empty(2, dtype=getattr(torch, dtype_name), device=device)
+    return tensor
 
 
 def _int32_words(value: int) -> tuple[int, int]:
@@ -331,61 +539,80 @@ def _int32_words(value: int) -> tuple[int, int]:
 
 def _seed_args(seed, offset, rng_out, device):
     """(seed_lo, seed_hi, offset_lo, offset_hi, rng_ptr, rng_mode) for an int seed (with
-    ``offset``) or an int64 [2] device tensor (key, offset)."""
+    ``offset``) or an int64 [2] device tensor (seed, offset)."""
     if isinstance(seed, int):
         if rng_out is None:
             # Always an int64 pointer, so eager and captured launches share one specialisation.
-            rng_out = _dummy_rng.get(device)
-            if rng_out is None:
-                import torch
-
-                rng_out = _dummy_rng[device] = torch.empty(2, dtype=torch.int64, device=device)
-            mode = RNG_SCALAR
-        else:
-            mode = RNG_STORE
-        return (*_int32_words(seed), *_int32_words(offset), rng_out, mode)
+            return (*_int32_words(seed), *_int32_words(offset), _dummy_tensor(device), RNG_SCALAR)
+        return (*_int32_words(seed), *_int32_words(offset), rng_out, RNG_STORE)
     if rng_out is not None:
         raise ValueError("rng_out records scalar seeds; a device seed tensor is already on the device")
     return 0, 0, 0, 0, seed, RNG_FROM_PTR
 
 
+def streams_rows(n_rows: int, classes: int, max_block_k=None) -> bool:
+    """Whether rows are too long for registers and stream in chunks (then the soft forward needs a
+    scratch buffer and the hard backward the forward's per-row statistics)."""
+    return not tile_config(n_rows, classes, max_block_k)["SINGLE_CHUNK"]
+
+
+def stats_size(n_rows: int, classes: int, mode: int, max_block_k=None) -> int:
+    """Float32 words the forward of ``mode`` needs for streamed rows: per-chunk maxima (soft) or
+    per-row (max, sum) statistics (hard/index, kept for the hard backward); 0 for resident rows."""
+    cfg = tile_config(n_rows, classes, max_block_k)
+    if cfg["SINGLE_CHUNK"]:
+        return 0
+    return 2 * n_rows * (cfg["num_chunks"] if mode == MODE_SOFT else 1)
+
+
 def gumbel_softmax_forward(x, x_strides, out, out_strides, index, tau, n_rows, classes, inner, seed, offset,
-                           mode, max_block_k=None, rng_out=None):
+                           mode, max_block_k=None, rng_out=None, stats=None):
     """Launch the forward kernel once. ``x``/``out`` are [outer, K, inner] views given by their
     (outer, class, inner) strides; ``index`` is an int64 [n_rows] tensor for ``MODE_INDEX``.
     ``seed`` is an int (with ``offset``), or an int64 [2] device tensor holding (seed, offset);
-    ``rng_out`` (int64 [2], optional) receives the scalar (seed, offset) the kernel used."""
+    ``rng_out`` (int64 [2], optional) receives the scalar (seed, offset) the kernel used.
+    ``stats``: for streamed rows, float32 of ``stats_size`` words: required scratch in soft mode;
+    in hard/index mode, optional, it receives the per-row (max, sum) for the hard backward."""
     cfg = tile_config(n_rows, classes, max_block_k)
     seed_args = _seed_args(seed, offset, rng_out, x.device)
     tau_ptr, tau_value, tau_stride, tau_from_ptr = _tau_args(tau, x)
-    out = x if out is None else out
-    index = x if index is None else index
-    grid = (triton.cdiv(n_rows, cfg["ROWS"]),)
+    streamed = not cfg["SINGLE_CHUNK"]
+    if streamed and mode == MODE_SOFT and stats is None:
+        raise ValueError("the soft forward of streamed rows needs a scratch buffer (see stats_size)")
+    save_stats = streamed and mode != MODE_SOFT and stats is not None
+    grid = ((n_rows + cfg["ROWS"] - 1) // cfg["ROWS"],)
     gumbel_softmax_fwd_kernel[grid](
-        x, out, index, tau_ptr, tau_value,
+        x, x if out is None else out, x if index is None else index,
+        _dummy_tensor(x.device, "float32") if stats is None else stats, tau_ptr, tau_value,
         n_rows, classes, cfg["Q"], inner, cfg["num_chunks"],
         *x_strides, *out_strides, tau_stride,
         *seed_args,
-        MODE=mode, TAU_FROM_PTR=tau_from_ptr, SINGLE_CHUNK=cfg["SINGLE_CHUNK"], ROWS=cfg["ROWS"],
-        BLOCK_Q=cfg["BLOCK_Q"], COMPUTE=_compute_dtype(x.dtype), num_warps=cfg["num_warps"],
+        MODE=mode, TAU_FROM_PTR=tau_from_ptr, SINGLE_CHUNK=cfg["SINGLE_CHUNK"], SAVE_STATS=save_stats,
+        ROWS=cfg["ROWS"], BLOCK_Q=cfg["BLOCK_Q"], COMPUTE=_compute_dtype(x.dtype), FAST=_fast(x.dtype),
+        num_warps=cfg["num_warps"],
     )
 
 
 def gumbel_softmax_backward(grad_y, grad_y_strides, src, src_strides, grad_x, grad_x_strides, grad_tau_rows,
-                            tau, n_rows, classes, inner, seed, offset, regenerate, max_block_k=None):
+                            tau, n_rows, classes, inner, seed, offset, regenerate, max_block_k=None, stats=None):
     """Launch the backward kernel once. ``src`` is the saved soft output, or the logits when
     ``regenerate`` (hard mode); ``grad_tau_rows`` ([n_rows], compute dtype) or None. ``seed``
-    is an int (with ``offset``) or an int64 [2] device tensor holding (seed, offset)."""
+    is an int (with ``offset``) or an int64 [2] device tensor holding (seed, offset); ``stats``
+    the hard forward's per-row (max, sum) when rows are streamed."""
     cfg = tile_config(n_rows, classes, max_block_k)
+    if regenerate and not cfg["SINGLE_CHUNK"] and stats is None:
+        raise ValueError("the hard backward of streamed rows needs the forward's row statistics")
     seed_args = _seed_args(seed, offset, None, src.device)
     tau_ptr, tau_value, tau_stride, tau_from_ptr = _tau_args(tau, src)
-    grid = (triton.cdiv(n_rows, cfg["ROWS"]),)
+    compute_from = src.dtype if regenerate else grad_x.dtype
+    grid = ((n_rows + cfg["ROWS"] - 1) // cfg["ROWS"],)
     gumbel_softmax_bwd_kernel[grid](
-        grad_y, src, grad_x, grad_x if grad_tau_rows is None else grad_tau_rows, tau_ptr, tau_value,
+        grad_y, src, grad_x, grad_x if grad_tau_rows is None else grad_tau_rows,
+        _dummy_tensor(src.device, "float32") if stats is None else stats, tau_ptr, tau_value,
         n_rows, classes, cfg["Q"], inner, cfg["num_chunks"],
         *grad_y_strides, *src_strides, *grad_x_strides, tau_stride,
         *seed_args,
         REGENERATE=regenerate, TAU_GRAD=grad_tau_rows is not None, TAU_FROM_PTR=tau_from_ptr,
         SINGLE_CHUNK=cfg["SINGLE_CHUNK"], ROWS=cfg["ROWS"], BLOCK_Q=cfg["BLOCK_Q"],
-        COMPUTE=_compute_dtype(src.dtype if regenerate else grad_x.dtype), num_warps=cfg["num_warps"],
+        COMPUTE=_compute_dtype(compute_from), FAST=_fast(compute_from), num_warps=cfg["num_warps"],
     )

@@ -1,60 +1,153 @@
-"""Device half of the RNG spec written in ``fused_gumbel/rng.py``: Philox4x32-10 -> Gumbel noise.
+"""Device half of the RNG spec (version 2) written in ``fused_gumbel/rng.py``: Philox4x32-10 -> noise.
 
-Built from core ``tl`` ops only (no libdevice), so ``TRITON_INTERPRET=1`` runs exactly the
-code that runs on the GPU.
+Philox words are bit-exact on every path. The noise has two twins selected by the constexpr
+``FAST``:
+
+- ``FAST=False`` (the interpreter, float64, and the reference's float32 arithmetic): core ``tl``
+  ops only, Goldberg's log1p, so ``TRITON_INTERPRET=1`` runs it in numpy.
+- ``FAST=True`` (float32 on the GPU): the logarithms run on the MUFU unit (``lg2.approx``) and
+  the small-``v`` tail of ``-log1p(-v)`` is a short series, within the spec's stated bound
+  (``rng.FAST_NOISE_BOUND``) of the float64 definition. Inline PTX cannot run in the
+  interpreter, so the CPU tests run the exact twin and the sm_90 compile tests cover both.
+
+Philox is written out here (rather than ``tl.philox``) so each round is two 32x32->64-bit
+multiplies (one ``IMAD.WIDE.U32`` each) and two three-input XORs.
 """
 import triton
 import triton.language as tl
 
+# Spec v2 domain tag: the Philox key is seed ^ DOMAIN_TAG, so our counters never coincide with
+# PyTorch's own CUDA Philox stream (key = the generator's seed). Same value as rng.DOMAIN_TAG.
+DOMAIN_TAG_LO = tl.constexpr(0x4F6CDD1D)
+DOMAIN_TAG_HI = tl.constexpr(0x2545F491)
+
+PHILOX_ROUND_A = tl.constexpr(0xD2511F53)
+PHILOX_ROUND_B = tl.constexpr(0xCD9E8D57)
+PHILOX_KEY_A = tl.constexpr(0x9E3779B9)
+PHILOX_KEY_B = tl.constexpr(0xBB67AE85)
+LN2 = tl.constexpr(0.6931471805599453)
+LOG2E = tl.constexpr(1.4426950408889634)
+UNIFORM_SCALE = tl.constexpr(4.656612873077393e-10)  # 2**-31
+# b is clamped to [1, 2**31 - 2**7]: v = b * 2**-31 then lies in [2**-31, 1 - 2**-24] exactly as
+# the spec's float32 min/max on v (b above the top rounds to 1 - 2**-24 or 1 in float32).
+TOP_BITS = tl.constexpr(2147483520)
+# FAST: -log1p(-v) = v (1 + v/2 + v^2/3 + v^3/4 + ...); below 2**-6 four terms leave a relative
+# error under v^4/5 < 2**-26, above it log2(1 - v) on the MUFU unit is accurate to ~2**-17.
+SERIES_BELOW = tl.constexpr(0.015625)
+
 
 @triton.jit
-def gumbel_noise(seed, offset, rows, chunk, Q, ROWS: tl.constexpr, BLOCK_Q: tl.constexpr,
-                 COMPUTE: tl.constexpr):
-    """Gumbel(0, 1) noise for a ``[ROWS, 4 * BLOCK_Q]`` tile: columns ``4 * j + w`` of ``rows``,
-    for the Philox calls ``j = chunk * BLOCK_Q + arange(BLOCK_Q)`` of each row."""
-    calls = chunk * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    counter = (rows.to(tl.int64)[:, None] * Q + calls[None, :]).to(tl.uint64)
-    c0 = counter.to(tl.uint32)
-    c1 = (counter >> 32).to(tl.uint32)
-    stream = tl.to_tensor(offset).to(tl.uint64)
-    c2 = c0 * 0 + stream.to(tl.uint32)
-    c3 = c0 * 0 + (stream >> 32).to(tl.uint32)
-    w0, w1, w2, w3 = tl.philox(seed, c0, c1, c2, c3)
-    # join(join(w0, w2), join(w1, w3)) flattens to w0, w1, w2, w3 along the last axis, so the
-    # tile's column 4 * j + w holds word w of call j (spec step 2).
-    words = tl.reshape(tl.join(tl.join(w0, w2), tl.join(w1, w3)), [ROWS, 4 * BLOCK_Q])
-    bits = (words >> 1).to(tl.int32)
-    v = tl.maximum(bits, 1).to(COMPUTE) * 4.656612873077393e-10  # 2**-31
-    v = tl.minimum(v, 0.9999999403953552)  # 1 - 2**-24
-    a = 1.0 - v
-    exact = a == 1.0
-    exponential = tl.where(exact, v, v * tl.log(a) / tl.where(exact, 1.0, a - 1.0))
-    return -tl.log(exponential)
+def _umul_wide(a, b: tl.constexpr):
+    p = a.to(tl.uint64) * b
+    return (p >> 32).to(tl.uint32), p.to(tl.uint32)
+
+
+@triton.jit
+def philox4x32(k0, k1, c0, c1, c2, c3):
+    """Philox4x32-10 of the counters (c0, c1, c2, c3) (uint32 tensors) under the key (k0, k1)."""
+    for _ in tl.static_range(10):
+        hi_a, lo_a = _umul_wide(c0, PHILOX_ROUND_A)
+        hi_b, lo_b = _umul_wide(c2, PHILOX_ROUND_B)
+        c0 = hi_b ^ c1 ^ k0
+        c2 = hi_a ^ c3 ^ k1
+        c1 = lo_b
+        c3 = lo_a
+        k0 = k0 + PHILOX_KEY_A
+        k1 = k1 + PHILOX_KEY_B
+    return c0, c1, c2, c3
 
 
 @triton.jit
 def philox_words(seed, offset, counter):
     """The four 32-bit words of the Philox calls ``counter`` (an integer tensor, 64-bit
-    counters), counter words (lo n, hi n, lo offset, hi offset) and key ``seed`` (spec step 2)."""
+    counters): counter words (lo n, hi n, lo offset, hi offset), key ``seed ^ DOMAIN_TAG`` (spec step 2)."""
     counter = counter.to(tl.int64).to(tl.uint64)
     c0 = counter.to(tl.uint32)
     c1 = (counter >> 32).to(tl.uint32)
-    stream = tl.to_tensor(offset).to(tl.uint64)
+    stream = offset.to(tl.uint64)
     c2 = c0 * 0 + stream.to(tl.uint32)
     c3 = c0 * 0 + (stream >> 32).to(tl.uint32)
-    return tl.philox(seed, c0, c1, c2, c3)
+    seed = seed.to(tl.uint64)
+    return philox4x32(seed.to(tl.uint32) ^ DOMAIN_TAG_LO, (seed >> 32).to(tl.uint32) ^ DOMAIN_TAG_HI, c0, c1, c2, c3)
 
 
 @triton.jit
-def logistic_noise(seed, offset, first_call, BLOCK_Q: tl.constexpr, COMPUTE: tl.constexpr):
+def lg2(x, FAST: tl.constexpr):
+    if FAST:
+        return tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return tl.log2(x)
+
+
+@triton.jit
+def ex2(x, FAST: tl.constexpr):
+    if FAST:
+        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return tl.exp2(x)
+
+
+@triton.jit
+def gumbel_from_word(word, FAST: tl.constexpr, COMPUTE: tl.constexpr):
+    """Spec steps 3-5: one Philox word to Gumbel(0, 1) noise in ``COMPUTE``."""
+    b = tl.minimum(tl.maximum((word >> 1).to(tl.int32), 1), TOP_BITS)
+    v = b.to(COMPUTE) * UNIFORM_SCALE
+    if FAST:
+        series = v * (1.0 + v * (0.5 + v * (0.3333333432674408 + v * 0.25)))
+        mufu = lg2(1.0 - v, FAST) * -LN2
+        exponential = tl.where(v < SERIES_BELOW, series, mufu)
+        return lg2(exponential, FAST) * -LN2
+    else:
+        a = 1.0 - v
+        exact = a == 1.0
+        exponential = tl.where(exact, v, v * tl.log(a) / tl.where(exact, 1.0, a - 1.0))
+        return -tl.log(exponential)
+
+
+@triton.jit
+def split_words(t):
+    """A ``[..., 4]`` tensor as its four ``[...]`` slices (word 0, 1, 2, 3 of each Philox call)."""
+    even, odd = tl.split(tl.reshape(t, t.shape[:-1] + [2, 2]))
+    w0, w2 = tl.split(even)
+    w1, w3 = tl.split(odd)
+    return w0, w1, w2, w3
+
+
+@triton.jit
+def join_words(w0, w1, w2, w3):
+    """Inverse of :func:`split_words`."""
+    return tl.reshape(tl.join(tl.join(w0, w2), tl.join(w1, w3)), w0.shape + [4])
+
+
+@triton.jit
+def gumbel_noise(seed, offset, rows, chunk, Q, ROWS: tl.constexpr, BLOCK_Q: tl.constexpr,
+                 COMPUTE: tl.constexpr, FAST: tl.constexpr = False):
+    """Gumbel(0, 1) noise for a ``[ROWS, 4 * BLOCK_Q]`` tile: columns ``4 * j + w`` of ``rows``,
+    for the Philox calls ``j = chunk * BLOCK_Q + arange(BLOCK_Q)`` of each row."""
+    calls = chunk * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    w0, w1, w2, w3 = philox_words(seed, offset, rows.to(tl.int64)[:, None] * Q + calls[None, :])
+    g = join_words(gumbel_from_word(w0, FAST, COMPUTE), gumbel_from_word(w1, FAST, COMPUTE),
+                   gumbel_from_word(w2, FAST, COMPUTE), gumbel_from_word(w3, FAST, COMPUTE))
+    return tl.reshape(g, [ROWS, 4 * BLOCK_Q])
+
+
+@triton.jit
+def logistic_noise(seed, offset, first_call, BLOCK_Q: tl.constexpr, COMPUTE: tl.constexpr,
+                   FAST: tl.constexpr = False):
     """Logistic(0, 1) noise of the elementwise mapping for the ``4 * BLOCK_Q`` flat elements
     ``4 * first_call + arange(4 * BLOCK_Q)``: element ``e`` takes word ``e % 4`` of call ``e // 4``."""
     calls = first_call + tl.arange(0, BLOCK_Q)
     w0, w1, w2, w3 = philox_words(seed, offset, calls)
-    words = tl.reshape(tl.join(tl.join(w0, w2), tl.join(w1, w3)), [4 * BLOCK_Q])
+    words = tl.reshape(join_words(w0, w1, w2, w3), [4 * BLOCK_Q])
     b = tl.maximum((words >> 1).to(tl.int32), 1)
     # 2**31 - b without overflowing int32; exact, so log(1 - u) has no cancellation near u = 1.
     complement = (2147483647 - b) + 1
-    u = b.to(COMPUTE) * 4.656612873077393e-10  # 2**-31
-    v = complement.to(COMPUTE) * 4.656612873077393e-10
-    return tl.log(u) - tl.log(v)
+    if FAST:
+        # log(u) - log(1 - u) = ln2 * (log2(b) - log2(2**31 - b)): the 2**-31 scales cancel.
+        return (lg2(b.to(tl.float32), FAST) - lg2(complement.to(tl.float32), FAST)) * LN2
+    else:
+        u = b.to(COMPUTE) * UNIFORM_SCALE
+        v = complement.to(COMPUTE) * UNIFORM_SCALE
+        return tl.log(u) - tl.log(v)

@@ -15,26 +15,29 @@ SCRIPT = textwrap.dedent("""
                   offset_lo=0, offset_hi=32, rng_ptr=torch.int64, rng_mode=0)
     # Graph-capture variants (seed and offset read from a device tensor), where the kernel has them.
     seed_variants = lambda kernel: [dict(SEED_FROM_PTR=True)] if "SEED_FROM_PTR" in kernel.arg_names else []
-    fwd_args = dict(common, x_ptr=torch.bfloat16, y_ptr=torch.bfloat16, index_ptr=torch.int64, tau_ptr=torch.float32,
+    fwd_args = dict(common, x_ptr=torch.bfloat16, y_ptr=torch.bfloat16, index_ptr=torch.int64, stats_ptr=torch.float32,
+                    tau_ptr=torch.float32,
                     x_s_outer=10, x_s_k=1, x_s_inner=1, y_s_outer=10, y_s_k=1, y_s_inner=1, tau_s_row=1)
     variants = []
-    for mode, single in itertools.product((k.MODE_SOFT, k.MODE_HARD, k.MODE_INDEX), (True, False)):
-        variants.append(dict(MODE=mode, TAU_FROM_PTR=not single, SINGLE_CHUNK=single, ROWS=128 if single else 1,
-                             BLOCK_Q=4 if single else 1024, COMPUTE=tl.float32, num_warps=4 if single else 8))
-    variants.append(dict(MODE=k.MODE_SOFT, TAU_FROM_PTR=True, SINGLE_CHUNK=True, ROWS=8, BLOCK_Q=64,
-                         COMPUTE=tl.float64))
+    # FAST (MUFU math, what a GPU runs) and its exact twin (what the interpreter runs).
+    for mode, single, fast in itertools.product((k.MODE_SOFT, k.MODE_HARD, k.MODE_INDEX), (True, False), (True, False)):
+        variants.append(dict(MODE=mode, TAU_FROM_PTR=not single, SINGLE_CHUNK=single, SAVE_STATS=not single and mode != 0,
+                             ROWS=128 if single else 1, BLOCK_Q=4 if single else 1024, COMPUTE=tl.float32, FAST=fast,
+                             num_warps=4 if single else 8))
+    variants.append(dict(MODE=k.MODE_SOFT, TAU_FROM_PTR=True, SINGLE_CHUNK=True, SAVE_STATS=False, ROWS=8, BLOCK_Q=64,
+                         COMPUTE=tl.float64, FAST=False))
     variants += [dict(variants[0], **extra) for extra in seed_variants(k.gumbel_softmax_fwd_kernel)]
     print("\\n".join(compile_variants(k.gumbel_softmax_fwd_kernel, fwd_args, variants)))
 
     bwd_args = dict(common, grad_y_ptr=torch.float32, src_ptr=torch.bfloat16, grad_x_ptr=torch.bfloat16,
-                    grad_tau_ptr=torch.float32, tau_ptr=torch.float32, g_s_outer=10, g_s_k=1, g_s_inner=1,
+                    grad_tau_ptr=torch.float32, stats_ptr=torch.float32, tau_ptr=torch.float32, g_s_outer=10, g_s_k=1, g_s_inner=1,
                     src_s_outer=10, src_s_k=1, src_s_inner=1, gx_s_outer=10, gx_s_k=1, gx_s_inner=1, tau_s_row=0)
     variants = []
-    for regenerate, single in itertools.product((True, False), (True, False)):
+    for regenerate, single, fast in itertools.product((True, False), (True, False), (True, False)):
         variants.append(dict(REGENERATE=regenerate, TAU_GRAD=True, TAU_FROM_PTR=True, SINGLE_CHUNK=single,
-                             ROWS=128 if single else 1, BLOCK_Q=4 if single else 1024, COMPUTE=tl.float32))
+                             ROWS=128 if single else 1, BLOCK_Q=4 if single else 1024, COMPUTE=tl.float32, FAST=fast))
     variants.append(dict(REGENERATE=True, TAU_GRAD=False, TAU_FROM_PTR=False, SINGLE_CHUNK=True, ROWS=4,
-                         BLOCK_Q=256, COMPUTE=tl.float64))
+                         BLOCK_Q=256, COMPUTE=tl.float64, FAST=False))
     variants += [dict(variants[0], **extra) for extra in seed_variants(k.gumbel_softmax_bwd_kernel)]
     print("\\n".join(compile_variants(k.gumbel_softmax_bwd_kernel, bwd_args, variants)))
 """)
@@ -42,4 +45,4 @@ SCRIPT = textwrap.dedent("""
 
 def test_kernels_compile_for_sm90():
     stdout = compile_for_sm90(SCRIPT)
-    assert stdout.count(": ok") >= 12, stdout
+    assert stdout.count(": ok") >= 22, stdout

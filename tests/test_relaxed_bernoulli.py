@@ -52,7 +52,7 @@ def test_matches_reference(dtype, shape, tau_kind, hard):
 def test_noise_is_the_elementwise_mapping_of_the_spec(pinned_seed_offset):
     # Element e takes word e % 4 of Philox call e // 4 (counter (lo e//4, hi e//4, lo offset, hi offset)).
     seed, offset, numel = 0x1234_5678_9ABC, 2**40 + 7, 23
-    words = rng.philox4x32(seed, offset, torch.arange(6))
+    words = rng.philox4x32(rng.philox_key(seed), offset, torch.arange(6))
     expected = torch.stack([words[e // 4, e % 4] >> 1 for e in range(numel)])
     assert torch.equal(rng.uniform_bits_flat(numel, seed, offset), expected)
     # The kernel sees the same noise: at tau = 1 and logits 0, logit(y) is the noise itself.
