@@ -56,7 +56,11 @@ MAX_BLOCK_K = 8192
 # Elements per program that row packing aims for.
 TARGET_TILE = 2048
 # Elements per thread that num_warps aims for (registers: a few per element).
-ELEMENTS_PER_THREAD = 16
+ELEMENTS_PER_THREAD = 32
+# Rows of at most this many classes run the one-row-per-thread kernels (K a constexpr).
+SMALL_K = 16
+# Rows per program of those kernels (two per thread with 4 warps).
+SMALL_ROWS = 256
 
 
 @triton.jit
@@ -457,22 +461,290 @@ def gumbel_softmax_bwd_kernel(
         tl.store(grad_tau_ptr + rows, -(dy_y_t - dot * y_t) * inv_tau, mask=row_mask)
 
 
+# ---- short rows (K <= SMALL_K): one row per thread, classes unrolled -----------------------------
+# Every class of a row is its own [ROWS] register plane, so the row reductions need no shuffles and
+# the padding classes K..15 (constexpr K) compile away: no lane draws noise for a missing class.
+
+@triton.jit
+def _small_word(x_ptr, x_rows, x_s_k, row_mask, word, k: tl.constexpr, K: tl.constexpr, FAST: tl.constexpr,
+                COMPUTE: tl.constexpr):
+    if k < K:
+        x = tl.load(x_ptr + x_rows + k * x_s_k, mask=row_mask, other=float("-inf")).to(COMPUTE)
+        return x + gumbel_from_word(word, FAST, COMPUTE)
+    else:
+        return tl.full(x_rows.shape, float("-inf"), COMPUTE)
+
+
+@triton.jit
+def _small_call(x_ptr, x_rows, x_s_k, rows, row_mask, Q, seed, offset, q: tl.constexpr, K: tl.constexpr,
+                FAST: tl.constexpr, COMPUTE: tl.constexpr):
+    """x + g of classes 4q .. 4q + 3 of each row (-inf past K)."""
+    if 4 * q < K:
+        w0, w1, w2, w3 = philox_words(seed, offset, rows * Q + q)
+    else:
+        w0 = tl.zeros(x_rows.shape, tl.uint32)
+        w1 = w0
+        w2 = w0
+        w3 = w0
+    return (_small_word(x_ptr, x_rows, x_s_k, row_mask, w0, 4 * q, K, FAST, COMPUTE),
+            _small_word(x_ptr, x_rows, x_s_k, row_mask, w1, 4 * q + 1, K, FAST, COMPUTE),
+            _small_word(x_ptr, x_rows, x_s_k, row_mask, w2, 4 * q + 2, K, FAST, COMPUTE),
+            _small_word(x_ptr, x_rows, x_s_k, row_mask, w3, 4 * q + 3, K, FAST, COMPUTE))
+
+
+@triton.jit
+def _max4(a, b, c, d):
+    return _max_nan(_max_nan(a, b), _max_nan(c, d))
+
+
+@triton.jit
+def _small_exp(a, scale, shift, k: tl.constexpr, K: tl.constexpr, FAST: tl.constexpr):
+    if k < K:
+        return ex2(a * scale - shift, FAST)
+    else:
+        return tl.zeros(a.shape, a.dtype)
+
+
+@triton.jit
+def _small_exp4(a0, a1, a2, a3, scale, shift, q: tl.constexpr, K: tl.constexpr, FAST: tl.constexpr):
+    return (_small_exp(a0, scale, shift, 4 * q, K, FAST), _small_exp(a1, scale, shift, 4 * q + 1, K, FAST),
+            _small_exp(a2, scale, shift, 4 * q + 2, K, FAST), _small_exp(a3, scale, shift, 4 * q + 3, K, FAST))
+
+
+@triton.jit
+def _small_best(best, a, row_max, k: tl.constexpr, K: tl.constexpr):
+    # Called from the last class down, so the first maximal class wins (torch.argmax's tie rule).
+    if k < K:
+        best = tl.where(a == row_max, k, best)
+    return best
+
+
+@triton.jit
+def _small_best4(best, a0, a1, a2, a3, row_max, q: tl.constexpr, K: tl.constexpr):
+    best = _small_best(best, a3, row_max, 4 * q + 3, K)
+    best = _small_best(best, a2, row_max, 4 * q + 2, K)
+    best = _small_best(best, a1, row_max, 4 * q + 1, K)
+    return _small_best(best, a0, row_max, 4 * q, K)
+
+
+@triton.jit
+def _small_store(ptr, rows_off, s_k, row_mask, value, k: tl.constexpr, K: tl.constexpr):
+    if k < K:
+        tl.store(ptr + rows_off + k * s_k, value.to(ptr.dtype.element_ty), mask=row_mask)
+
+
+@triton.jit
+def _small_store4(ptr, rows_off, s_k, row_mask, y0, y1, y2, y3, q: tl.constexpr, K: tl.constexpr):
+    _small_store(ptr, rows_off, s_k, row_mask, y0, 4 * q, K)
+    _small_store(ptr, rows_off, s_k, row_mask, y1, 4 * q + 1, K)
+    _small_store(ptr, rows_off, s_k, row_mask, y2, 4 * q + 2, K)
+    _small_store(ptr, rows_off, s_k, row_mask, y3, 4 * q + 3, K)
+
+
+@triton.jit
+def _small_one_hot4(ptr, rows_off, s_k, row_mask, best, one, zero, q: tl.constexpr, K: tl.constexpr):
+    _small_store(ptr, rows_off, s_k, row_mask, tl.where(best == 4 * q, one, zero), 4 * q, K)
+    _small_store(ptr, rows_off, s_k, row_mask, tl.where(best == 4 * q + 1, one, zero), 4 * q + 1, K)
+    _small_store(ptr, rows_off, s_k, row_mask, tl.where(best == 4 * q + 2, one, zero), 4 * q + 2, K)
+    _small_store(ptr, rows_off, s_k, row_mask, tl.where(best == 4 * q + 3, one, zero), 4 * q + 3, K)
+
+
+@triton.jit(do_not_specialize=_SEED_ARGS)
+def gumbel_softmax_small_fwd_kernel(
+    x_ptr, y_ptr, index_ptr, tau_ptr, tau_value, n_rows, Q, inner,
+    x_s_outer, x_s_k, x_s_inner, y_s_outer, y_s_k, y_s_inner, tau_s_row,
+    seed_lo, seed_hi, offset_lo, offset_hi, rng_ptr, rng_mode,
+    K: tl.constexpr, MODE: tl.constexpr, TAU_FROM_PTR: tl.constexpr, ROWS: tl.constexpr,
+    COMPUTE: tl.constexpr, FAST: tl.constexpr,
+):
+    """The forward for rows of at most 16 classes (K constexpr): one row per thread."""
+    pid = tl.program_id(0)
+    seed, offset = _call_seed(seed_lo, seed_hi, offset_lo, offset_hi, rng_ptr, rng_mode, pid)
+    rows = pid.to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    row_mask = rows < n_rows
+    x_rows = _row_offsets(rows, inner, x_s_outer, x_s_inner)
+    a00, a01, a02, a03 = _small_call(x_ptr, x_rows, x_s_k, rows, row_mask, Q, seed, offset, 0, K, FAST, COMPUTE)
+    a10, a11, a12, a13 = _small_call(x_ptr, x_rows, x_s_k, rows, row_mask, Q, seed, offset, 1, K, FAST, COMPUTE)
+    a20, a21, a22, a23 = _small_call(x_ptr, x_rows, x_s_k, rows, row_mask, Q, seed, offset, 2, K, FAST, COMPUTE)
+    a30, a31, a32, a33 = _small_call(x_ptr, x_rows, x_s_k, rows, row_mask, Q, seed, offset, 3, K, FAST, COMPUTE)
+    row_max = _max4(_max4(a00, a01, a02, a03), _max4(a10, a11, a12, a13), _max4(a20, a21, a22, a23),
+                    _max4(a30, a31, a32, a33))
+    valid = tl.abs(row_max) < float("inf")
+    if MODE == 0:
+        tau = _tau_rows(tau_ptr, tau_value, tau_s_row, rows, row_mask, ROWS, TAU_FROM_PTR, COMPUTE)
+        scale = _log2e(COMPUTE) / tau
+        shift = tl.where(valid, row_max * scale, 0.0)
+        e00, e01, e02, e03 = _small_exp4(a00, a01, a02, a03, scale, shift, 0, K, FAST)
+        e10, e11, e12, e13 = _small_exp4(a10, a11, a12, a13, scale, shift, 1, K, FAST)
+        e20, e21, e22, e23 = _small_exp4(a20, a21, a22, a23, scale, shift, 2, K, FAST)
+        e30, e31, e32, e33 = _small_exp4(a30, a31, a32, a33, scale, shift, 3, K, FAST)
+        row_sum = (((e00 + e01) + (e02 + e03)) + ((e10 + e11) + (e12 + e13))) + \
+            (((e20 + e21) + (e22 + e23)) + ((e30 + e31) + (e32 + e33)))
+        inv = tl.where(valid, 1.0 / row_sum, float("nan"))
+        y_rows = _row_offsets(rows, inner, y_s_outer, y_s_inner)
+        _small_store4(y_ptr, y_rows, y_s_k, row_mask, e00 * inv, e01 * inv, e02 * inv, e03 * inv, 0, K)
+        _small_store4(y_ptr, y_rows, y_s_k, row_mask, e10 * inv, e11 * inv, e12 * inv, e13 * inv, 1, K)
+        _small_store4(y_ptr, y_rows, y_s_k, row_mask, e20 * inv, e21 * inv, e22 * inv, e23 * inv, 2, K)
+        _small_store4(y_ptr, y_rows, y_s_k, row_mask, e30 * inv, e31 * inv, e32 * inv, e33 * inv, 3, K)
+    else:
+        best = tl.full([ROWS], -1, tl.int32)
+        best = _small_best4(best, a30, a31, a32, a33, row_max, 3, K)
+        best = _small_best4(best, a20, a21, a22, a23, row_max, 2, K)
+        best = _small_best4(best, a10, a11, a12, a13, row_max, 1, K)
+        best = _small_best4(best, a00, a01, a02, a03, row_max, 0, K)
+        if MODE == 2:
+            tl.store(index_ptr + rows, tl.where(valid, best, -1).to(tl.int64), mask=row_mask)
+        else:
+            one = tl.where(valid, 1.0, float("nan"))
+            zero = tl.where(valid, 0.0, float("nan"))
+            y_rows = _row_offsets(rows, inner, y_s_outer, y_s_inner)
+            _small_one_hot4(y_ptr, y_rows, y_s_k, row_mask, best, one, zero, 0, K)
+            _small_one_hot4(y_ptr, y_rows, y_s_k, row_mask, best, one, zero, 1, K)
+            _small_one_hot4(y_ptr, y_rows, y_s_k, row_mask, best, one, zero, 2, K)
+            _small_one_hot4(y_ptr, y_rows, y_s_k, row_mask, best, one, zero, 3, K)
+
+
+@triton.jit
+def _small_load(ptr, rows_off, s_k, row_mask, k: tl.constexpr, K: tl.constexpr, COMPUTE: tl.constexpr):
+    if k < K:
+        return tl.load(ptr + rows_off + k * s_k, mask=row_mask, other=0.0).to(COMPUTE)
+    else:
+        return tl.zeros(rows_off.shape, COMPUTE)
+
+
+@triton.jit
+def _small_grad_class(grad_y_ptr, g_rows, g_s_k, src_ptr, src_rows, src_s_k, row_mask, a, scale, shift, inv,
+                      k: tl.constexpr, K: tl.constexpr, REGENERATE: tl.constexpr, FAST: tl.constexpr,
+                      COMPUTE: tl.constexpr):
+    """(y, dy, t) of class k: y regenerated from x + g (t = (x + g - M) / tau) or the saved y
+    (t = log y); zeros past K and for zero-probability classes."""
+    dy = _small_load(grad_y_ptr, g_rows, g_s_k, row_mask, k, K, COMPUTE)
+    if REGENERATE:
+        u = a * scale - shift
+        y = ex2(u, FAST) * inv
+        t = tl.where(y > 0, u * _ln2(COMPUTE), 0.0)
+    else:
+        y = _small_load(src_ptr, src_rows, src_s_k, row_mask, k, K, COMPUTE)
+        t = tl.where(y > 0, lg2(tl.where(y > 0, y, 1.0), FAST) * _ln2(COMPUTE), 0.0)
+    if k >= K:
+        y = tl.zeros(dy.shape, COMPUTE)
+        t = y
+    return y, dy, t
+
+
+@triton.jit
+def _small_grad_call(grad_y_ptr, g_rows, g_s_k, src_ptr, src_rows, src_s_k, row_mask, a0, a1, a2, a3, scale, shift,
+                     inv, q: tl.constexpr, K: tl.constexpr, REGENERATE: tl.constexpr, FAST: tl.constexpr,
+                     COMPUTE: tl.constexpr):
+    y0, dy0, t0 = _small_grad_class(grad_y_ptr, g_rows, g_s_k, src_ptr, src_rows, src_s_k, row_mask, a0, scale, shift,
+                                    inv, 4 * q, K, REGENERATE, FAST, COMPUTE)
+    y1, dy1, t1 = _small_grad_class(grad_y_ptr, g_rows, g_s_k, src_ptr, src_rows, src_s_k, row_mask, a1, scale, shift,
+                                    inv, 4 * q + 1, K, REGENERATE, FAST, COMPUTE)
+    y2, dy2, t2 = _small_grad_class(grad_y_ptr, g_rows, g_s_k, src_ptr, src_rows, src_s_k, row_mask, a2, scale, shift,
+                                    inv, 4 * q + 2, K, REGENERATE, FAST, COMPUTE)
+    y3, dy3, t3 = _small_grad_class(grad_y_ptr, g_rows, g_s_k, src_ptr, src_rows, src_s_k, row_mask, a3, scale, shift,
+                                    inv, 4 * q + 3, K, REGENERATE, FAST, COMPUTE)
+    dot = (dy0 * y0 + dy1 * y1) + (dy2 * y2 + dy3 * y3)
+    dy_y_t = (dy0 * y0 * t0 + dy1 * y1 * t1) + (dy2 * y2 * t2 + dy3 * y3 * t3)
+    y_t = (y0 * t0 + y1 * t1) + (y2 * t2 + y3 * t3)
+    return y0, y1, y2, y3, dy0, dy1, dy2, dy3, dot, dy_y_t, y_t
+
+
+@triton.jit
+def _small_grad_store(grad_x_ptr, gx_rows, gx_s_k, row_mask, y0, y1, y2, y3, dy0, dy1, dy2, dy3, dot, inv_tau,
+                      q: tl.constexpr, K: tl.constexpr):
+    _small_store4(grad_x_ptr, gx_rows, gx_s_k, row_mask, y0 * (dy0 - dot) * inv_tau, y1 * (dy1 - dot) * inv_tau,
+                  y2 * (dy2 - dot) * inv_tau, y3 * (dy3 - dot) * inv_tau, q, K)
+
+
+@triton.jit(do_not_specialize=_SEED_ARGS)
+def gumbel_softmax_small_bwd_kernel(
+    grad_y_ptr, src_ptr, grad_x_ptr, grad_tau_ptr, tau_ptr, tau_value, n_rows, Q, inner,
+    g_s_outer, g_s_k, g_s_inner, src_s_outer, src_s_k, src_s_inner, gx_s_outer, gx_s_k, gx_s_inner, tau_s_row,
+    seed_lo, seed_hi, offset_lo, offset_hi, rng_ptr, rng_mode,
+    K: tl.constexpr, REGENERATE: tl.constexpr, TAU_GRAD: tl.constexpr, TAU_FROM_PTR: tl.constexpr,
+    ROWS: tl.constexpr, COMPUTE: tl.constexpr, FAST: tl.constexpr,
+):
+    """The backward for rows of at most 16 classes (K constexpr): one row per thread."""
+    pid = tl.program_id(0)
+    seed, offset = _call_seed(seed_lo, seed_hi, offset_lo, offset_hi, rng_ptr, rng_mode, pid)
+    rows = pid.to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    row_mask = rows < n_rows
+    g_rows = _row_offsets(rows, inner, g_s_outer, g_s_inner)
+    src_rows = _row_offsets(rows, inner, src_s_outer, src_s_inner)
+    gx_rows = _row_offsets(rows, inner, gx_s_outer, gx_s_inner)
+    tau = _tau_rows(tau_ptr, tau_value, tau_s_row, rows, row_mask, ROWS, TAU_FROM_PTR, COMPUTE)
+    scale = _log2e(COMPUTE) / tau
+    inv_tau = 1.0 / tau
+    shift = tl.zeros([ROWS], COMPUTE)
+    inv = tl.zeros([ROWS], COMPUTE)
+    if not REGENERATE:  # the saved soft output stands in for x + g
+        a00, a01, a02, a03, a10, a11, a12, a13 = shift, shift, shift, shift, shift, shift, shift, shift
+        a20, a21, a22, a23, a30, a31, a32, a33 = shift, shift, shift, shift, shift, shift, shift, shift
+    if REGENERATE:
+        a00, a01, a02, a03 = _small_call(src_ptr, src_rows, src_s_k, rows, row_mask, Q, seed, offset, 0, K, FAST,
+                                         COMPUTE)
+        a10, a11, a12, a13 = _small_call(src_ptr, src_rows, src_s_k, rows, row_mask, Q, seed, offset, 1, K, FAST,
+                                         COMPUTE)
+        a20, a21, a22, a23 = _small_call(src_ptr, src_rows, src_s_k, rows, row_mask, Q, seed, offset, 2, K, FAST,
+                                         COMPUTE)
+        a30, a31, a32, a33 = _small_call(src_ptr, src_rows, src_s_k, rows, row_mask, Q, seed, offset, 3, K, FAST,
+                                         COMPUTE)
+        row_max = _max4(_max4(a00, a01, a02, a03), _max4(a10, a11, a12, a13), _max4(a20, a21, a22, a23),
+                        _max4(a30, a31, a32, a33))
+        valid = tl.abs(row_max) < float("inf")
+        shift = tl.where(valid, row_max * scale, 0.0)
+        e00, e01, e02, e03 = _small_exp4(a00, a01, a02, a03, scale, shift, 0, K, FAST)
+        e10, e11, e12, e13 = _small_exp4(a10, a11, a12, a13, scale, shift, 1, K, FAST)
+        e20, e21, e22, e23 = _small_exp4(a20, a21, a22, a23, scale, shift, 2, K, FAST)
+        e30, e31, e32, e33 = _small_exp4(a30, a31, a32, a33, scale, shift, 3, K, FAST)
+        row_sum = (((e00 + e01) + (e02 + e03)) + ((e10 + e11) + (e12 + e13))) + \
+            (((e20 + e21) + (e22 + e23)) + ((e30 + e31) + (e32 + e33)))
+        inv = tl.where(valid, 1.0 / row_sum, float("nan"))
+    y00, y01, y02, y03, d00, d01, d02, d03, dot0, dyt0, yt0 = _small_grad_call(
+        grad_y_ptr, g_rows, g_s_k, src_ptr, src_rows, src_s_k, row_mask, a00, a01, a02, a03, scale, shift, inv, 0, K,
+        REGENERATE, FAST, COMPUTE)
+    y10, y11, y12, y13, d10, d11, d12, d13, dot1, dyt1, yt1 = _small_grad_call(
+        grad_y_ptr, g_rows, g_s_k, src_ptr, src_rows, src_s_k, row_mask, a10, a11, a12, a13, scale, shift, inv, 1, K,
+        REGENERATE, FAST, COMPUTE)
+    y20, y21, y22, y23, d20, d21, d22, d23, dot2, dyt2, yt2 = _small_grad_call(
+        grad_y_ptr, g_rows, g_s_k, src_ptr, src_rows, src_s_k, row_mask, a20, a21, a22, a23, scale, shift, inv, 2, K,
+        REGENERATE, FAST, COMPUTE)
+    y30, y31, y32, y33, d30, d31, d32, d33, dot3, dyt3, yt3 = _small_grad_call(
+        grad_y_ptr, g_rows, g_s_k, src_ptr, src_rows, src_s_k, row_mask, a30, a31, a32, a33, scale, shift, inv, 3, K,
+        REGENERATE, FAST, COMPUTE)
+    dot = (dot0 + dot1) + (dot2 + dot3)
+    _small_grad_store(grad_x_ptr, gx_rows, gx_s_k, row_mask, y00, y01, y02, y03, d00, d01, d02, d03, dot, inv_tau, 0, K)
+    _small_grad_store(grad_x_ptr, gx_rows, gx_s_k, row_mask, y10, y11, y12, y13, d10, d11, d12, d13, dot, inv_tau, 1, K)
+    _small_grad_store(grad_x_ptr, gx_rows, gx_s_k, row_mask, y20, y21, y22, y23, d20, d21, d22, d23, dot, inv_tau, 2, K)
+    _small_grad_store(grad_x_ptr, gx_rows, gx_s_k, row_mask, y30, y31, y32, y33, d30, d31, d32, d33, dot, inv_tau, 3, K)
+    if TAU_GRAD:
+        dy_y_t = (dyt0 + dyt1) + (dyt2 + dyt3)
+        y_t = (yt0 + yt1) + (yt2 + yt3)
+        tl.store(grad_tau_ptr + rows, -(dy_y_t - dot * y_t) * inv_tau, mask=row_mask)
+
+
 # ---- launchers ---------------------------------------------------------------------------------
 
 def _next_power_of_2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def tile_config(n_rows: int, classes: int, max_block_k: int | None = None) -> dict:
+def tile_config(n_rows: int, classes: int, max_block_k: int | None = None, allow_small: bool = True) -> dict:
     """Tile shape for a [n_rows, classes] problem: whole rows in registers when they fit in
     ``max_block_k`` classes (default ``MAX_RESIDENT``; packing rows up to ``TARGET_TILE``
     elements), otherwise one row per program streamed in chunks of ``max_block_k`` classes.
-    Cached: the launchers call it on every call."""
-    return _tile_config(n_rows, classes, MAX_RESIDENT if max_block_k is None else max_block_k)
+    Rows of at most ``SMALL_K`` classes get the one-row-per-thread kernels (``SMALL``) unless
+    ``allow_small`` is False. Cached: the launchers call it on every call."""
+    return _tile_config(n_rows, classes, MAX_RESIDENT if max_block_k is None else max_block_k, allow_small)
 
 
 @functools.lru_cache(maxsize=4096)
-def _tile_config(n_rows: int, classes: int, max_block_k: int) -> dict:
+def _tile_config(n_rows: int, classes: int, max_block_k: int, allow_small: bool) -> dict:
+    if classes <= SMALL_K and allow_small:
+        rows = max(32, min(SMALL_ROWS, _next_power_of_2(n_rows)))
+        return dict(SMALL=True, Q=-(-classes // 4), num_chunks=1, SINGLE_CHUNK=True, ROWS=rows, BLOCK_Q=0,
+                    num_warps=max(1, min(4, rows // 64)))
     calls_per_row = -(-classes // 4)
     block_q = _next_power_of_2(calls_per_row)
     if 4 * block_q <= max_block_k:
@@ -483,7 +755,7 @@ def _tile_config(n_rows: int, classes: int, max_block_k: int) -> dict:
         num_chunks = -(-calls_per_row // block_q)
         rows = 1
     tile = rows * 4 * block_q
-    return dict(Q=calls_per_row, num_chunks=num_chunks, SINGLE_CHUNK=num_chunks == 1, ROWS=rows,
+    return dict(SMALL=False, Q=calls_per_row, num_chunks=num_chunks, SINGLE_CHUNK=num_chunks == 1, ROWS=rows,
                 BLOCK_Q=block_q, num_warps=min(16, max(1, tile // (32 * ELEMENTS_PER_THREAD))))
 
 
@@ -497,11 +769,12 @@ def _compute_dtype(dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def _fast(dtype) -> bool:
-    """MUFU fast math for float32 math on a real GPU; the exact twin in the interpreter and float64."""
+def _fast(dtype) -> int:
+    """The noise twin (``kernels/rng.py``): 2, MUFU fast math, for float32 math on a GPU; 0, the
+    exact twin, in the interpreter and for float64."""
     import torch
 
-    return dtype != torch.float64 and not _interpreted()
+    return 0 if dtype == torch.float64 or _interpreted() else 2
 
 
 def _tau_args(tau, like):
@@ -576,11 +849,19 @@ def gumbel_softmax_forward(x, x_strides, out, out_strides, index, tau, n_rows, c
     cfg = tile_config(n_rows, classes, max_block_k)
     seed_args = _seed_args(seed, offset, rng_out, x.device)
     tau_ptr, tau_value, tau_stride, tau_from_ptr = _tau_args(tau, x)
+    grid = ((n_rows + cfg["ROWS"] - 1) // cfg["ROWS"],)
+    if cfg["SMALL"]:
+        gumbel_softmax_small_fwd_kernel[grid](
+            x, x if out is None else out, x if index is None else index, tau_ptr, tau_value, n_rows, cfg["Q"], inner,
+            *x_strides, *out_strides, tau_stride, *seed_args,
+            K=classes, MODE=mode, TAU_FROM_PTR=tau_from_ptr, ROWS=cfg["ROWS"], COMPUTE=_compute_dtype(x.dtype),
+            FAST=_fast(x.dtype), num_warps=cfg["num_warps"],
+        )
+        return
     streamed = not cfg["SINGLE_CHUNK"]
     if streamed and mode == MODE_SOFT and stats is None:
         raise ValueError("the soft forward of streamed rows needs a scratch buffer (see stats_size)")
     save_stats = streamed and mode != MODE_SOFT and stats is not None
-    grid = ((n_rows + cfg["ROWS"] - 1) // cfg["ROWS"],)
     gumbel_softmax_fwd_kernel[grid](
         x, x if out is None else out, x if index is None else index,
         _dummy_tensor(x.device, "float32") if stats is None else stats, tau_ptr, tau_value,
@@ -606,6 +887,15 @@ def gumbel_softmax_backward(grad_y, grad_y_strides, src, src_strides, grad_x, gr
     tau_ptr, tau_value, tau_stride, tau_from_ptr = _tau_args(tau, src)
     compute_from = src.dtype if regenerate else grad_x.dtype
     grid = ((n_rows + cfg["ROWS"] - 1) // cfg["ROWS"],)
+    if cfg["SMALL"]:
+        gumbel_softmax_small_bwd_kernel[grid](
+            grad_y, src, grad_x, grad_x if grad_tau_rows is None else grad_tau_rows, tau_ptr, tau_value, n_rows,
+            cfg["Q"], inner, *grad_y_strides, *src_strides, *grad_x_strides, tau_stride, *seed_args,
+            K=classes, REGENERATE=regenerate, TAU_GRAD=grad_tau_rows is not None, TAU_FROM_PTR=tau_from_ptr,
+            ROWS=cfg["ROWS"], COMPUTE=_compute_dtype(compute_from), FAST=_fast(compute_from),
+            num_warps=cfg["num_warps"],
+        )
+        return
     gumbel_softmax_bwd_kernel[grid](
         grad_y, src, grad_x, grad_x if grad_tau_rows is None else grad_tau_rows,
         _dummy_tensor(src.device, "float32") if stats is None else stats, tau_ptr, tau_value,

@@ -227,7 +227,7 @@ def topk_tile_config(n_rows: int, classes: int) -> dict:
     """Whole rows in registers (``MAX_CLASSES`` at most), several short rows per program."""
     if classes > MAX_CLASSES:
         raise ValueError(f"the fused top-k holds a row in registers: at most {MAX_CLASSES} classes, got {classes}")
-    return tile_config(n_rows, classes, MAX_CLASSES)
+    return tile_config(n_rows, classes, MAX_CLASSES, allow_small=False)
 
 
 def _tau_args(tau, like):

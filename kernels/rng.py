@@ -3,12 +3,13 @@
 Philox words are bit-exact on every path. The noise has two twins selected by the constexpr
 ``FAST``:
 
-- ``FAST=False`` (the interpreter, float64, and the reference's float32 arithmetic): core ``tl``
+- ``FAST=0`` (the interpreter, float64, and the reference's float32 arithmetic): core ``tl``
   ops only, Goldberg's log1p, so ``TRITON_INTERPRET=1`` runs it in numpy.
-- ``FAST=True`` (float32 on the GPU): the logarithms run on the MUFU unit (``lg2.approx``) and
-  the small-``v`` tail of ``-log1p(-v)`` is a short series, within the spec's stated bound
-  (``rng.FAST_NOISE_BOUND``) of the float64 definition. Inline PTX cannot run in the
-  interpreter, so the CPU tests run the exact twin and the sm_90 compile tests cover both.
+- ``FAST=2`` (float32 on the GPU): the logarithms and exponentials run on the MUFU unit
+  (``lg2.approx``/``ex2.approx``) and the small-``v`` tail of ``-log1p(-v)`` is a short series,
+  within the spec's stated bound (``rng.FAST_NOISE_BOUND``) of the float64 definition.
+- ``FAST=1``: the ``FAST=2`` algorithm with ``tl.log2``/``tl.exp2``, so the interpreter tests
+  its series and constants; inline PTX itself only compiles (the sm_90 compile tests).
 
 Philox is written out here (rather than ``tl.philox``) so each round is two 32x32->64-bit
 multiplies (one ``IMAD.WIDE.U32`` each) and two three-input XORs.
@@ -33,7 +34,11 @@ UNIFORM_SCALE = tl.constexpr(4.656612873077393e-10)  # 2**-31
 TOP_BITS = tl.constexpr(2147483520)
 # FAST: -log1p(-v) = v (1 + v/2 + v^2/3 + v^3/4 + ...); below 2**-6 four terms leave a relative
 # error under v^4/5 < 2**-26, above it log2(1 - v) on the MUFU unit is accurate to ~2**-17.
-SERIES_BELOW = tl.constexpr(0.015625)
+SERIES_BELOW_BITS = tl.constexpr(33554432.0)  # v < 2**-6  <=>  b < 2**25
+SERIES_C1 = tl.constexpr(4.656612873077393e-10)  # 2**-31 / 1
+SERIES_C2 = tl.constexpr(1.0842021724855044e-19)  # 2**-62 / 2
+SERIES_C3 = tl.constexpr(3.3658065289429835e-29)  # 2**-93 / 3
+SERIES_C4 = tl.constexpr(1.1754943508222875e-38)  # 2**-124 / 4
 
 
 @triton.jit
@@ -73,7 +78,8 @@ def philox_words(seed, offset, counter):
 
 @triton.jit
 def lg2(x, FAST: tl.constexpr):
-    if FAST:
+    """log2; on the MUFU unit when FAST == 2 (a GPU), else tl.log2 (the interpreter can run it)."""
+    if FAST == 2:
         return tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
                                          is_pure=True, pack=1)
     else:
@@ -82,7 +88,8 @@ def lg2(x, FAST: tl.constexpr):
 
 @triton.jit
 def ex2(x, FAST: tl.constexpr):
-    if FAST:
+    """2^x; on the MUFU unit when FAST == 2, else tl.exp2."""
+    if FAST == 2:
         return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
                                          is_pure=True, pack=1)
     else:
@@ -91,15 +98,19 @@ def ex2(x, FAST: tl.constexpr):
 
 @triton.jit
 def gumbel_from_word(word, FAST: tl.constexpr, COMPUTE: tl.constexpr):
-    """Spec steps 3-5: one Philox word to Gumbel(0, 1) noise in ``COMPUTE``."""
-    b = tl.minimum(tl.maximum((word >> 1).to(tl.int32), 1), TOP_BITS)
-    v = b.to(COMPUTE) * UNIFORM_SCALE
+    """Spec steps 3-5: one Philox word to Gumbel(0, 1) noise in ``COMPUTE``. ``FAST``: 0 the
+    exact twin; 1 the fast twin's algorithm with exact logarithms (runs in the interpreter, so
+    CPU tests check its series and constants); 2 the fast twin on the MUFU unit (GPU float32)."""
+    b = tl.minimum(tl.maximum((word >> 1).to(tl.int32), 1), TOP_BITS).to(COMPUTE)
     if FAST:
-        series = v * (1.0 + v * (0.5 + v * (0.3333333432674408 + v * 0.25)))
-        mufu = lg2(1.0 - v, FAST) * -LN2
-        exponential = tl.where(v < SERIES_BELOW, series, mufu)
+        # v = b 2^-31 folded into the constants: E = v (1 + v/2 + v^2/3 + v^3/4) below 2^-6,
+        # else -ln2 lg2(1 - v) on the MUFU unit.
+        series = b * (SERIES_C1 + b * (SERIES_C2 + b * (SERIES_C3 + b * SERIES_C4)))
+        mufu = lg2(1.0 - b * UNIFORM_SCALE, FAST) * -LN2
+        exponential = tl.where(b < SERIES_BELOW_BITS, series, mufu)
         return lg2(exponential, FAST) * -LN2
     else:
+        v = b * UNIFORM_SCALE
         a = 1.0 - v
         exact = a == 1.0
         exponential = tl.where(exact, v, v * tl.log(a) / tl.where(exact, 1.0, a - 1.0))
@@ -123,7 +134,7 @@ def join_words(w0, w1, w2, w3):
 
 @triton.jit
 def gumbel_noise(seed, offset, rows, chunk, Q, ROWS: tl.constexpr, BLOCK_Q: tl.constexpr,
-                 COMPUTE: tl.constexpr, FAST: tl.constexpr = False):
+                 COMPUTE: tl.constexpr, FAST: tl.constexpr = 0):
     """Gumbel(0, 1) noise for a ``[ROWS, 4 * BLOCK_Q]`` tile: columns ``4 * j + w`` of ``rows``,
     for the Philox calls ``j = chunk * BLOCK_Q + arange(BLOCK_Q)`` of each row."""
     calls = chunk * BLOCK_Q + tl.arange(0, BLOCK_Q)
@@ -135,7 +146,7 @@ def gumbel_noise(seed, offset, rows, chunk, Q, ROWS: tl.constexpr, BLOCK_Q: tl.c
 
 @triton.jit
 def logistic_noise(seed, offset, first_call, BLOCK_Q: tl.constexpr, COMPUTE: tl.constexpr,
-                   FAST: tl.constexpr = False):
+                   FAST: tl.constexpr = 0):
     """Logistic(0, 1) noise of the elementwise mapping for the ``4 * BLOCK_Q`` flat elements
     ``4 * first_call + arange(4 * BLOCK_Q)``: element ``e`` takes word ``e % 4`` of call ``e // 4``."""
     calls = first_call + tl.arange(0, BLOCK_Q)

@@ -227,23 +227,24 @@ SM90_CHECK = textwrap.dedent("""
     from sm90_compile import compile_variants
     from fused_gumbel.kernels import gumbel_softmax as k
 
-    args = dict(x_ptr=torch.float16, y_ptr=torch.float16, index_ptr=torch.int64, tau_ptr=torch.float32, tau_value=1.0,
+    args = dict(x_ptr=torch.float16, y_ptr=torch.float16, index_ptr=torch.int64, stats_ptr=torch.float32,
+                tau_ptr=torch.float32, tau_value=1.0,
                 n_rows=300, K=10, Q=3, inner=1, num_chunks=1, x_s_outer=10, x_s_k=1, x_s_inner=1, y_s_outer=10,
                 y_s_k=1, y_s_inner=1, tau_s_row=0, seed_lo=-3, seed_hi=2**30, offset_lo=7, offset_hi=0,
                 rng_ptr=torch.int64, rng_mode=1)
     variants = []
     for mode in (k.MODE_SOFT, k.MODE_HARD, k.MODE_INDEX):
         for single in (True, False):
-            variants.append(dict(MODE=mode, TAU_FROM_PTR=single, SINGLE_CHUNK=single, ROWS=16 if single else 1,
-                                 BLOCK_Q=4 if single else 256, COMPUTE=tl.float32))
+            variants.append(dict(MODE=mode, TAU_FROM_PTR=single, SINGLE_CHUNK=single, SAVE_STATS=not single,
+                                 ROWS=16 if single else 1, BLOCK_Q=4 if single else 256, COMPUTE=tl.float32, FAST=2))
     print("\\n".join(compile_variants(k.gumbel_softmax_fwd_kernel, args, variants)))
     args = dict(grad_y_ptr=torch.float32, src_ptr=torch.float16, grad_x_ptr=torch.float16, grad_tau_ptr=torch.float32,
-                tau_ptr=torch.float32, tau_value=1.0, n_rows=300, K=10, Q=3, inner=1, num_chunks=1, g_s_outer=10,
+                stats_ptr=torch.float32, tau_ptr=torch.float32, tau_value=1.0, n_rows=300, K=10, Q=3, inner=1, num_chunks=1, g_s_outer=10,
                 g_s_k=1, g_s_inner=1, src_s_outer=10, src_s_k=1, src_s_inner=1, gx_s_outer=10, gx_s_k=1,
                 gx_s_inner=1, tau_s_row=1, seed_lo=0, seed_hi=0, offset_lo=0, offset_hi=0, rng_ptr=torch.int64,
                 rng_mode=1)
     variants = [dict(REGENERATE=regenerate, TAU_GRAD=True, TAU_FROM_PTR=True, SINGLE_CHUNK=single,
-                     ROWS=16 if single else 1, BLOCK_Q=4 if single else 256, COMPUTE=tl.float32)
+                     ROWS=16 if single else 1, BLOCK_Q=4 if single else 256, COMPUTE=tl.float32, FAST=2)
                 for single in (True, False) for regenerate in (True, False)]
     print("\\n".join(compile_variants(k.gumbel_softmax_bwd_kernel, args, variants)))
 """)
