@@ -650,8 +650,20 @@ def compile_launches(records: list[dict], log=None) -> list[dict]:
             seen[key] = meta
             results.append(meta)
         except Exception as why:  # one variant failing must not hide the others
-            results.append({"kernel": launch.kernel, "error": f"{type(why).__name__}: {why}"[:2000]})
+            results.append({"kernel": launch.kernel, "error": _describe(why)})
     return results
+
+
+def _describe(error: BaseException) -> str:
+    """The innermost cause first (a CompilationError wraps the AttributeError that matters),
+    then the outer error's message, shortened."""
+    inner = error
+    while inner.__cause__ is not None or inner.__context__ is not None:
+        inner = inner.__cause__ or inner.__context__
+    text = f"{type(inner).__name__}: {inner}"
+    if inner is not error:
+        text += f" (raised as {type(error).__name__}: {str(error).strip()[:1200]})"
+    return text[:2000]
 
 
 # --- Subprocess plumbing -------------------------------------------------------------------------
@@ -931,7 +943,7 @@ def summary_table(report: dict, families=None) -> str:
         first = next(iter(by_dtype.values()))
         name = f"{family} {mode} {pass_}"
         if "ceiling_pct_H200" not in first:
-            why = first.get("skipped") or "; ".join(first.get("error", []))
+            why = " ".join((first.get("skipped") or "; ".join(first.get("error", []))).split())
             if "reference" in why:
                 why = "not fused: falls back to the PyTorch reference"
             lines.append(f"| {name} | {shape} | {why[:120]} | | | | | | |")
