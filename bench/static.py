@@ -510,7 +510,11 @@ def measure_host(calls: int = 300, modes=("soft", "hard")) -> dict:
 def cache_dir() -> str:
     path = os.environ.get("FUSED_GUMBEL_STATIC_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "fused-gumbel-static")
-    os.makedirs(path, exist_ok=True)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:  # no writable home: a per-user temporary folder
+        path = os.path.join(tempfile.gettempdir(), f"fused-gumbel-static-{os.getuid()}")
+        os.makedirs(path, exist_ok=True)
     return path
 
 
@@ -641,8 +645,10 @@ def compile_launches(records: list[dict], log=None) -> list[dict]:
                             local=int(usage.get("LOCAL", 0)),
                             shared=int(usage.get("SHARED", 0)) + int(getattr(compiled.metadata, "shared", 0) or 0),
                             triton=triton.__version__)
-                with open(meta_path, "w") as f:
+                # Written last and atomically: its presence means the cubin and SASS are complete.
+                with open(meta_path + f".{os.getpid()}.tmp", "w") as f:
                     json.dump(meta, f, indent=1)
+                os.replace(meta_path + f".{os.getpid()}.tmp", meta_path)
                 meta["cached"] = False
                 if log:
                     log(f"compiled {launch.kernel} {key} in {compile_s:.1f}s")
