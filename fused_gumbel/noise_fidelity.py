@@ -140,9 +140,9 @@ def _check_points(exhaustive_below: int, stride: int):
     step = chunk * stride
     for lo in range(start, TWO31, step):
         yield np.arange(lo, min(lo + step, TWO31), stride, dtype=np.int64), True, False
-    # Boundaries, consecutive: the float32 ulp steps of b (2**24 ... 2**30), the series/MUFU
-    # switch at v = 2**-6, v = 1/2, and the top clamp (including raw b above it).
-    edges = [2**k for k in range(23, 31)] + [int(FAST_SERIES_BELOW * TWO31), 2**30]
+    # Boundaries, consecutive: where the float32 step of b doubles (2**23 ... 2**30, v = 1/2 last),
+    # the series/MUFU switch at v = 2**-6 (= 2**25), and the top clamp (with raw b above it).
+    edges = sorted({2**k for k in range(23, 31)} | {int(FAST_SERIES_BELOW * TWO31)})
     for edge in edges:
         yield np.arange(edge - 2**15, edge + 2**15, dtype=np.int64), False, True
     yield np.arange(TOP_BITS - 2**20, TWO31, dtype=np.int64), False, True
@@ -152,7 +152,7 @@ def max_noise_error(twin, exhaustive_below: int = 2**22, stride: int = 97, bound
                     **twin_kwargs) -> NoiseError:
     """Largest ``|twin(b) - definition(b)|`` over every ``b`` in ``[1, exhaustive_below]``, every
     ``stride``-th ``b`` above it, and ``2**16`` consecutive draws around each region boundary
-    (float32 ulp changes, ``v = 2**-6``, the top clamp). Chunked: peak memory ~0.5 GB.
+    (float32 ulp changes, ``v = 2**-6``, the top clamp). Chunked: peak memory below 0.5 GB.
 
     ``bound`` (default: the spec's bound for ``exact_twin`` / ``fast_twin``) sets ``fraction_over``,
     the share of the uniform strided sample whose error exceeds it.
