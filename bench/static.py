@@ -368,6 +368,11 @@ class stub_kernels:
 
         recorders = {}
         for module in kernel_modules():
+            # Launch-time choices that depend on the interpreter (the noise twin, FAST) are made
+            # as on a GPU: a launcher asks ``_interpreted()``, which says False while recording.
+            if callable(vars(module).get("_interpreted")):
+                self.patched.append((module, "_interpreted", module._interpreted))
+                module._interpreted = lambda: False
             for name, obj in list(vars(module).items()):
                 if isinstance(obj, KernelInterface):
                     rec = recorders.get(id(obj))
