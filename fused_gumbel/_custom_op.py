@@ -1,7 +1,8 @@
 """``torch.library`` custom ops: how ``torch.compile`` and CUDA-graph capture see the sampler.
 
 ``torch.ops.fused_gumbel.sample(logits, tau, tau_value, mode, dim, seed, backend) -> (out, rng_state)``
-is one opaque node in a compiled graph (so ``fullgraph=True`` holds) with a fake (meta)
+is one opaque node in a compiled, exported or traced graph (so ``fullgraph=True`` holds, and
+``torch.export``/``torch.jit.trace`` record the op rather than one sample) with a fake (meta)
 implementation for shapes and a registered autograd formula (``sample_backward``). It draws the
 call's Philox key and offset *when it runs*, from the same source as an eager call
 (``_seeding.draw``): a seed traced into the graph would be a constant and repeat its noise on

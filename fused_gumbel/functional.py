@@ -5,15 +5,15 @@
 with ``hard=True``, the exact one-hot of argmax(logits + g) with the soft sample's gradient.
 Every input error raises here, before any kernel launch. CUDA tensors run the fused Triton
 kernels (through ``GumbelSoftmaxFunction``); CPU tensors run the PyTorch reference with the
-same noise stream, or the Triton kernels under ``TRITON_INTERPRET=1``. Inside ``torch.compile``
-both run as the custom op ``torch.ops.fused_gumbel.sample`` (``_custom_op``), which draws its
-seed at run time; where seeds come from (generator, ``seed=``, CUDA graphs, ranks) is
-``_seeding``.
+same noise stream, or the Triton kernels under ``TRITON_INTERPRET=1``. While a graph is being
+recorded (``torch.compile``, ``torch.export``, ``torch.jit.trace``: ``_graph_mode``) both run as
+the custom op ``torch.ops.fused_gumbel.sample`` (``_custom_op``), which draws its seed at run
+time; where seeds come from (generator, ``seed=``, CUDA graphs, ranks) is ``_seeding``.
 """
 from __future__ import annotations
 
-import math
 import os
+import sys
 import warnings
 from typing import Literal, Optional, Union
 
@@ -70,10 +70,24 @@ def _normalize_dim(dim: int, ndim: int) -> int:
     return dim % span
 
 
+def _graph_mode() -> bool:
+    """Is this call being recorded into a graph (``torch.compile``, ``torch.export``,
+    ``torch.jit.trace``)? Then it must run as a custom op that draws its seed when the graph
+    runs: a seed drawn now would be frozen into the graph and repeat one sample forever."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
 def _is_tracing() -> bool:
-    compiling = getattr(torch.compiler, "is_compiling", lambda: False)()
+    """Recording a graph or capturing a CUDA graph: host-side value checks are skipped."""
     capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
-    return compiling or capturing
+    return _graph_mode() or capturing
+
+
+# A Python float that torch.compile traces as a symbol: Dynamo makes a float that changes
+# between calls (an annealed temperature) dynamic instead of recompiling for every value.
+_SYMBOLIC_SCALARS = (torch.SymFloat, torch.SymInt)
+# Not math.inf: Dynamo drops a symbolic float's guard "tau < inf" as always true.
+_FLOAT_MAX = sys.float_info.max
 
 
 def _check_tau(tau, logits: torch.Tensor, dim: int):
@@ -98,17 +112,37 @@ def _check_tau(tau, logits: torch.Tensor, dim: int):
         if not _is_tracing() and tau.numel() and not bool(torch.all(torch.isfinite(tau) & (tau > 0))):
             raise ValueError("tau must be positive and finite everywhere")
         return tau
+    if isinstance(tau, _SYMBOLIC_SCALARS):
+        # A float a tracer hands over as a symbol (its value is unknown until the graph runs):
+        # it becomes a 0-dim tensor input of the custom op (_tau_for_kernel), not checked here.
+        return tau
     if isinstance(tau, bool) or not isinstance(tau, (int, float)):
         raise TypeError(f"tau must be a float or a tensor, got {type(tau).__name__}")
-    tau = float(tau)
-    if not (math.isfinite(tau) and tau > 0):
+    # Comparisons rather than math.isfinite() or float(): under torch.compile a temperature that
+    # changes between calls is a symbolic float; a comparison only guards the graph on its
+    # outcome (a later value that fails it re-runs this check), where isfinite() does not trace
+    # and float() would specialise the graph to one value and recompile for every new one.
+    if not (0 < tau <= _FLOAT_MAX):
         raise ValueError(f"tau must be positive and finite, got {tau}")
-    return tau
+    return tau if isinstance(tau, float) else float(tau)
+
+
+def _scalar_tensor(value, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A float as a 0-dim tensor that stays a graph input under torch.compile.
+
+    The custom ops' ``float`` arguments, and ``torch.full``/``torch.tensor`` of a symbolic float,
+    specialise the graph to the value, so a temperature annealed every step would recompile on
+    every step. Dynamo turns ``tensor * float`` into a tensor op on the float's value instead.
+    The product is exact in float64 and rounded once to ``dtype``, as an eager call rounds it.
+    """
+    return (torch.ones((), dtype=torch.float64, device=device) * value).to(dtype)
 
 
 def _tau_for_kernel(tau, logits: torch.Tensor, dim: int):
     """float, 0-dim tensor or a contiguous [rows] tensor in RNG-spec row order (differentiable)."""
     compute = reference.compute_dtype(logits.dtype)
+    if isinstance(tau, _SYMBOLIC_SCALARS) or (torch.compiler.is_compiling() and not isinstance(tau, torch.Tensor)):
+        return _scalar_tensor(tau, compute, logits.device)
     if not isinstance(tau, torch.Tensor):
         # Triton passes Python floats as float32; float64 math needs the exact value.
         return torch.tensor(tau, dtype=compute, device=logits.device) if compute == torch.float64 else tau
@@ -123,8 +157,8 @@ def _tau_for_kernel(tau, logits: torch.Tensor, dim: int):
 def _check_compiled_call(generator: Optional[torch.Generator], seed: Optional[int]) -> None:
     if generator is not None:
         raise ValueError(
-            "generator= is not supported inside torch.compile (a Generator cannot be a graph input); "
-            "seed the default generator with torch.manual_seed, or pass seed=")
+            "generator= is not supported inside torch.compile, torch.export or torch.jit.trace (a Generator "
+            "cannot be a graph input); seed the default generator with torch.manual_seed, or pass seed=")
     if seed is not None:
         _seeding.check_seed(seed)
 
@@ -173,8 +207,10 @@ def gumbel_softmax(
         backend: "auto" (default), "triton" or "reference"; see :func:`select_backend`.
 
     Runs on the logits' dtype whatever ``torch.autocast`` says (float32 math inside, output in
-    the input dtype). Works under ``torch.compile(fullgraph=True)`` (same samples as eager for the
-    same ``torch.manual_seed``) and CUDA-graph capture (fresh noise on every replay).
+    the input dtype). Works under ``torch.compile(fullgraph=True)``, ``torch.export`` and
+    ``torch.jit.trace`` (fresh noise on every call, the eager sample for the same
+    ``torch.manual_seed``; a float ``tau`` annealed every step does not recompile) and CUDA-graph
+    capture (fresh noise on every replay).
 
     Rows whose logits + noise hold a NaN or have no finite maximum (all ``-inf``, or ``+inf``)
     give NaN rows, like ``torch.softmax``. ``-inf`` logits get probability 0 and are never chosen.
@@ -190,7 +226,7 @@ def gumbel_softmax(
         return gumbel_softmax(logits.reshape(1), tau, hard, dim=0, generator=generator, seed=seed,
                               backend=backend).reshape(())
     chosen = select_backend(logits.device, backend)
-    if torch.compiler.is_compiling():
+    if _graph_mode():
         _check_compiled_call(generator, seed)
         mode = _custom_op.MODE_HARD if hard else _custom_op.MODE_SOFT
         return _custom_op.sample(logits, _tau_for_kernel(tau, logits, dim), mode, dim, seed, chosen)
@@ -234,7 +270,7 @@ def categorical(
         return drawn.reshape(())
     logits = logits.detach()
     chosen = select_backend(logits.device, backend)
-    if torch.compiler.is_compiling():
+    if _graph_mode():
         _check_compiled_call(generator, seed)
         mode = _custom_op.MODE_HARD if one_hot else _custom_op.MODE_INDEX
         return _custom_op.sample(logits, 1.0, mode, dim, seed, chosen)

@@ -81,7 +81,8 @@ class _Tempered(nn.Module):
     def _tau_for_call(self) -> Union[float, torch.Tensor]:
         if self.learnable_tau:
             return self.tau
-        if torch.compiler.is_compiling():
+        # Recording a graph: the buffer is a graph input (torch.jit.trace would freeze a float).
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
             return self._tau_tensor
         return self._tau
 

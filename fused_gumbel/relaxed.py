@@ -13,7 +13,9 @@ As for ``gumbel_softmax``: every input error raises before any launch, CUDA tens
 fused Triton kernels, CPU tensors the PyTorch reference on the same noise (or the kernels
 under ``TRITON_INTERPRET=1``), and ``generator=``, ``seed=`` and ``torch.manual_seed``
 control every draw (``fused_gumbel._seeding``; the kernels also take CUDA-graph capture).
-These functions run eagerly: they are not registered as ``torch.compile`` custom ops.
+Eager calls run the autograd Functions of ``relaxed_function`` (or the reference); calls being
+recorded into a graph (torch.compile, torch.export, torch.jit.trace) run the custom ops of
+``_relaxed_op`` instead, which share those launches and draw their seeds when the graph runs.
 """
 from __future__ import annotations
 
@@ -22,10 +24,11 @@ from typing import Optional, Union
 
 import torch
 
-from . import _seeding, reference_relaxed
+from . import _relaxed_op, _seeding, reference_relaxed
 from ._layout import RowShape
-from .functional import (Backend, _check_host_seed, _check_logits, _check_tau, _empty_like_result, _is_tracing,
-                         _normalize_dim, _tau_for_kernel, select_backend)
+from .functional import (_SYMBOLIC_SCALARS, Backend, _check_compiled_call, _check_host_seed, _check_logits,
+                         _check_tau, _empty_like_result, _graph_mode, _is_tracing, _normalize_dim, _scalar_tensor,
+                         _tau_for_kernel, select_backend)
 
 
 def _check_elementwise_tau(tau, logits: torch.Tensor):
@@ -50,6 +53,8 @@ def _check_elementwise_tau(tau, logits: torch.Tensor):
 def _elementwise_tau_for_kernel(tau, logits: torch.Tensor):
     """float, 0-dim tensor or a contiguous [numel] tensor in row-major order (differentiable)."""
     compute = reference_relaxed.compute_dtype(logits.dtype)
+    if isinstance(tau, _SYMBOLIC_SCALARS) or (torch.compiler.is_compiling() and not isinstance(tau, torch.Tensor)):
+        return _scalar_tensor(tau, compute, logits.device)  # a graph input, not a constant (an annealed tau)
     if not isinstance(tau, torch.Tensor):
         # Triton passes Python floats as float32; float64 math needs the exact value.
         return torch.tensor(tau, dtype=compute, device=logits.device) if compute == torch.float64 else tau
@@ -91,6 +96,10 @@ def relaxed_bernoulli(
     if logits.numel() == 0:
         return _empty_like_result(logits)
     chosen = select_backend(logits.device, backend)
+    if _graph_mode():
+        _check_compiled_call(generator, seed)
+        mode = _relaxed_op.MODE_HARD if hard else _relaxed_op.MODE_SOFT
+        return _relaxed_op.relaxed_bernoulli(logits, _elementwise_tau_for_kernel(tau, logits), mode, seed, chosen)
     key, offset = _seeding.draw(logits.device, generator, seed)
     if chosen == "reference":
         _check_host_seed(key)
@@ -115,17 +124,17 @@ def bernoulli(
     if logits.numel() == 0:
         return torch.empty_like(logits)
     chosen = select_backend(logits.device, backend)
-    key, offset = _seeding.draw(logits.device, generator, seed)
     logits = logits.detach()
+    if _graph_mode():
+        _check_compiled_call(generator, seed)
+        return _relaxed_op.relaxed_bernoulli(logits, 1.0, _relaxed_op.MODE_HARD, seed, chosen)
+    key, offset = _seeding.draw(logits.device, generator, seed)
     if chosen == "reference":
         _check_host_seed(key)
         return reference_relaxed.bernoulli(logits, seed=key, offset=offset)
-    from .kernels import relaxed_bernoulli as kernels
+    from .relaxed_function import bernoulli_forward
 
-    x = logits.contiguous()
-    out = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
-    kernels.relaxed_bernoulli_forward(x, out, 1.0, key, offset, kernels.MODE_HARD)
-    return out
+    return bernoulli_forward(logits, 1.0, _relaxed_op.MODE_HARD, key, offset)
 
 
 def _check_k(k, classes: int, shape, dim: int) -> int:
@@ -192,14 +201,21 @@ def gumbel_topk(
         return gumbel_topk(logits.reshape(1), k, tau, hard, 0, generator=generator, seed=seed,
                            backend=backend).reshape(())
     chosen = select_backend(logits.device, backend)
+    if chosen == "triton" and not _fused_topk_supported(shape.classes, k):
+        chosen = "reference"
+    tau_requires_grad = isinstance(tau, torch.Tensor) and tau.requires_grad
+    save_stats = torch.is_grad_enabled() and (logits.requires_grad or tau_requires_grad)
+    if _graph_mode():
+        _check_compiled_call(generator, seed)
+        mode = _relaxed_op.MODE_HARD if hard else _relaxed_op.MODE_SOFT
+        return _relaxed_op.gumbel_topk(logits, _tau_for_kernel(tau, logits, dim), k, mode, dim, save_stats, seed,
+                                       chosen)
     key, offset = _seeding.draw(logits.device, generator, seed)
-    if chosen == "reference" or not _fused_topk_supported(shape.classes, k):
+    if chosen == "reference":
         _check_host_seed(key)
         return reference_relaxed.gumbel_topk(logits, k, tau, hard, dim, seed=key, offset=offset)
     from .relaxed_function import GumbelTopkFunction
 
-    tau_requires_grad = isinstance(tau, torch.Tensor) and tau.requires_grad
-    save_stats = torch.is_grad_enabled() and (logits.requires_grad or tau_requires_grad)
     return GumbelTopkFunction.apply(logits, _tau_for_kernel(tau, logits, dim), k, bool(hard), dim, key, offset,
                                     save_stats)
 
@@ -233,17 +249,16 @@ def sample_subset(
     if logits.dim() == 0:
         return sample_subset(logits.reshape(1), k, 0, generator=generator, seed=seed, backend=backend).reshape(())
     chosen = select_backend(logits.device, backend)
-    key, offset = _seeding.draw(logits.device, generator, seed)
+    if chosen == "triton" and not _fused_topk_supported(shape.classes, k):
+        chosen = "reference"
     logits = logits.detach()
-    if chosen == "reference" or not _fused_topk_supported(shape.classes, k):
+    if _graph_mode():
+        _check_compiled_call(generator, seed)
+        return _relaxed_op.gumbel_topk(logits, 1.0, k, _relaxed_op.MODE_INDEX, dim, False, seed, chosen)
+    key, offset = _seeding.draw(logits.device, generator, seed)
+    if chosen == "reference":
         _check_host_seed(key)
         return reference_relaxed.sample_subset(logits, k, dim, seed=key, offset=offset)
-    from ._layout import as_rows
-    from .kernels import gumbel_topk as kernels
+    from .relaxed_function import topk_forward
 
-    x, x_strides = as_rows(logits, dim)
-    index = torch.empty(shape.rows, k, dtype=torch.int64, device=logits.device)
-    kernels.gumbel_topk_forward(x, x_strides, None, (0, 0, 0), index, None, 1.0, shape.rows, shape.classes,
-                                shape.inner, k, key, offset, kernels.MODE_INDEX)
-    # Rows are ordered (outer, inner): [outer, inner, k] -> k moved back to dim.
-    return index.reshape(shape.outer, shape.inner, k).movedim(-1, 1).reshape(out_shape)
+    return topk_forward(logits, 1.0, k, _relaxed_op.MODE_INDEX, dim, key, offset, False)[0]

@@ -1,4 +1,9 @@
-"""The autograd Functions behind ``relaxed_bernoulli`` and ``gumbel_topk``: one launch each way.
+"""The launches and autograd Functions behind ``relaxed_bernoulli`` and ``gumbel_topk``: one launch each way.
+
+``bernoulli_forward``/``bernoulli_backward`` and ``topk_forward``/``topk_backward`` are the one
+launch path of each family: the eager autograd Functions below and the ``torch.library``
+custom ops (``fused_gumbel._relaxed_op``, for torch.compile, torch.export and torch.jit.trace)
+both call them.
 
 ``RelaxedBernoulliFunction`` saves only the logits and the call's (seed, offset): its backward
 kernel regenerates the logistic noise, for the soft and the straight-through hard mode alike.
@@ -17,16 +22,73 @@ from .kernels import gumbel_topk as topk_kernels
 from .kernels import relaxed_bernoulli as bernoulli_kernels
 
 
+def bernoulli_forward(logits, tau, mode, seed, offset, rng_out=None):
+    """One forward launch (``bernoulli_kernels.MODE_*``): the sample, contiguous, in the logits'
+    dtype and shape. ``tau``: float, 0-dim or contiguous [numel] tensor (compute dtype)."""
+    y = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+    bernoulli_kernels.relaxed_bernoulli_forward(logits.contiguous(), y, tau, seed, offset, mode, rng_out=rng_out)
+    return y
+
+
+def bernoulli_backward(grad_y, logits, tau, seed, offset, tau_grad: bool):
+    """One backward launch (soft and straight-through alike). Returns (grad_logits, grad_tau or None)."""
+    x = logits.contiguous()
+    grad_x = torch.empty_like(x)
+    tau_tensor = tau if isinstance(tau, torch.Tensor) else None
+    # A 0-dim tau gets one partial sum per program (no atomics), reduced below.
+    size = x.numel() if tau_tensor is not None and tau_tensor.dim() else bernoulli_kernels.num_programs(x.numel())
+    grad_tau = tau_grad_buffer(tau_tensor, tau_grad, size, x)
+    bernoulli_kernels.relaxed_bernoulli_backward(grad_y.contiguous(), x, grad_x, grad_tau, tau, seed, offset)
+    return grad_x, None if grad_tau is None else reduce_tau_grad(grad_tau, tau_tensor)
+
+
+def topk_forward(logits, tau, k, mode, dim, seed, offset, save_stats: bool, rng_out=None):
+    """One forward launch (``topk_kernels.MODE_*``). Returns ``(out, stats, x, x_strides)``: the
+    relaxed or exact k-hot (logits' dtype and shape) or, for MODE_INDEX, int64 indices with size
+    ``k`` along ``dim``; the [rows, k, 4] statistics the backward needs (None unless
+    ``save_stats``); and the [outer, K, inner] view of the logits the kernel read."""
+    shape = RowShape.of(logits.shape, dim)
+    x, x_strides = as_rows(logits, dim)
+    stats = None
+    if save_stats:
+        stats = torch.empty(shape.rows, k, 4, dtype=compute_dtype(logits.dtype), device=logits.device)
+    if mode == topk_kernels.MODE_INDEX:
+        index = torch.empty(shape.rows, k, dtype=torch.int64, device=logits.device)
+        topk_kernels.gumbel_topk_forward(x, x_strides, None, (0, 0, 0), index, None, 1.0, shape.rows, shape.classes,
+                                         shape.inner, k, seed, offset, mode, rng_out=rng_out)
+        out_shape = list(logits.shape)
+        out_shape[dim] = k
+        # Rows are ordered (outer, inner): [outer, inner, k] -> k moved back to dim.
+        return index.reshape(shape.outer, shape.inner, k).movedim(-1, 1).reshape(out_shape), None, x, x_strides
+    y = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+    topk_kernels.gumbel_topk_forward(x, x_strides, y, shape.contiguous_strides, None, stats, tau, shape.rows,
+                                     shape.classes, shape.inner, k, seed, offset, mode, rng_out=rng_out)
+    return y, stats, x, x_strides
+
+
+def topk_backward(grad_y, x, x_strides, stats, tau, k, dim, seed, offset, tau_grad: bool):
+    """One backward launch from the forward's statistics and its [outer, K, inner] view ``x`` of
+    the logits. Returns (grad_logits, grad_tau or None)."""
+    shape = RowShape.of(grad_y.shape, dim)
+    grad_y, grad_y_strides = as_rows(grad_y, dim)
+    grad_x = torch.empty(grad_y.shape, dtype=x.dtype, device=x.device)
+    tau_tensor = tau if isinstance(tau, torch.Tensor) else None
+    grad_tau_rows = tau_grad_buffer(tau_tensor, tau_grad, shape.rows, x)
+    topk_kernels.gumbel_topk_backward(grad_y, grad_y_strides, x, x_strides, grad_x, shape.contiguous_strides,
+                                      grad_tau_rows, stats, tau, shape.rows, shape.classes, shape.inner, k,
+                                      seed, offset)
+    return grad_x, None if grad_tau_rows is None else reduce_tau_grad(grad_tau_rows, tau_tensor)
+
+
 class RelaxedBernoulliFunction(torch.autograd.Function):
     """``apply(logits, tau, hard, seed, offset)``; ``tau`` is a float, a 0-dim tensor or a
     contiguous [numel] tensor (one temperature per element, row-major), compute dtype."""
 
     @staticmethod
     def forward(ctx, logits, tau, hard, seed, offset):
-        x = logits.contiguous()
-        y = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
         mode = bernoulli_kernels.MODE_HARD if hard else bernoulli_kernels.MODE_SOFT
-        bernoulli_kernels.relaxed_bernoulli_forward(x, y, tau, seed, offset, mode)
+        x = logits.contiguous()
+        y = bernoulli_forward(x, tau, mode, seed, offset)
         tau_tensor = tau if isinstance(tau, torch.Tensor) else None
         ctx.save_for_backward(x, tau_tensor)
         ctx.tau_float = None if tau_tensor is not None else tau
@@ -37,14 +99,7 @@ class RelaxedBernoulliFunction(torch.autograd.Function):
     def backward(ctx, grad_y):
         x, tau_tensor = ctx.saved_tensors
         tau = ctx.tau_float if tau_tensor is None else tau_tensor
-        grad_y = grad_y.contiguous()
-        grad_x = torch.empty_like(x)
-        # A 0-dim tau gets one partial sum per program (no atomics), reduced below.
-        size = x.numel() if tau_tensor is not None and tau_tensor.dim() else bernoulli_kernels.num_programs(x.numel())
-        grad_tau = tau_grad_buffer(tau_tensor, ctx.needs_input_grad[1], size, x)
-        bernoulli_kernels.relaxed_bernoulli_backward(grad_y, x, grad_x, grad_tau, tau, ctx.seed, ctx.offset)
-        if grad_tau is not None:
-            grad_tau = reduce_tau_grad(grad_tau, tau_tensor)
+        grad_x, grad_tau = bernoulli_backward(grad_y, x, tau, ctx.seed, ctx.offset, ctx.needs_input_grad[1])
         return grad_x, grad_tau, None, None, None
 
 
@@ -55,31 +110,18 @@ class GumbelTopkFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, tau, k, hard, dim, seed, offset, save_stats):
-        shape = RowShape.of(logits.shape, dim)
-        x, x_strides = as_rows(logits, dim)
-        y = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
-        stats = None
-        if save_stats:
-            stats = torch.empty(shape.rows, k, 4, dtype=compute_dtype(logits.dtype), device=logits.device)
         mode = topk_kernels.MODE_HARD if hard else topk_kernels.MODE_SOFT
-        topk_kernels.gumbel_topk_forward(x, x_strides, y, shape.contiguous_strides, None, stats, tau, shape.rows,
-                                         shape.classes, shape.inner, k, seed, offset, mode)
+        y, stats, x, x_strides = topk_forward(logits, tau, k, mode, dim, seed, offset, save_stats)
         tau_tensor = tau if isinstance(tau, torch.Tensor) else None
         ctx.save_for_backward(x, tau_tensor, stats)
         ctx.tau_float = None if tau_tensor is not None else tau
-        ctx.k, ctx.dim, ctx.seed, ctx.offset, ctx.shape, ctx.x_strides = k, dim, seed, offset, shape, x_strides
+        ctx.k, ctx.dim, ctx.seed, ctx.offset, ctx.x_strides = k, dim, seed, offset, x_strides
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
         x, tau_tensor, stats = ctx.saved_tensors
         tau = ctx.tau_float if tau_tensor is None else tau_tensor
-        shape = ctx.shape
-        grad_y, grad_y_strides = as_rows(grad_y, ctx.dim)
-        grad_x = torch.empty(grad_y.shape, dtype=x.dtype, device=x.device)
-        grad_tau_rows = tau_grad_buffer(tau_tensor, ctx.needs_input_grad[1], shape.rows, x)
-        topk_kernels.gumbel_topk_backward(grad_y, grad_y_strides, x, ctx.x_strides, grad_x, shape.contiguous_strides,
-                                          grad_tau_rows, stats, tau, shape.rows, shape.classes, shape.inner, ctx.k,
-                                          ctx.seed, ctx.offset)
-        grad_tau = None if grad_tau_rows is None else reduce_tau_grad(grad_tau_rows, tau_tensor)
+        grad_x, grad_tau = topk_backward(grad_y, x, ctx.x_strides, stats, tau, ctx.k, ctx.dim, ctx.seed, ctx.offset,
+                                         ctx.needs_input_grad[1])
         return grad_x, grad_tau, None, None, None, None, None, None

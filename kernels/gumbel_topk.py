@@ -237,11 +237,12 @@ def _tau_args(tau, like):
 
 
 def gumbel_topk_forward(x, x_strides, out, out_strides, index, stats, tau, n_rows, classes, inner, k, seed, offset,
-                        mode):
+                        mode, rng_out=None):
     """Launch the forward kernel once. ``x``/``out`` are [outer, K, inner] views given by their
     strides; ``index`` is an int64 [n_rows, k] tensor for ``MODE_INDEX``; ``stats`` is None or
     the contiguous [n_rows, k, 4] buffer (compute dtype) the backward needs. ``seed`` is an int
-    (with ``offset``) or an int64 [2] device tensor (seed, offset), as for gumbel_softmax."""
+    (with ``offset``) or an int64 [2] device tensor (seed, offset), as for gumbel_softmax;
+    ``rng_out`` (int64 [2], optional) receives the scalar (seed, offset) the kernel used."""
     cfg = topk_tile_config(n_rows, classes)
     tau_ptr, tau_value, tau_stride, tau_from_ptr = _tau_args(tau, x)
     out = x if out is None else out
@@ -250,7 +251,7 @@ def gumbel_topk_forward(x, x_strides, out, out_strides, index, stats, tau, n_row
         x, out, index, x if stats is None else stats, tau_ptr, tau_value,
         n_rows, classes, cfg["Q"], inner, k,
         *x_strides, *out_strides, tau_stride,
-        *_seed_args(seed, offset, None, x.device),
+        *_seed_args(seed, offset, rng_out, x.device),
         MODE=mode, SAVE_STATS=stats is not None, TAU_FROM_PTR=tau_from_ptr, ROWS=cfg["ROWS"],
         BLOCK_Q=cfg["BLOCK_Q"], COMPUTE=_compute_dtype(x.dtype), num_warps=cfg["num_warps"],
     )

@@ -114,13 +114,14 @@ def _tau_args(tau, like):
     return tau, 1.0, True, tau.dim() > 0
 
 
-def relaxed_bernoulli_forward(x, out, tau, seed, offset, mode):
+def relaxed_bernoulli_forward(x, out, tau, seed, offset, mode, rng_out=None):
     """Launch the forward kernel once on contiguous ``x`` and ``out`` (same numel). ``seed`` is
-    an int (with ``offset``) or an int64 [2] device tensor (seed, offset), as for gumbel_softmax."""
+    an int (with ``offset``) or an int64 [2] device tensor (seed, offset), as for gumbel_softmax;
+    ``rng_out`` (int64 [2], optional) receives the scalar (seed, offset) the kernel used."""
     numel = x.numel()
     tau_ptr, tau_value, tau_from_ptr, per_element = _tau_args(tau, x)
     relaxed_bernoulli_fwd_kernel[(num_programs(numel),)](
-        x, out, tau_ptr, tau_value, numel, *_seed_args(seed, offset, None, x.device),
+        x, out, tau_ptr, tau_value, numel, *_seed_args(seed, offset, rng_out, x.device),
         MODE=mode, TAU_FROM_PTR=tau_from_ptr, TAU_PER_ELEMENT=per_element, BLOCK_Q=BLOCK_Q,
         COMPUTE=_compute_dtype(x.dtype), num_warps=NUM_WARPS,
     )

@@ -254,9 +254,9 @@ def test_no_statistics_without_grad(monkeypatch):
     launches = []
     launch = topk_kernels.gumbel_topk_forward
 
-    def recording(*args):
+    def recording(*args, **kwargs):
         launches.append(args[5] is not None)  # the ``stats`` buffer
-        return launch(*args)
+        return launch(*args, **kwargs)
 
     monkeypatch.setattr(topk_kernels, "gumbel_topk_forward", recording)
     logits = torch.randn(3, 5)

@@ -333,3 +333,56 @@ def test_graph_capture_after_eager_warmup_needs_no_new_kernel_binary():
     torch.cuda.synchronize()
     assert torch.equal(out.sum(-1), torch.ones(40, device=CUDA))
     assert _compiled_variants(kernels.gumbel_softmax_fwd_kernel) == before
+
+
+def test_annealed_float_tau_under_reduce_overhead_on_cuda():
+    """A float temperature changed every step (a schedule) under CUDA graphs: one symbolic graph
+    after the first change, fresh noise on every replay, eager's sample for the same seed."""
+    import torch._dynamo.testing
+
+    class Quantizer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.temperature = 1.0
+
+        def forward(self, x):
+            return torch.nn.functional.gumbel_softmax(x, tau=self.temperature, hard=False)
+
+    model = Quantizer()
+    counter = torch._dynamo.testing.CompileCounterWithBackend("inductor")
+    compiled = torch.compile(model, backend=counter, fullgraph=True, mode="reduce-overhead")
+    x = torch.randn(64, 10, device=CUDA)
+    outputs = []
+    with fused_gumbel.patch():
+        for step in range(8):
+            model.temperature = 1.0 * 0.9 ** step
+            torch.manual_seed(step)
+            out = compiled(x).clone()
+            torch.manual_seed(step)
+            assert torch.equal(out, model(x))
+            outputs.append(out)
+    assert counter.frame_count <= 2
+    assert not torch.equal(outputs[-1], outputs[-2])
+
+
+def test_relaxed_ops_compiled_match_eager_on_cuda():
+    logits = torch.randn(64, 12, device=CUDA)
+    tau = torch.tensor(0.6, device=CUDA)
+
+    def fn(x, t):
+        return (fused_gumbel.relaxed_bernoulli(x, t), fused_gumbel.relaxed_bernoulli(x, t, hard=True),
+                fused_gumbel.bernoulli(x), fused_gumbel.gumbel_topk(x, 3, t),
+                fused_gumbel.gumbel_topk(x, 3, t, hard=True), fused_gumbel.sample_subset(x, 3))
+
+    results = []
+    for f in (fn, torch.compile(fn, fullgraph=True)):
+        x, t = logits.clone().requires_grad_(), tau.clone().requires_grad_()
+        torch.manual_seed(0)
+        outs = f(x, t)
+        sum((o * torch.arange(12.0, device=CUDA)).sum() for o in outs if o.is_floating_point()).backward()
+        results.append(([o.detach() for o in outs], x.grad, t.grad))
+    eager, compiled = results
+    for e, c in zip(eager[0], compiled[0]):
+        assert torch.equal(e, c)
+    torch.testing.assert_close(compiled[1], eager[1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(compiled[2], eager[2], atol=1e-5, rtol=1e-5)
