@@ -63,7 +63,7 @@ def sample_backward(grad_y, src, src_strides, tau, dim, seed, offset, hard, tau_
     needs the forward's ``stats``, recomputed here by an index-mode forward when not given).
     Returns (grad_logits, grad_tau or None)."""
     shape = RowShape.of(src.shape, dim)
-    if hard and stats is None and kernels.streams_rows(shape.rows, shape.classes):
+    if hard and stats is None and kernels.needs_row_stats(shape.rows, shape.classes):
         stats = _stats_buffer(shape, kernels.MODE_HARD, src.dtype, src.device, True)
         index = torch.empty(shape.rows, dtype=torch.int64, device=src.device)
         kernels.gumbel_softmax_forward(src, src_strides, None, (0, 0, 0), index, tau, shape.rows, shape.classes,

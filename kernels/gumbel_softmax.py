@@ -57,6 +57,10 @@ MAX_BLOCK_K = 8192
 TARGET_TILE = 2048
 # Elements per thread that num_warps aims for (registers: a few per element).
 ELEMENTS_PER_THREAD = 32
+# Few long rows are split across programs (two-phase combine) when the row programs alone would
+# not give each SM of a 132-SM GPU two programs, in segments of at least SPLIT_MIN_SEGMENT classes.
+SPLIT_BELOW_PROGRAMS = 264
+SPLIT_MIN_SEGMENT = 2048
 # Rows of at most this many classes run the one-row-per-thread kernels (K a constexpr).
 SMALL_K = 16
 # Rows per program of those kernels (two per thread with 4 warps).
@@ -724,6 +728,169 @@ def gumbel_softmax_small_bwd_kernel(
         tl.store(grad_tau_ptr + rows, -(dy_y_t - dot * y_t) * inv_tau, mask=row_mask)
 
 
+# ---- split rows: few long rows, SEGMENTS programs per row ------------------------------------------
+# A row of K classes is cut into segments of 4 * BLOCK_Q classes, one program each, held in
+# registers. Each program writes its partial statistics (max, sum at that max, first argmax),
+# then takes a ticket from a per-row counter (acq_rel atomic); the program that draws the last
+# ticket combines them (as FlashInfer's and vLLM's large-vocabulary samplers do) and finishes
+# the row. Soft segments are written scaled by their own max and rescaled by that last program
+# from L2. Any execution order gives the same result, so the interpreter's sequential programs
+# test exactly the combine the GPU runs.
+
+@triton.jit
+def _split_combine(partial_ptr, row, SEGMENTS: tl.constexpr, SEG_BLOCK: tl.constexpr, scale):
+    """(M, S, best) of a row from its segments' (max, sum at that max, argmax) partials."""
+    seg = tl.arange(0, SEG_BLOCK)
+    present = seg < SEGMENTS
+    base = partial_ptr + (row * SEGMENTS + seg) * 3
+    maxima = tl.load(base, mask=present, other=float("-inf"), volatile=True)
+    sums = tl.load(base + 1, mask=present, other=0.0, volatile=True)
+    bests = tl.load(base + 2, mask=present, other=0.0, volatile=True).to(tl.int32)
+    row_max = tl.reduce(maxima, 0, _max_nan)
+    valid = tl.abs(row_max) < float("inf")
+    weight = tl.where(sums == 0.0, 0.0, sums * tl.exp2((maxima - tl.where(valid, row_max, 0.0)) * scale))
+    best = tl.min(tl.where(maxima == row_max, bests, 2147483647), axis=0)
+    return row_max, tl.sum(weight, axis=0), best, valid
+
+
+@triton.jit
+def _last_ticket(counter_ptr, row, SEGMENTS: tl.constexpr):
+    # acq_rel: this program's partials (and output) are visible before its ticket counts, and the
+    # last program sees everyone's.
+    return tl.atomic_add(counter_ptr + row, 1, sem="acq_rel") == SEGMENTS - 1
+
+
+@triton.jit(do_not_specialize=_SEED_ARGS)
+def gumbel_softmax_split_fwd_kernel(
+    x_ptr, y_ptr, index_ptr, stats_ptr, partial_ptr, counter_ptr, tau_ptr, tau_value,
+    n_rows, K, Q, inner,
+    x_s_outer, x_s_k, x_s_inner, y_s_outer, y_s_k, y_s_inner, tau_s_row,
+    seed_lo, seed_hi, offset_lo, offset_hi, rng_ptr, rng_mode,
+    MODE: tl.constexpr, TAU_FROM_PTR: tl.constexpr, SAVE_STATS: tl.constexpr, SEGMENTS: tl.constexpr,
+    SEG_BLOCK: tl.constexpr, BLOCK_Q: tl.constexpr, COMPUTE: tl.constexpr, FAST: tl.constexpr,
+):
+    """The forward for few long rows: program (row, segment) of a 2-D grid."""
+    row = tl.program_id(0).to(tl.int64)
+    segment = tl.program_id(1)
+    seed, offset = _call_seed(seed_lo, seed_hi, offset_lo, offset_hi, rng_ptr, rng_mode,
+                              tl.program_id(0) + segment)
+    rows = row + tl.arange(0, 1)
+    row_mask = rows < n_rows
+    x_rows = _row_offsets(rows, inner, x_s_outer, x_s_inner)
+    y_rows = _row_offsets(rows, inner, y_s_outer, y_s_inner)
+    tau = _tau_rows(tau_ptr, tau_value, tau_s_row, rows, row_mask, 1, TAU_FROM_PTR, COMPUTE)
+    scale = _log2e(COMPUTE) / tau
+    a0, a1, a2, a3, q4 = _perturbed_planes(x_ptr, x_rows, x_s_k, rows, row_mask, segment, K, Q, seed, offset,
+                                           BLOCK_Q, FAST, COMPUTE)
+    seg_max = _planes_max(a0, a1, a2, a3)
+    seg_best = _planes_argmax(a0, a1, a2, a3, q4, seg_max)
+    seg_sum = tl.zeros([1], COMPUTE)
+    if MODE == 0 or SAVE_STATS:
+        shift = tl.where(tl.abs(seg_max) < float("inf"), seg_max * scale, 0.0)
+        e0, e1, e2, e3 = _exp_planes(a0, a1, a2, a3, scale, shift, FAST)
+        seg_sum = _planes_sum(e0, e1, e2, e3)
+    if MODE != 2:
+        offs, mask, q4 = _tile(y_rows, row_mask, segment, K, y_s_k, BLOCK_Q)
+        if MODE == 0:
+            _store_planes(y_ptr, offs, mask, e0, e1, e2, e3)
+        else:
+            zero = tl.zeros([1, BLOCK_Q], COMPUTE)
+            _store_planes(y_ptr, offs, mask, zero, zero, zero, zero)
+    part = partial_ptr + (row * SEGMENTS + segment) * 3
+    tl.store(part + tl.arange(0, 1), seg_max)
+    tl.store(part + 1 + tl.arange(0, 1), seg_sum)
+    tl.store(part + 2 + tl.arange(0, 1), seg_best.to(COMPUTE))
+    if _last_ticket(counter_ptr, row, SEGMENTS):
+        row_max, row_sum, best, valid = _split_combine(partial_ptr, row, SEGMENTS, SEG_BLOCK, tl.sum(scale, axis=0))
+        if MODE == 2:
+            tl.store(index_ptr + row, tl.where(valid, best, -1).to(tl.int64))
+        if SAVE_STATS:
+            tl.store(stats_ptr + 2 * row, row_max)
+            tl.store(stats_ptr + 2 * row + 1, row_sum)
+        y_row = tl.sum(y_rows, axis=0)
+        if MODE == 1:
+            if valid:
+                tl.store(y_ptr + y_row + best.to(tl.int64) * y_s_k, tl.full([], 1.0, COMPUTE).to(y_ptr.dtype.element_ty))
+            else:
+                for seg in range(0, SEGMENTS):
+                    offs, mask, q4 = _tile(y_rows, row_mask, seg, K, y_s_k, BLOCK_Q)
+                    nan = tl.full([1, BLOCK_Q], float("nan"), COMPUTE)
+                    _store_planes(y_ptr, offs, mask, nan, nan, nan, nan)
+        if MODE == 0:
+            inv = tl.where(valid, 1.0 / row_sum, float("nan"))
+            for seg in range(0, SEGMENTS):
+                seg_max = tl.load(partial_ptr + (row * SEGMENTS + seg) * 3 + tl.arange(0, 1), volatile=True)
+                factor = tl.where(seg_max == float("-inf"), 0.0,
+                                  tl.exp2((seg_max - row_max) * scale) * inv)[:, None]
+                offs, mask, q4 = _tile(y_rows, row_mask, seg, K, y_s_k, BLOCK_Q)
+                y0, y1, y2, y3 = split_words(tl.load(y_ptr + offs, mask=mask, other=0.0, volatile=True).to(COMPUTE))
+                _store_planes(y_ptr, offs, mask, y0 * factor, y1 * factor, y2 * factor, y3 * factor)
+
+
+@triton.jit(do_not_specialize=_SEED_ARGS)
+def gumbel_softmax_split_bwd_kernel(
+    grad_y_ptr, src_ptr, grad_x_ptr, grad_tau_ptr, stats_ptr, partial_ptr, counter_ptr, tau_ptr, tau_value,
+    n_rows, K, Q, inner,
+    g_s_outer, g_s_k, g_s_inner, src_s_outer, src_s_k, src_s_inner,
+    gx_s_outer, gx_s_k, gx_s_inner, tau_s_row,
+    seed_lo, seed_hi, offset_lo, offset_hi, rng_ptr, rng_mode,
+    REGENERATE: tl.constexpr, TAU_GRAD: tl.constexpr, TAU_FROM_PTR: tl.constexpr, SEGMENTS: tl.constexpr,
+    SEG_BLOCK: tl.constexpr, BLOCK_Q: tl.constexpr, COMPUTE: tl.constexpr, FAST: tl.constexpr,
+):
+    """The backward for few long rows: each (row, segment) program adds its share of
+    dot = sum(dy * y) (and the tau sums) and parks y in grad_x; the last program of a row writes
+    dx = y (dy - dot) / tau from L2. The hard mode reads the forward's row statistics."""
+    row = tl.program_id(0).to(tl.int64)
+    segment = tl.program_id(1)
+    seed, offset = _call_seed(seed_lo, seed_hi, offset_lo, offset_hi, rng_ptr, rng_mode,
+                              tl.program_id(0) + segment)
+    rows = row + tl.arange(0, 1)
+    row_mask = rows < n_rows
+    g_rows = _row_offsets(rows, inner, g_s_outer, g_s_inner)
+    src_rows = _row_offsets(rows, inner, src_s_outer, src_s_inner)
+    gx_rows = _row_offsets(rows, inner, gx_s_outer, gx_s_inner)
+    tau = _tau_rows(tau_ptr, tau_value, tau_s_row, rows, row_mask, 1, TAU_FROM_PTR, COMPUTE)
+    scale = _log2e(COMPUTE) / tau
+    inv_tau = 1.0 / tau
+    shift = tl.zeros([1], COMPUTE)
+    inv = tl.zeros([1], COMPUTE)
+    if REGENERATE:
+        row_max = tl.load(stats_ptr + 2 * rows)
+        valid = tl.abs(row_max) < float("inf")
+        shift = tl.where(valid, row_max * scale, 0.0)
+        inv = tl.where(valid, 1.0 / tl.load(stats_ptr + 2 * rows + 1), float("nan"))
+    y0, y1, y2, y3, dy0, dy1, dy2, dy3, dot, dy_y_t, y_t = _bwd_chunk(
+        grad_y_ptr, g_rows, g_s_k, src_ptr, src_rows, src_s_k, rows, row_mask, segment, K, Q, seed, offset,
+        scale, shift, inv, REGENERATE, TAU_GRAD, BLOCK_Q, FAST, COMPUTE)
+    if REGENERATE:
+        offs_x, mask, q4 = _tile(gx_rows, row_mask, segment, K, gx_s_k, BLOCK_Q)
+        _store_planes(grad_x_ptr, offs_x, mask, y0, y1, y2, y3)
+    part = partial_ptr + (row * SEGMENTS + segment) * 3
+    tl.store(part + tl.arange(0, 1), dot)
+    tl.store(part + 1 + tl.arange(0, 1), dy_y_t)
+    tl.store(part + 2 + tl.arange(0, 1), y_t)
+    if _last_ticket(counter_ptr, row, SEGMENTS):
+        seg = tl.arange(0, SEG_BLOCK)
+        present = seg < SEGMENTS
+        base = partial_ptr + (row * SEGMENTS + seg) * 3
+        total_dot = tl.sum(tl.load(base, mask=present, other=0.0, volatile=True), axis=0) + tl.zeros([1], COMPUTE)
+        for s in range(0, SEGMENTS):
+            offs_g, mask, q4 = _tile(g_rows, row_mask, s, K, g_s_k, BLOCK_Q)
+            dy0, dy1, dy2, dy3 = _load_planes(grad_y_ptr, offs_g, mask, 0.0, COMPUTE)
+            offs_x, mask, q4 = _tile(gx_rows, row_mask, s, K, gx_s_k, BLOCK_Q)
+            if REGENERATE:
+                y0, y1, y2, y3 = split_words(tl.load(grad_x_ptr + offs_x, mask=mask, other=0.0,
+                                                     volatile=True).to(COMPUTE))
+            else:
+                offs_s, mask, q4 = _tile(src_rows, row_mask, s, K, src_s_k, BLOCK_Q)
+                y0, y1, y2, y3 = _load_planes(src_ptr, offs_s, mask, 0.0, COMPUTE)
+            _store_grad(grad_x_ptr, offs_x, mask, y0, y1, y2, y3, dy0, dy1, dy2, dy3, total_dot, inv_tau)
+        if TAU_GRAD:
+            dy_y_t = tl.sum(tl.load(base + 1, mask=present, other=0.0, volatile=True), axis=0)
+            y_t = tl.sum(tl.load(base + 2, mask=present, other=0.0, volatile=True), axis=0)
+            tl.store(grad_tau_ptr + rows, -(dy_y_t - total_dot * y_t) * inv_tau)
+
+
 # ---- launchers ---------------------------------------------------------------------------------
 
 def _next_power_of_2(n: int) -> int:
@@ -736,17 +903,27 @@ def tile_config(n_rows: int, classes: int, max_block_k: int | None = None, allow
     elements), otherwise one row per program streamed in chunks of ``max_block_k`` classes.
     Rows of at most ``SMALL_K`` classes get the one-row-per-thread kernels (``SMALL``) unless
     ``allow_small`` is False. Cached: the launchers call it on every call."""
-    return _tile_config(n_rows, classes, MAX_RESIDENT if max_block_k is None else max_block_k, allow_small)
+    return _tile_config(n_rows, classes, MAX_RESIDENT if max_block_k is None else max_block_k, allow_small,
+                        SMALL_K, SPLIT_BELOW_PROGRAMS, SPLIT_MIN_SEGMENT)
 
 
 @functools.lru_cache(maxsize=4096)
-def _tile_config(n_rows: int, classes: int, max_block_k: int, allow_small: bool) -> dict:
-    if classes <= SMALL_K and allow_small:
+def _tile_config(n_rows: int, classes: int, max_block_k: int, allow_small: bool, small_k: int,
+                 split_below_programs: int, split_min_segment: int) -> dict:
+    if classes <= small_k and allow_small:
         rows = max(32, min(SMALL_ROWS, _next_power_of_2(n_rows)))
-        return dict(SMALL=True, Q=-(-classes // 4), num_chunks=1, SINGLE_CHUNK=True, ROWS=rows, BLOCK_Q=0,
+        return dict(SMALL=True, SPLIT=False, Q=-(-classes // 4), num_chunks=1, SINGLE_CHUNK=True, ROWS=rows, BLOCK_Q=0,
                     num_warps=max(1, min(4, rows // 64)))
     calls_per_row = -(-classes // 4)
     block_q = _next_power_of_2(calls_per_row)
+    if n_rows < split_below_programs and classes >= 2 * split_min_segment and allow_small:
+        wanted = max(-(-split_below_programs // max(1, n_rows)), -(-classes // max_block_k))
+        segments = min(_next_power_of_2(wanted), _next_power_of_2(-(-classes // split_min_segment)))
+        block_q = min(_next_power_of_2(-(-calls_per_row // segments)), max(1, max_block_k // 4))
+        segments = -(-calls_per_row // block_q)
+        return dict(SMALL=False, SPLIT=True, SEGMENTS=segments, SEG_BLOCK=_next_power_of_2(segments),
+                    Q=calls_per_row, num_chunks=1, SINGLE_CHUNK=True, ROWS=1, BLOCK_Q=block_q,
+                    num_warps=min(16, max(1, 4 * block_q // (32 * ELEMENTS_PER_THREAD))))
     if 4 * block_q <= max_block_k:
         num_chunks = 1
         rows = max(1, min(TARGET_TILE // (4 * block_q), _next_power_of_2(n_rows)))
@@ -755,7 +932,7 @@ def _tile_config(n_rows: int, classes: int, max_block_k: int, allow_small: bool)
         num_chunks = -(-calls_per_row // block_q)
         rows = 1
     tile = rows * 4 * block_q
-    return dict(SMALL=False, Q=calls_per_row, num_chunks=num_chunks, SINGLE_CHUNK=num_chunks == 1, ROWS=rows,
+    return dict(SMALL=False, SPLIT=False, Q=calls_per_row, num_chunks=num_chunks, SINGLE_CHUNK=num_chunks == 1, ROWS=rows,
                 BLOCK_Q=block_q, num_warps=min(16, max(1, tile // (32 * ELEMENTS_PER_THREAD))))
 
 
@@ -823,19 +1000,32 @@ def _seed_args(seed, offset, rng_out, device):
     return 0, 0, 0, 0, seed, RNG_FROM_PTR
 
 
-def streams_rows(n_rows: int, classes: int, max_block_k=None) -> bool:
-    """Whether rows are too long for registers and stream in chunks (then the soft forward needs a
-    scratch buffer and the hard backward the forward's per-row statistics)."""
-    return not tile_config(n_rows, classes, max_block_k)["SINGLE_CHUNK"]
+def needs_row_stats(n_rows: int, classes: int, max_block_k=None) -> bool:
+    """Whether the hard backward reads per-row (max, sum) saved by the forward: rows too long for
+    one program's registers (streamed in chunks, or split across programs)."""
+    cfg = tile_config(n_rows, classes, max_block_k)
+    return cfg["SPLIT"] or not cfg["SINGLE_CHUNK"]
 
 
 def stats_size(n_rows: int, classes: int, mode: int, max_block_k=None) -> int:
-    """Float32 words the forward of ``mode`` needs for streamed rows: per-chunk maxima (soft) or
-    per-row (max, sum) statistics (hard/index, kept for the hard backward); 0 for resident rows."""
+    """Words (compute dtype) of the ``stats`` buffer the forward of ``mode`` takes: per-chunk
+    maxima for streamed soft rows (scratch), per-row (max, sum) for the hard/index modes of rows
+    that need them (kept for the hard backward); 0: none."""
     cfg = tile_config(n_rows, classes, max_block_k)
-    if cfg["SINGLE_CHUNK"]:
+    if not needs_row_stats(n_rows, classes, max_block_k):
         return 0
-    return 2 * n_rows * (cfg["num_chunks"] if mode == MODE_SOFT else 1)
+    if mode == MODE_SOFT:
+        return 0 if cfg["SPLIT"] else 2 * n_rows * cfg["num_chunks"]
+    return 2 * n_rows
+
+
+def _split_buffers(n_rows, cfg, device, compute):
+    """Per-launch partials and the zeroed per-row ticket counters of the split kernels."""
+    import torch
+
+    dtype = torch.float64 if compute == tl.float64 else torch.float32
+    return (torch.empty(n_rows * cfg["SEGMENTS"] * 3, dtype=dtype, device=device),
+            torch.zeros(n_rows, dtype=torch.int32, device=device))
 
 
 def gumbel_softmax_forward(x, x_strides, out, out_strides, index, tau, n_rows, classes, inner, seed, offset,
@@ -855,6 +1045,18 @@ def gumbel_softmax_forward(x, x_strides, out, out_strides, index, tau, n_rows, c
             x, x if out is None else out, x if index is None else index, tau_ptr, tau_value, n_rows, cfg["Q"], inner,
             *x_strides, *out_strides, tau_stride, *seed_args,
             K=classes, MODE=mode, TAU_FROM_PTR=tau_from_ptr, ROWS=cfg["ROWS"], COMPUTE=_compute_dtype(x.dtype),
+            FAST=_fast(x.dtype), num_warps=cfg["num_warps"],
+        )
+        return
+    if cfg["SPLIT"]:
+        compute = _compute_dtype(x.dtype)
+        partial, counter = _split_buffers(n_rows, cfg, x.device, compute)
+        gumbel_softmax_split_fwd_kernel[(n_rows, cfg["SEGMENTS"])](
+            x, x if out is None else out, x if index is None else index,
+            partial if stats is None else stats, partial, counter, tau_ptr, tau_value,
+            n_rows, classes, cfg["Q"], inner, *x_strides, *out_strides, tau_stride, *seed_args,
+            MODE=mode, TAU_FROM_PTR=tau_from_ptr, SAVE_STATS=stats is not None and mode != MODE_SOFT,
+            SEGMENTS=cfg["SEGMENTS"], SEG_BLOCK=cfg["SEG_BLOCK"], BLOCK_Q=cfg["BLOCK_Q"], COMPUTE=compute,
             FAST=_fast(x.dtype), num_warps=cfg["num_warps"],
         )
         return
@@ -881,12 +1083,24 @@ def gumbel_softmax_backward(grad_y, grad_y_strides, src, src_strides, grad_x, gr
     is an int (with ``offset``) or an int64 [2] device tensor holding (seed, offset); ``stats``
     the hard forward's per-row (max, sum) when rows are streamed."""
     cfg = tile_config(n_rows, classes, max_block_k)
-    if regenerate and not cfg["SINGLE_CHUNK"] and stats is None:
+    if regenerate and needs_row_stats(n_rows, classes, max_block_k) and stats is None:
         raise ValueError("the hard backward of streamed rows needs the forward's row statistics")
     seed_args = _seed_args(seed, offset, None, src.device)
     tau_ptr, tau_value, tau_stride, tau_from_ptr = _tau_args(tau, src)
     compute_from = src.dtype if regenerate else grad_x.dtype
     grid = ((n_rows + cfg["ROWS"] - 1) // cfg["ROWS"],)
+    if cfg["SPLIT"]:
+        compute = _compute_dtype(compute_from)
+        partial, counter = _split_buffers(n_rows, cfg, src.device, compute)
+        gumbel_softmax_split_bwd_kernel[(n_rows, cfg["SEGMENTS"])](
+            grad_y, src, grad_x, grad_x if grad_tau_rows is None else grad_tau_rows,
+            partial if stats is None else stats, partial, counter, tau_ptr, tau_value,
+            n_rows, classes, cfg["Q"], inner, *grad_y_strides, *src_strides, *grad_x_strides, tau_stride, *seed_args,
+            REGENERATE=regenerate, TAU_GRAD=grad_tau_rows is not None, TAU_FROM_PTR=tau_from_ptr,
+            SEGMENTS=cfg["SEGMENTS"], SEG_BLOCK=cfg["SEG_BLOCK"], BLOCK_Q=cfg["BLOCK_Q"], COMPUTE=compute,
+            FAST=_fast(compute_from), num_warps=cfg["num_warps"],
+        )
+        return
     if cfg["SMALL"]:
         gumbel_softmax_small_bwd_kernel[grid](
             grad_y, src, grad_x, grad_x if grad_tau_rows is None else grad_tau_rows, tau_ptr, tau_value, n_rows,

@@ -263,3 +263,53 @@ def test_fast_noise_algorithm_matches_reference(monkeypatch, K, hard):
     assert torch.equal(y.argmax(-1), y_ref.argmax(-1))
     torch.testing.assert_close(y, y_ref, atol=2e-5, rtol=2e-5)
     torch.testing.assert_close(dx, dx_ref, atol=5e-5, rtol=5e-5)
+
+
+@pytest.fixture
+def split_rows(monkeypatch):
+    """Force the split-row kernels: rows of >= 16 classes in segments of >= 8 classes."""
+    monkeypatch.setattr(kernels, "SPLIT_BELOW_PROGRAMS", 10**6)
+    monkeypatch.setattr(kernels, "SPLIT_MIN_SEGMENT", 8)
+
+
+@pytest.mark.parametrize("K", [17, 64, 150])
+@pytest.mark.parametrize("hard", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_split_rows_match_reference(split_rows, K, hard, dtype):
+    cfg = kernels.tile_config(3, K)
+    assert cfg["SPLIT"] and cfg["SEGMENTS"] > 1
+    logits = (torch.randn(3, K) * 4).to(dtype)
+    logits[1, 5] = float("-inf")
+    tau = torch.rand(3, 1, dtype=dtype) + 0.2
+    weight = torch.randn(3, K, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    (y, dx, dt), (y_ref, dx_ref, dt_ref) = fused_and_reference(logits, tau, hard, -1, seed=5, grad_weight=weight)
+    if hard:
+        assert torch.equal(y, y_ref)
+    else:
+        assert_close(y, y_ref, dtype, scale=2.0 if dtype == torch.bfloat16 else None)
+    grad_dtype = dtype if hard or dtype != torch.bfloat16 else torch.bfloat16
+    assert_close(dx, dx_ref, grad_dtype, scale=2 * max(1.0, dx_ref.abs().max().item()) if dtype == torch.bfloat16 else None)
+    atol, rtol = TOLERANCES[torch.float64 if dtype == torch.float64 else torch.float32 if dtype == torch.float32 else torch.bfloat16]
+    torch.testing.assert_close(dt.double(), dt_ref.double(), atol=atol * K * 4, rtol=rtol * 4)
+
+
+def test_split_rows_give_the_unsplit_samples(monkeypatch):
+    """The two-phase combine picks the same index and one-hot bit for bit, and the same soft
+    sample within float32 rounding, as one program per row (same noise, exact argmax)."""
+    logits = torch.randn(5, 300) * 3
+    logits[2] = float("-inf")  # an invalid row: NaN / index -1 on both paths
+    logits[3, 7] = float("nan")
+    outputs = []
+    for split in (False, True):
+        kernels._tile_config.cache_clear()
+        monkeypatch.setattr(kernels, "SPLIT_BELOW_PROGRAMS", 10**6 if split else 0)
+        monkeypatch.setattr(kernels, "SPLIT_MIN_SEGMENT", 16)
+        assert kernels.tile_config(5, 300)["SPLIT"] == split
+        out = [fused_gumbel.categorical(logits, seed=3, backend="triton"),
+               fused_gumbel.gumbel_softmax(logits, hard=True, seed=3, backend="triton"),
+               fused_gumbel.gumbel_softmax(logits, 0.5, seed=3, backend="triton")]
+        outputs.append(out)
+    (index, hard, soft), (index_s, hard_s, soft_s) = outputs
+    assert torch.equal(index, index_s) and index[2] == -1 and index[3] == -1
+    assert torch.equal(hard.nan_to_num(7.0), hard_s.nan_to_num(7.0))
+    torch.testing.assert_close(soft, soft_s, atol=1e-6, rtol=1e-5, equal_nan=True)
