@@ -10,7 +10,9 @@ vmap ``randomness`` flag, with PyTorch's semantics for random ops:
   equals the unbatched call on the stacked inputs with the same seed.
 - ``"same"``: every element gets the noise of one unbatched call (a loop of one launch per element
   on the Triton path; the reference broadcasts one noise tensor).
-- ``"error"`` (vmap's default): random operations raise, as PyTorch's do.
+- ``"error"`` (vmap's default): random operations raise, as PyTorch's do. A call with ``seed=``
+  draws nothing, so it is a deterministic function and runs with ``"same"`` semantics (which
+  is what ``torch.func.jacfwd``/``hessian``, built on vmap, need).
 
 The seed is drawn once per call, outside the vmap (``outside_vmap``): a generator draw inside it
 would itself be batched. Inspecting the vmap levels needs ``torch._functorch`` internals; where
@@ -48,12 +50,13 @@ def in_vmap() -> bool:
     return bool(_vmap_levels())
 
 
-def check_vmap_randomness(*inputs) -> None:
+def check_vmap_randomness(*inputs, seeded: bool = False) -> None:
     """Raise, before any draw, as PyTorch's random ops do: under vmap(randomness="error"), and under
     randomness="different" when no input is batched by the innermost vmap (one sample would be
-    silently shared by the whole batch; ``F.gumbel_softmax`` raises there too)."""
+    silently shared by the whole batch; ``F.gumbel_softmax`` raises there too). A ``seeded`` call
+    (``seed=``) is deterministic: nothing to refuse."""
     levels = _vmap_levels()
-    if not levels:
+    if not levels or seeded:
         return
     if any(level.randomness() == "error" for level in levels):
         raise RuntimeError(RANDOMNESS_ERROR)
@@ -69,11 +72,6 @@ def outside_vmap():
     """A context in which functorch transforms are off, for the call's one generator draw."""
     disable = getattr(torch._C, "_DisableFuncTorch", None)
     return disable() if disable is not None and in_vmap() else contextlib.nullcontext()
-
-
-def _check_rule_randomness(info) -> None:
-    if info.randomness == "error":
-        raise RuntimeError(RANDOMNESS_ERROR)
 
 
 def _batch_first(t: torch.Tensor, bdim, batch_size: int) -> torch.Tensor:
@@ -96,8 +94,9 @@ def _select(t, bdim, index: int):
 
 
 def gumbel_softmax_rule(apply, info, in_dims, logits, tau, hard, dim, seed, offset):
-    """The vmap rule of ``GumbelSoftmaxFunction`` (``apply`` is its ``apply``)."""
-    _check_rule_randomness(info)
+    """The vmap rule of ``GumbelSoftmaxFunction`` (``apply`` is its ``apply``). A call that reaches
+    it under "error" passed ``check_vmap_randomness`` (a ``seed=`` call, or the backward replaying
+    one): it gets the "same" semantics."""
     logits_bdim, tau_bdim = in_dims[0], in_dims[1]
     batch = info.batch_size
     if info.randomness == "different":
@@ -112,8 +111,8 @@ def gumbel_softmax_rule(apply, info, in_dims, logits, tau, hard, dim, seed, offs
 def noise_rule(make_noise, info, in_dims, like, batch_like, dim, seed, offset):
     """The vmap rule of the reference's noise Function: ``make_noise(like, dim, seed, offset)`` for the
     folded ``[B, ...]`` shape ("different") or one per-element shape ("same"). ``batch_like`` (tau, or
-    None) only tells which batch the call belongs to when ``like`` itself is not batched."""
-    _check_rule_randomness(info)
+    None) only tells which batch the call belongs to when ``like`` itself is not batched. "error"
+    is "same", as in ``gumbel_softmax_rule``."""
     bdim = in_dims[0]
     if info.randomness == "different":
         return make_noise(_batch_first(like, bdim, info.batch_size), dim + 1, seed, offset), 0

@@ -205,7 +205,7 @@ def gumbel_softmax(
         return _custom_op.sample(logits, _tau_for_kernel(tau, logits, dim), mode, dim, seed, chosen)
     if logits.device.type == "meta":
         return reference.gumbel_softmax(logits, tau, hard, dim, noise=torch.zeros_like(logits))
-    _functorch.check_vmap_randomness(logits, tau)
+    _functorch.check_vmap_randomness(logits, tau, seeded=seed is not None)
     with _functorch.outside_vmap():
         key, offset = _seeding.draw(logits.device, generator, seed)
     if chosen == "reference":
@@ -253,7 +253,7 @@ def categorical(
         return _custom_op.sample(logits, 1.0, mode, dim, seed, chosen)
     if logits.device.type == "meta":
         return reference.categorical(logits, dim, one_hot=one_hot, noise=torch.zeros_like(logits))
-    _functorch.check_vmap_randomness(logits)
+    _functorch.check_vmap_randomness(logits, seeded=seed is not None)
     with _functorch.outside_vmap():
         key, offset = _seeding.draw(logits.device, generator, seed)
     if chosen == "reference":
