@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.autograd import forward_ad
-from torch.func import grad, jvp, vmap
+from torch.func import grad, jacrev, jvp, vmap
 
 import fused_gumbel
 from fused_gumbel.kernels import gumbel_softmax as kernels
@@ -266,6 +266,18 @@ def test_vmap_of_jvp_and_categorical(backend):
     torch.testing.assert_close(tangents, jvp(sampler("reference", False), (x,), (dx,))[1])
     idx = vmap(lambda l: fused_gumbel.categorical(l, seed=2, backend=backend), randomness="different")(x)
     assert torch.equal(idx, fused_gumbel.categorical(x, seed=2, backend=backend))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("hard", [False, True])
+def test_jacrev_unseeded(backend, hard):
+    """jacrev vmaps only the backward: no randomness flag needed, and the replayed noise is the call's."""
+    x = torch.randn(2, 4, dtype=torch.float64)
+    torch.manual_seed(0)
+    jac = jacrev(lambda l: fused_gumbel.gumbel_softmax(l, 0.7, hard, backend=backend))(x)
+    torch.manual_seed(0)
+    expected = jacrev(lambda l: fused_gumbel.gumbel_softmax(l, 0.7, backend="reference"))(x)
+    torch.testing.assert_close(jac, expected)
 
 
 # --- item 7: numpy scalars, meta tensors, the eps warning --------------------------------------
