@@ -40,7 +40,8 @@ def select_backend(device: torch.device, backend: Optional[Backend] = None) -> s
     """Which implementation runs for tensors on ``device``: "triton" or "reference".
 
     ``backend`` (or the ``FUSED_GUMBEL_BACKEND`` environment variable) forces one; "auto" picks
-    Triton for CUDA tensors, and for CPU tensors when ``TRITON_INTERPRET=1``.
+    Triton for CUDA tensors, and for CPU tensors when ``TRITON_INTERPRET=1``. Meta tensors accept
+    either (they only propagate shapes: no kernel runs).
     """
     choice = backend or os.environ.get(BACKEND_ENV, "auto")
     if choice not in ("auto", "triton", "reference"):
