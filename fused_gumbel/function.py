@@ -3,13 +3,20 @@
 Forward launches ``kernels.gumbel_softmax.gumbel_softmax_forward``; backward launches
 ``gumbel_softmax_backward`` with dx = y * (dy - sum(dy * y)) / tau and the temperature
 gradient. Soft mode saves its output y; hard (straight-through) mode saves only the logits
-and the call's (seed, offset) and regenerates the noise and y in the backward kernel.
+and the call's (seed, offset) and regenerates the noise and y in the backward kernel (rows too
+long for one program's registers also keep the forward's per-row (max, sum), 8 bytes a row).
+Double backward (``create_graph=True``) and forward-mode AD use the same formulas in
+differentiable PyTorch ops (``_autograd``); ``torch.func.vmap`` has a rule (``_functorch``).
 """
 from __future__ import annotations
 
+import threading
+
 import torch
 
+from . import _autograd, _functorch
 from ._layout import RowShape, as_rows
+from .reference import compute_dtype
 from .kernels import gumbel_softmax as kernels
 
 
@@ -77,27 +84,95 @@ def sample_backward(grad_y, src, src_strides, tau, dim, seed, offset, hard, tau_
     return grad_x, None if grad_tau_rows is None else reduce_tau_grad(grad_tau_rows, tau)
 
 
+class _PendingStats(threading.local):
+    """Hands the hard forward's row statistics from ``forward`` to ``setup_context``, which
+    autograd calls right after it on the same thread with the same output (a forward without
+    ``ctx`` has no other way to save a tensor it made). A miss (an output wrapped by a
+    torch.func transform) only costs the backward one extra launch that recomputes them."""
+
+    def __init__(self):
+        self.output = None
+        self.stats = None
+
+    def put(self, output, stats):
+        self.output, self.stats = (output, stats) if stats is not None else (None, None)
+
+    def take(self, output):
+        stats = self.stats if output is self.output and output is not None else None
+        self.output = self.stats = None
+        return stats
+
+
+_pending_stats = _PendingStats()
+
+
 class GumbelSoftmaxFunction(torch.autograd.Function):
     """``apply(logits, tau, hard, dim, seed, offset)``; ``tau`` is a float, a 0-dim tensor or a
     contiguous [rows] tensor (one temperature per row, rows in RNG-spec order). ``seed`` is an
     int (with ``offset``) or, under CUDA-graph capture, an int64 [2] device tensor holding
-    (key, offset) that the kernels read at run time (``offset`` is then ignored)."""
+    (key, offset) that the kernels read at run time (``offset`` is then ignored).
+
+    The backward is one kernel launch; under ``create_graph=True`` (and in ``torch.func.grad``) it
+    is the same formula in differentiable PyTorch ops (``_autograd``), so double backward is exact.
+    ``jvp`` gives forward-mode AD, ``vmap`` a batching rule (``_functorch``)."""
 
     @staticmethod
-    def forward(ctx, logits, tau, hard, dim, seed, offset):
+    def forward(logits, tau, hard, dim, seed, offset):
         mode = kernels.MODE_HARD if hard else kernels.MODE_SOFT
-        y, x, x_strides, stats = sample_forward(logits, tau, mode, dim, seed, offset, save_stats=hard)
+        y, _, _, stats = sample_forward(logits, tau, mode, dim, seed, offset, save_stats=hard)
+        _pending_stats.put(y, stats)
+        return y
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        logits, tau, hard, dim, seed, offset = inputs
         tau_tensor = tau if isinstance(tau, torch.Tensor) else None
-        ctx.save_for_backward(x if hard else y, tau_tensor, stats)
+        # Soft mode keeps its output; hard mode keeps the logits and regenerates the noise.
+        src = logits if hard else output
+        ctx.save_for_backward(src, tau_tensor, _pending_stats.take(output))
+        ctx.save_for_forward(src, tau_tensor)
         ctx.tau_float = None if tau_tensor is not None else tau
         ctx.hard, ctx.dim, ctx.seed, ctx.offset = hard, dim, seed, offset
-        ctx.src_strides = x_strides if hard else RowShape.of(logits.shape, dim).contiguous_strides
-        return y
 
     @staticmethod
     def backward(ctx, grad_y):
         src, tau_tensor, stats = ctx.saved_tensors
         tau = ctx.tau_float if tau_tensor is None else tau_tensor
-        grad_x, grad_tau = sample_backward(grad_y, src, ctx.src_strides, tau, ctx.dim, ctx.seed, ctx.offset,
+        if torch.is_grad_enabled():  # create_graph=True: the kernel's gradient would have no graph
+            y, t = _soft_sample(ctx, src, tau, differentiable=True)
+            grad_x, grad_tau = _autograd.vjp(grad_y, y, t, tau, ctx.dim, src.dtype, ctx.needs_input_grad[1])
+            return grad_x, grad_tau, None, None, None, None
+        src, src_strides = as_rows(src, ctx.dim)
+        grad_x, grad_tau = sample_backward(grad_y, src, src_strides, tau, ctx.dim, ctx.seed, ctx.offset,
                                            ctx.hard, ctx.needs_input_grad[1], stats)
         return grad_x, grad_tau, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, logits_tangent, tau_tangent, *_):
+        src, tau_tensor = ctx.saved_tensors
+        tau = ctx.tau_float if tau_tensor is None else tau_tensor
+        y, t = _soft_sample(ctx, src, tau, differentiable=False)
+        return _autograd.jvp(y, t, tau, ctx.dim, src.dtype, logits_tangent, tau_tangent)
+
+    @staticmethod
+    def vmap(info, in_dims, logits, tau, hard, dim, seed, offset):
+        return _functorch.gumbel_softmax_rule(GumbelSoftmaxFunction.apply, info, in_dims, logits, tau, hard, dim,
+                                              seed, offset)
+
+
+def _soft_sample(ctx, src, tau, differentiable: bool):
+    """The soft sample ``y`` (compute dtype) and its log-domain ``t``; with ``differentiable``, as
+    functions of the saved inputs (see ``_autograd``). Hard mode regenerates the soft sample of the
+    call's noise with this Function (so vmap applies its rule here too)."""
+    if not ctx.hard:
+        y = src.to(compute_dtype(src.dtype))
+        y = y if differentiable else y.detach()
+        return y, _autograd.log_domain(y)
+    logits = src
+    detached_tau = tau.detach() if isinstance(tau, torch.Tensor) else tau
+    with torch.no_grad():
+        y0 = GumbelSoftmaxFunction.apply(logits.detach().to(compute_dtype(logits.dtype)), detached_tau, False,
+                                         ctx.dim, ctx.seed, ctx.offset)
+    if not differentiable:
+        return y0, _autograd.log_domain(y0)
+    return _autograd.soft_from_effective_noise(logits, tau, y0, ctx.dim)

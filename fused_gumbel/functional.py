@@ -12,6 +12,8 @@ time; where seeds come from (generator, ``seed=``, CUDA graphs, ranks) is ``_see
 """
 from __future__ import annotations
 
+import numbers
+import operator
 import os
 import sys
 import warnings
@@ -19,7 +21,7 @@ from typing import Literal, Optional, Union
 
 import torch
 
-from . import _custom_op, _seeding, reference
+from . import _custom_op, _functorch, _seeding, reference
 from ._layout import RowShape
 
 Backend = Literal["auto", "triton", "reference"]
@@ -38,12 +40,15 @@ def select_backend(device: torch.device, backend: Optional[Backend] = None) -> s
     """Which implementation runs for tensors on ``device``: "triton" or "reference".
 
     ``backend`` (or the ``FUSED_GUMBEL_BACKEND`` environment variable) forces one; "auto" picks
-    Triton for CUDA tensors, and for CPU tensors when ``TRITON_INTERPRET=1``.
+    Triton for CUDA tensors, and for CPU tensors when ``TRITON_INTERPRET=1``. Meta tensors accept
+    either (they only propagate shapes: no kernel runs).
     """
     choice = backend or os.environ.get(BACKEND_ENV, "auto")
     if choice not in ("auto", "triton", "reference"):
         raise ValueError(f"backend must be 'auto', 'triton' or 'reference', got {choice!r}")
     interpreted = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    if device.type == "meta":  # shapes only, no kernel launch: every backend agrees
+        return "reference" if choice == "auto" else choice
     if choice == "auto":
         runs_triton = (device.type == "cuda" or (device.type == "cpu" and interpreted)) and _triton_available()
         return "triton" if runs_triton else "reference"
@@ -57,13 +62,15 @@ def _check_logits(logits: torch.Tensor) -> None:
         raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
     if not logits.is_floating_point():
         raise TypeError(f"logits must have a floating dtype (float16, bfloat16, float32, float64), got {logits.dtype}")
-    if logits.device.type not in ("cpu", "cuda"):
-        raise ValueError(f"fused_gumbel supports CPU and CUDA tensors, got device {logits.device}")
+    if logits.device.type not in ("cpu", "cuda", "meta"):
+        raise ValueError(f"fused_gumbel supports CPU, CUDA and meta tensors, got device {logits.device}")
 
 
 def _normalize_dim(dim: int, ndim: int) -> int:
-    if not isinstance(dim, int) or isinstance(dim, bool):
+    # Any integer type (numpy's too, as torch accepts), but not bool.
+    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
         raise TypeError(f"dim must be an int, got {type(dim).__name__}")
+    dim = operator.index(dim)
     span = max(ndim, 1)
     if not -span <= dim < span:
         raise IndexError(f"Dimension out of range (expected to be in range of [{-span}, {span - 1}], but got {dim})")
@@ -108,15 +115,17 @@ def _check_tau(tau, logits: torch.Tensor, dim: int):
                 f"with size 1 along dim {dim} (one temperature per row), i.e. to {tuple(row_shape)}")
         if tau.device != logits.device and not (tau.device.type == "cpu" and tau.dim() == 0):
             raise ValueError(f"tau is on {tau.device} but the logits are on {logits.device}")
-        # Value checks on a CUDA tensor cost one synchronisation; skipped while tracing or capturing.
-        if not _is_tracing() and tau.numel() and not bool(torch.all(torch.isfinite(tau) & (tau > 0))):
+        # Value checks on a CUDA tensor cost one synchronisation; skipped while tracing or capturing,
+        # and where a tensor has no values to branch on (meta tensors, vmap's batched tensors).
+        checkable = not (_is_tracing() or tau.device.type == "meta" or _functorch.in_vmap())
+        if checkable and tau.numel() and not bool(torch.all(torch.isfinite(tau) & (tau > 0))):
             raise ValueError("tau must be positive and finite everywhere")
         return tau
     if isinstance(tau, _SYMBOLIC_SCALARS):
         # A float a tracer hands over as a symbol (its value is unknown until the graph runs):
         # it becomes a 0-dim tensor input of the custom op (_tau_for_kernel), not checked here.
         return tau
-    if isinstance(tau, bool) or not isinstance(tau, (int, float)):
+    if isinstance(tau, bool) or not isinstance(tau, numbers.Real):  # numbers.Real: numpy scalars too
         raise TypeError(f"tau must be a float or a tensor, got {type(tau).__name__}")
     # Comparisons rather than math.isfinite() or float(): under torch.compile a temperature that
     # changes between calls is a symbolic float; a comparison only guards the graph on its
@@ -216,7 +225,8 @@ def gumbel_softmax(
     give NaN rows, like ``torch.softmax``. ``-inf`` logits get probability 0 and are never chosen.
     """
     if eps != 1e-10:
-        warnings.warn("`eps` parameter is deprecated and has no effect.", DeprecationWarning, stacklevel=2)
+        # A plain UserWarning, as PyTorch's (a DeprecationWarning is hidden by default).
+        warnings.warn("`eps` parameter is deprecated and has no effect.", stacklevel=2)
     _check_logits(logits)
     dim = _normalize_dim(dim, logits.dim())
     tau = _check_tau(tau, logits, dim)
@@ -230,7 +240,11 @@ def gumbel_softmax(
         _check_compiled_call(generator, seed)
         mode = _custom_op.MODE_HARD if hard else _custom_op.MODE_SOFT
         return _custom_op.sample(logits, _tau_for_kernel(tau, logits, dim), mode, dim, seed, chosen)
-    key, offset = _seeding.draw(logits.device, generator, seed)
+    if logits.device.type == "meta":
+        return reference.gumbel_softmax(logits, tau, hard, dim, noise=torch.zeros_like(logits))
+    _functorch.check_vmap_randomness(logits, tau, seeded=seed is not None)
+    with _functorch.outside_vmap():
+        key, offset = _seeding.draw(logits.device, generator, seed)
     if chosen == "reference":
         _check_host_seed(key)
         return reference.gumbel_softmax(logits, tau, hard, dim, seed=key, offset=offset)
@@ -274,11 +288,20 @@ def categorical(
         _check_compiled_call(generator, seed)
         mode = _custom_op.MODE_HARD if one_hot else _custom_op.MODE_INDEX
         return _custom_op.sample(logits, 1.0, mode, dim, seed, chosen)
-    key, offset = _seeding.draw(logits.device, generator, seed)
+    if logits.device.type == "meta":
+        return reference.categorical(logits, dim, one_hot=one_hot, noise=torch.zeros_like(logits))
+    _functorch.check_vmap_randomness(logits, seeded=seed is not None)
+    with _functorch.outside_vmap():
+        key, offset = _seeding.draw(logits.device, generator, seed)
     if chosen == "reference":
         _check_host_seed(key)
         return reference.categorical(logits, dim, one_hot=one_hot, seed=key, offset=offset)
-    from .function import sample_forward
+    from .function import GumbelSoftmaxFunction, sample_forward
 
+    if _functorch.in_vmap():  # a kernel cannot read a batched tensor: the Function's vmap rule can
+        drawn = GumbelSoftmaxFunction.apply(logits, 1.0, True, dim, key, offset)
+        if one_hot:
+            return drawn
+        return drawn.argmax(dim).masked_fill(drawn.isnan().any(dim), -1)
     mode = _custom_op.MODE_HARD if one_hot else _custom_op.MODE_INDEX
     return sample_forward(logits, 1.0, mode, dim, key, offset)[0]

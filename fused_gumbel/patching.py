@@ -8,12 +8,14 @@ so patches nest. ``fused_gumbel.unpatch()`` restores PyTorch's original whatever
 
 Only lookups made through the module after patching are affected: code that ran
 ``from torch.nn.functional import gumbel_softmax`` earlier holds the original function.
+The patched attribute is ``fused_gumbel.gumbel_softmax`` itself, a module-level function, so
+objects that hold it (``functools.partial(F.gumbel_softmax, tau=0.5)`` in a model) pickle, and
+``torch.save(model)`` works; they unpickle to ``fused_gumbel.gumbel_softmax``.
 The replacement accepts PyTorch's signature ``(logits, tau=1, hard=False, eps=1e-10, dim=-1)``;
 see ``docs/migrating.md`` for how the results differ (exact one-hot, tensor tau, no NaN).
 """
 from __future__ import annotations
 
-import functools
 import threading
 from types import TracebackType
 from typing import Callable, Optional
@@ -27,18 +29,21 @@ __all__ = ["patch", "unpatch", "is_patched", "Patch"]
 _ORIGINAL: Callable = F.gumbel_softmax
 _LOCK = threading.Lock()
 _generation = 0  # bumped by unpatch(): older handles have nothing left to undo
+_active: list["Patch"] = []  # this generation's applied patches, innermost last
 
 
 class Patch:
     """One application of :func:`patch`; a context manager that undoes it on exit."""
 
     def __init__(self, replacement: Callable) -> None:
-        # A distinct function object per patch, so undo() can tell whether it is still on top.
-        self._replacement = functools.wraps(replacement)(lambda *args, **kwargs: replacement(*args, **kwargs))
+        # The replacement itself, not a per-patch wrapper, so that it pickles by name; the stack
+        # of handles, not the function's identity, tells undo() whether this patch is on top.
+        self._replacement = replacement
         with _LOCK:
             self._previous: Optional[Callable] = F.gumbel_softmax
             self._generation = _generation
             F.gumbel_softmax = self._replacement
+            _active.append(self)
 
     @property
     def active(self) -> bool:
@@ -52,11 +57,12 @@ class Patch:
             if self._generation != _generation:  # unpatch() already restored PyTorch's
                 self._previous = None
                 return
-            if F.gumbel_softmax is not self._replacement:
+            if F.gumbel_softmax is not self._replacement or _active[-1] is not self:
                 raise RuntimeError("torch.nn.functional.gumbel_softmax was re-patched after this patch; "
                                    "undo the later patch first (patches nest like context managers)")
             F.gumbel_softmax = self._previous
             self._previous = None
+            _active.pop()
 
     def __enter__(self) -> "Patch":
         return self
@@ -80,6 +86,7 @@ def unpatch() -> None:
     with _LOCK:
         F.gumbel_softmax = _ORIGINAL
         _generation += 1
+        _active.clear()
 
 
 def is_patched() -> bool:

@@ -134,12 +134,13 @@ def philox4x32_torch(seed: int, offset: int, counter: torch.Tensor, rounds: int 
     return words.reshape(*counter.shape, WORDS_PER_CALL)
 
 
-def _make_numba_kernels():
-    if numba is None:
-        return None, None
-
+# The numba functions live at module level, not in a closure: numba's on-disk cache (cache=True)
+# is keyed by the function's qualified name and source location, and a closure is a new,
+# uncacheable function in every process (each process recompiled it, 0.7-1.6 s, and wrote
+# another .nbc file into __pycache__). At module level the second process loads the cache.
+if numba is not None:
     @numba.njit(cache=True, nogil=True, inline="always")
-    def philox_call(n, k0, k1, s0, s1):  # pragma: no cover - compiled
+    def _philox_call(n, k0, k1, s0, s1):  # pragma: no cover - compiled
         mask, shift = np.uint64(0xFFFFFFFF), np.uint64(32)
         c0, c1, c2, c3 = n & mask, n >> shift, s0, s1
         for _ in range(PHILOX_ROUNDS):
@@ -153,14 +154,14 @@ def _make_numba_kernels():
         return c0, c1, c2, c3
 
     @numba.njit(cache=True, nogil=True)
-    def philox_words(counters, out, k0, k1, s0, s1):  # pragma: no cover - compiled
+    def _philox_numba(counters, out, k0, k1, s0, s1):  # pragma: no cover - compiled
         for i in range(counters.shape[0]):
-            words = philox_call(np.uint64(counters[i]), np.uint64(k0), np.uint64(k1), np.uint64(s0), np.uint64(s1))
+            words = _philox_call(np.uint64(counters[i]), np.uint64(k0), np.uint64(k1), np.uint64(s0), np.uint64(s1))
             for w in range(4):
                 out[i, w] = np.int64(words[w])
 
     @numba.njit(cache=True, nogil=True)
-    def gumbel_rows(out, constants, k0, k1, s0, s1):  # pragma: no cover - compiled
+    def _gumbel_rows_numba(out, constants, k0, k1, s0, s1):  # pragma: no cover - compiled
         """Spec steps 2-5 for an [R, K] array; ``constants`` = (1, 2**-31, 1 - 2**-24) in its dtype."""
         rows, classes = out.shape
         calls_per_row = (classes + 3) // 4
@@ -168,19 +169,16 @@ def _make_numba_kernels():
         bits_as_float = constants[:1].copy()  # int -> out's dtype, rounded once, as in the torch ops
         for r in range(rows):
             for j in range(calls_per_row):
-                words = philox_call(np.uint64(r * calls_per_row + j), np.uint64(k0), np.uint64(k1), np.uint64(s0),
-                                    np.uint64(s1))
+                words = _philox_call(np.uint64(r * calls_per_row + j), np.uint64(k0), np.uint64(k1), np.uint64(s0),
+                                     np.uint64(s1))
                 for w in range(min(4, classes - 4 * j)):
                     bits_as_float[0] = float(max(words[w] >> np.uint64(1), np.uint64(1)))
                     v = min(bits_as_float[0] * scale, top)
                     a = one - v
                     exponential = v if a == one else v * np.log(a) / (a - one)
                     out[r, 4 * j + w] = -np.log(exponential)
-
-    return philox_words, gumbel_rows
-
-
-_philox_numba, _gumbel_rows_numba = _make_numba_kernels()
+else:  # pragma: no cover - exercised where numba is absent
+    _philox_numba = _gumbel_rows_numba = None
 
 
 

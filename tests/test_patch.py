@@ -1,4 +1,7 @@
 """fused_gumbel.patch(): torch.nn.functional.gumbel_softmax replaced in unmodified code, reversibly."""
+import functools
+import io
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -95,3 +98,24 @@ def test_patched_code_compiles_without_graph_break():
     torch._dynamo.reset()
     assert torch.equal(compiled, eager)
     assert torch.equal(compiled.sum(-1), torch.ones(5))
+
+
+class HoldsPartial(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.sample = functools.partial(F.gumbel_softmax, tau=0.5, hard=True)
+
+    def forward(self, logits):
+        return self.sample(logits)
+
+
+def test_model_holding_the_patched_function_pickles():
+    with patch():
+        model = HoldsPartial()
+        buffer = io.BytesIO()
+        torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert loaded.sample.func is fused_gumbel.gumbel_softmax
+    y = loaded(torch.randn(3, 4))
+    assert torch.equal(y.sum(-1), torch.ones(3))

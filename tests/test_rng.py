@@ -145,3 +145,41 @@ def test_compiled_cpu_noise_matches_torch_definition(dtype):
         slow = rng.gumbel_noise_rows_torch(rows, K, seed, offset, dtype)
         eps = torch.finfo(dtype).eps
         torch.testing.assert_close(fast, slow, rtol=2 * eps, atol=2 * eps)
+
+
+_NUMBA_FIRST_CALL = """
+import json, time, torch
+from fused_gumbel import rng
+start = time.perf_counter()
+rng.gumbel_noise_rows(3, 5, 1, 2, torch.float32)
+rng.gumbel_noise_rows(3, 5, 1, 2, torch.float64)
+rng.philox4x32(1, 2, torch.arange(4))
+seconds = time.perf_counter() - start
+stats = [rng._gumbel_rows_numba.stats, rng._philox_numba.stats]
+print(json.dumps({"seconds": seconds, "hits": sum(sum(s.cache_hits.values()) for s in stats),
+                  "misses": sum(sum(s.cache_misses.values()) for s in stats)}))
+"""
+
+
+def test_numba_cache_hits_in_a_fresh_process(tmp_path):
+    """The compiled CPU noise is cached on disk once: a second fresh process loads it (no compile,
+    no new cache file), so the cache does not grow per process."""
+    pytest.importorskip("numba")
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+
+    def fresh_process():
+        done = subprocess.run([sys.executable, "-c", _NUMBA_FIRST_CALL], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1]), sorted(p.name for p in tmp_path.rglob("*"))
+
+    first, files_after_first = fresh_process()
+    second, files_after_second = fresh_process()
+    assert first["misses"] == 3 and any(name.endswith(".nbc") for name in files_after_first)
+    assert second["misses"] == 0 and second["hits"] == 3, (first, second)
+    assert files_after_second == files_after_first

@@ -61,5 +61,5 @@ def test_drop_in_signature():
     logits = torch.randn(3, 10)
     fused_gumbel.gumbel_softmax(logits, 0.5, True, 1e-10, -1)
     fused_gumbel.gumbel_softmax(logits=logits, tau=0.5, hard=False, dim=1)
-    with pytest.warns(DeprecationWarning, match="eps"):
+    with pytest.warns(UserWarning, match="eps"):
         fused_gumbel.gumbel_softmax(logits, eps=1e-5)
