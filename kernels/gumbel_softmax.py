@@ -199,12 +199,15 @@ def _planes_sum(e0, e1, e2, e3):
 
 @triton.jit
 def _planes_argmax(a0, a1, a2, a3, q4, row_max):
-    """First class index where the planes equal the row max (torch.argmax's tie rule)."""
+    """First class index where the planes equal the row max (torch.argmax's tie rule): a select
+    chain from the last plane down (two instructions an element), then one min over the tile."""
     m = row_max[:, None]
-    big = 2147483647
-    first = tl.minimum(tl.where(a0 == m, q4[None, :], big), tl.where(a1 == m, q4[None, :] + 1, big))
-    second = tl.minimum(tl.where(a2 == m, q4[None, :] + 2, big), tl.where(a3 == m, q4[None, :] + 3, big))
-    return tl.min(tl.minimum(first, second), axis=1)
+    k = q4[None, :]
+    best = tl.where(a3 == m, k + 3, 2147483647)
+    best = tl.where(a2 == m, k + 2, best)
+    best = tl.where(a1 == m, k + 1, best)
+    best = tl.where(a0 == m, k, best)
+    return tl.min(best, axis=1)
 
 
 @triton.jit
@@ -321,7 +324,8 @@ def gumbel_softmax_fwd_kernel(
                 offs, mask, q4 = _tile(y_rows, row_mask, chunk, K, y_s_k, BLOCK_Q)
                 if MODE == 0:
                     chunk_max = tl.load(stats_ptr + (rows * num_chunks + chunk) * 2, mask=row_mask, other=0.0)
-                    factor = tl.where(chunk_max == float("-inf"), 0.0,
+                    # inv is NaN for invalid rows, which must come out NaN even where a chunk is all -inf.
+                    factor = tl.where(chunk_max == float("-inf"), 0.0 * inv,
                                       tl.exp2((chunk_max - row_max) * scale) * inv)[:, None]
                     y0, y1, y2, y3 = _load_planes(y_ptr, offs, mask, 0.0, COMPUTE)
                     _store_planes(y_ptr, offs, mask, y0 * factor, y1 * factor, y2 * factor, y3 * factor)
@@ -820,7 +824,8 @@ def gumbel_softmax_split_fwd_kernel(
             inv = tl.where(valid, 1.0 / row_sum, float("nan"))
             for seg in range(0, SEGMENTS):
                 seg_max = tl.load(partial_ptr + (row * SEGMENTS + seg) * 3 + tl.arange(0, 1), volatile=True)
-                factor = tl.where(seg_max == float("-inf"), 0.0,
+                # inv is NaN for invalid rows, which must come out NaN even where a segment is all -inf.
+                factor = tl.where(seg_max == float("-inf"), 0.0 * inv,
                                   tl.exp2((seg_max - row_max) * scale) * inv)[:, None]
                 offs, mask, q4 = _tile(y_rows, row_mask, seg, K, y_s_k, BLOCK_Q)
                 y0, y1, y2, y3 = split_words(tl.load(y_ptr + offs, mask=mask, other=0.0, volatile=True).to(COMPUTE))

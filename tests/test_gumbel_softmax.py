@@ -99,6 +99,7 @@ def small_blocks(monkeypatch):
 def test_looped_path_matches_reference(small_blocks, K, hard, dtype):
     assert not kernels.tile_config(3, K)["SINGLE_CHUNK"]
     logits = (torch.randn(3, K) * 4).to(dtype)
+    logits[1, :K // 2] = float("-inf")  # a chunk (or more) of -inf classes in a valid row
     tau = torch.rand(3, 1, dtype=dtype) + 0.2
     weight = torch.randn(3, K, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
     (y, dx, dt), (y_ref, dx_ref, dt_ref) = fused_and_reference(logits, tau, hard, -1, seed=5, grad_weight=weight)
@@ -110,6 +111,17 @@ def test_looped_path_matches_reference(small_blocks, K, hard, dtype):
     assert_close(dx, dx_ref, grad_dtype)
     atol, rtol = TOLERANCES[grad_dtype]
     torch.testing.assert_close(dt.double(), dt_ref.double(), atol=atol * K * 4, rtol=rtol * 4)
+
+
+@pytest.mark.parametrize("hard", [False, True])
+def test_looped_path_invalid_rows_are_nan(small_blocks, hard):
+    logits = torch.randn(4, 40)
+    logits[1] = float("-inf")
+    logits[2, 33] = float("nan")
+    logits[3, 3] = float("inf")
+    y = fused_gumbel.gumbel_softmax(logits, 0.5, hard=hard, seed=1, backend="triton")
+    assert y[1:].isnan().all() and not y[0].isnan().any()
+    assert torch.equal(fused_gumbel.categorical(logits, seed=1, backend="triton"), torch.tensor([y[0].argmax(), -1, -1, -1]))
 
 
 def test_looped_path_categorical_and_dims(small_blocks):
