@@ -16,20 +16,22 @@ word, bit for bit, and to the same noise within a stated bound:
 
    The domain tag (v2) keeps our counters apart from PyTorch's own CUDA Philox stream, whose
    key is the generator's seed itself: the same (seed, offset) can no longer yield the same words.
-3. ``b = min(max(w >> 1, 1), 2**31 - 2**7)`` (31 bits); ``v = b * 2**-31`` lies in
-   ``[2**-31, 1 - 2**-24]`` (the float32 ``min``/``max`` of version 1, moved to the integer).
+3. ``v = min(w | 1, 2**32 - 2**8) * 2**-32``: with ``b = w >> 1`` (31 bits) that is the midpoint
+   ``(b + 1/2) * 2**-31`` of the draw's interval, so every ``b`` has the same mass and ``v`` lies
+   in ``[2**-32, 1 - 2**-24]`` (the top clamp keeps ``1 - v`` nonzero in float32).
 4. ``E = -log1p(-v)`` is Exp(1) and the Gumbel(0, 1) noise is ``g = -log(E)``: its definition is
    this formula in exact (float64) arithmetic. ``g`` lies in about [-2.8, 21.5]. Small ``v`` is
    the winning tail, resolved to 2**-31: a class d nats below the leader wins with probability
-   within 0.1% of 1 / (1 + e^d) up to d = 15 and within 1% up to d = 17.6 (+1.44% at d = 18,
-   +7.2% at d = 20, because ``b = 0`` is clamped onto ``b = 1``, doubling the largest noise
-   value's mass); counted exactly, not sampled, by ``python -m fused_gumbel.noise_fidelity``.
+   1 / (1 + e^d) to within 0.01% up to d = 18 and 0.3% at d = 20, counted exactly, not
+   sampled, by ``python -m fused_gumbel.noise_fidelity``. (Version 2 as first drafted took
+   ``max(b, 1) * 2**-31``, which doubled the largest value's mass: +1.44% at d = 18.)
 5. Implementations evaluate step 4 within a stated error of the definition:
    - exact twin (the reference, the CPU path, the Triton interpreter, float64 everywhere):
      Goldberg's log1p ``v * log(a) / (a - 1)`` with ``a = 1 - v`` (``v`` when ``a`` rounds to 1),
      within ``EXACT_NOISE_BOUND`` of the definition evaluated at its float32-rounded ``b``;
    - fast twin (float32 Triton kernels on the GPU): ``E = v(1 + v/2 + v^2/3 + v^3/4)`` for
-     ``v < 2**-6``, else ``-ln2 * lg2.approx(1 - v)``; ``g = -ln2 * lg2.approx(E)`` (MUFU unit),
+     ``v < 2**-6``, else ``-ln2 * lg2.approx(1 - v)``; ``g = -ln2 * lg2.approx(E)`` (MUFU unit;
+     the kernels may add a constant to every class's ``g``, which no output can see),
      within ``FAST_NOISE_BOUND`` nats of the definition at its float32-rounded ``b``.
    In float32 ``b`` itself rounds to 24 bits, which moves ``g`` by up to 0.025 nats at the
    losing end (``v`` within 2**-23 of 1, ``g < -1.7``, 0.1% of draws); everywhere else the
@@ -67,7 +69,6 @@ PHILOX_KEY_A = 0x9E3779B9
 PHILOX_KEY_B = 0xBB67AE85
 WORDS_PER_CALL = 4
 UNIFORM_SCALE = 2.0**-31
-UNIFORM_MAX = 1.0 - 2.0**-24
 # CUDA generators hand out offsets in multiples of 4 (one Philox block per thread); we
 # advance by the same amount per call so our streams interleave cleanly with PyTorch's.
 CUDA_OFFSET_INCREMENT = 4
@@ -77,8 +78,10 @@ _MASK32 = 0xFFFFFFFF
 SPEC_VERSION = 2
 # XOR-ed into every seed to form the Philox key (spec step 2); kernels/rng.py holds its two halves.
 DOMAIN_TAG = 0x2545F4914F6CDD1D
-# Largest 31-bit draw used (spec step 3): (2**31 - 2**7) * 2**-31 = 1 - 2**-24.
-TOP_BITS = 2**31 - 2**7
+# Spec step 3: v = min(word | 1, TOP_NUMERATOR) * GUMBEL_SCALE, the midpoint (b + 1/2) 2**-31 of
+# b = word >> 1, clamped to TOP_NUMERATOR * 2**-32 = 1 - 2**-24.
+GUMBEL_SCALE = 2.0**-32
+TOP_NUMERATOR = 2**32 - 2**8
 # Stated bounds on |g - g_definition| in nats (spec step 5), for float32 noise. The exact twin's
 # bound is a few ulp of |g| <= 21.5 plus the log's own error; the fast twin's comes from the
 # MUFU lg2 error (about 2**-22 absolute) divided by E >= 2**-6 * ln 2 on the MUFU branch.
@@ -162,18 +165,18 @@ if numba is not None:
 
     @numba.njit(cache=True, nogil=True)
     def _gumbel_rows_numba(out, constants, k0, k1, s0, s1):  # pragma: no cover - compiled
-        """Spec steps 2-5 for an [R, K] array; ``constants`` = (1, 2**-31, 1 - 2**-24) in its dtype."""
+        """Spec steps 2-5 for an [R, K] array; ``constants`` = (1, 2**-32, unused) in its dtype."""
         rows, classes = out.shape
         calls_per_row = (classes + 3) // 4
-        one, scale, top = constants[0], constants[1], constants[2]
+        one, scale = constants[0], constants[1]
         bits_as_float = constants[:1].copy()  # int -> out's dtype, rounded once, as in the torch ops
         for r in range(rows):
             for j in range(calls_per_row):
                 words = _philox_call(np.uint64(r * calls_per_row + j), np.uint64(k0), np.uint64(k1), np.uint64(s0),
                                      np.uint64(s1))
                 for w in range(min(4, classes - 4 * j)):
-                    bits_as_float[0] = float(max(words[w] >> np.uint64(1), np.uint64(1)))
-                    v = min(bits_as_float[0] * scale, top)
+                    bits_as_float[0] = float(min(words[w] | np.uint64(1), np.uint64(TOP_NUMERATOR)))
+                    v = bits_as_float[0] * scale
                     a = one - v
                     exponential = v if a == one else v * np.log(a) / (a - one)
                     out[r, 4 * j + w] = -np.log(exponential)
@@ -183,9 +186,9 @@ else:  # pragma: no cover - exercised where numba is absent
 
 
 def gumbel_from_bits(bits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Steps 3-5 of the spec: 31 random bits (int64 tensor) to Gumbel(0, 1) noise in ``dtype``."""
-    v = bits.clamp_min(1).to(dtype) * UNIFORM_SCALE
-    v = v.clamp_max(UNIFORM_MAX)
+    """Steps 3-5 of the spec (exact twin): ``b = word >> 1`` (int64 tensor) to Gumbel(0, 1) noise
+    in ``dtype``, through ``v = min(2 b + 1, 2**32 - 2**8) * 2**-32`` (``word | 1`` is ``2 b + 1``)."""
+    v = (2 * bits + 1).clamp_max(TOP_NUMERATOR).to(dtype) * GUMBEL_SCALE
     a = 1.0 - v
     exact = a == 1.0
     exponential = torch.where(exact, v, v * torch.log(a) / torch.where(exact, torch.ones_like(a), a - 1.0))
@@ -203,7 +206,7 @@ def gumbel_noise_rows(rows: int, classes: int, seed: int, offset: int, dtype: to
     if _gumbel_rows_numba is not None and torch.device(device).type == "cpu":
         np_dtype = np.float64 if dtype == torch.float64 else np.float32
         out = np.empty((rows, classes), dtype=np_dtype)
-        constants = np.array([1.0, UNIFORM_SCALE, UNIFORM_MAX], dtype=np_dtype)
+        constants = np.array([1.0, GUMBEL_SCALE, 0.0], dtype=np_dtype)
         _gumbel_rows_numba(out, constants, seed & _MASK32, (seed >> 32) & _MASK32, offset & _MASK32, (offset >> 32) & _MASK32)
         return torch.from_numpy(out).to(dtype)
     return _gumbel_noise_rows_keyed(rows, classes, seed, offset, dtype, device)

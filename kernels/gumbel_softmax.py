@@ -55,8 +55,11 @@ MAX_RESIDENT = 16384
 MAX_BLOCK_K = 8192
 # Elements per program that row packing aims for.
 TARGET_TILE = 2048
-# Elements per thread that num_warps aims for (registers: a few per element).
+# Elements per thread that num_warps aims for (registers: a few per element). The categorical
+# (index) forward keeps one float per element and nothing else, so it holds four times as many,
+# which spreads each thread's fixed costs (addresses, reductions, key schedule) thinner.
 ELEMENTS_PER_THREAD = 32
+INDEX_ELEMENTS_PER_THREAD = 128
 # Few long rows are split across programs (two-phase combine) when the row programs alone would
 # not give each SM of a 132-SM GPU two programs, in segments of at least SPLIT_MIN_SEGMENT classes.
 SPLIT_BELOW_PROGRAMS = 264
@@ -164,20 +167,25 @@ def _store_planes(ptr, offs, mask, y0, y1, y2, y3):
 
 
 @triton.jit
-def _noise_planes(seed, offset, rows, q4, Q, FAST: tl.constexpr, COMPUTE: tl.constexpr):
+def _noise_planes(seed, offset, rows, q4, Q, FAST: tl.constexpr, COMPUTE: tl.constexpr,
+                  COUNTER32: tl.constexpr = False):
     """Gumbel noise of the four word planes of the calls ``rows * Q + q4 // 4``."""
-    w0, w1, w2, w3 = philox_words(seed, offset, rows.to(tl.int64)[:, None] * Q + (q4 // 4)[None, :])
+    if COUNTER32:  # every counter of the call fits 32 bits: its high word is the constant 0
+        w0, w1, w2, w3 = philox_words(seed, offset, rows.to(tl.int32)[:, None] * Q + (q4 // 4)[None, :], True)
+    else:
+        w0, w1, w2, w3 = philox_words(seed, offset, rows.to(tl.int64)[:, None] * Q + (q4 // 4)[None, :])
     return (gumbel_from_word(w0, FAST, COMPUTE), gumbel_from_word(w1, FAST, COMPUTE),
             gumbel_from_word(w2, FAST, COMPUTE), gumbel_from_word(w3, FAST, COMPUTE))
 
 
 @triton.jit
 def _perturbed_planes(x_ptr, x_rows, x_s_k, rows, row_mask, chunk, K, Q, seed, offset,
-                      BLOCK_Q: tl.constexpr, FAST: tl.constexpr, COMPUTE: tl.constexpr):
+                      BLOCK_Q: tl.constexpr, FAST: tl.constexpr, COMPUTE: tl.constexpr,
+                      COUNTER32: tl.constexpr = False):
     """x + g for one chunk as four planes; -inf outside the tensor (masked loads give -inf)."""
     offs, mask, q4 = _tile(x_rows, row_mask, chunk, K, x_s_k, BLOCK_Q)
     x0, x1, x2, x3 = _load_planes(x_ptr, offs, mask, float("-inf"), COMPUTE)
-    g0, g1, g2, g3 = _noise_planes(seed, offset, rows, q4, Q, FAST, COMPUTE)
+    g0, g1, g2, g3 = _noise_planes(seed, offset, rows, q4, Q, FAST, COMPUTE, COUNTER32)
     return x0 + g0, x1 + g1, x2 + g2, x3 + g3, q4
 
 
@@ -250,6 +258,7 @@ def gumbel_softmax_fwd_kernel(
     seed_lo, seed_hi, offset_lo, offset_hi, rng_ptr, rng_mode,
     MODE: tl.constexpr, TAU_FROM_PTR: tl.constexpr, SINGLE_CHUNK: tl.constexpr, SAVE_STATS: tl.constexpr,
     ROWS: tl.constexpr, BLOCK_Q: tl.constexpr, COMPUTE: tl.constexpr, FAST: tl.constexpr,
+    COUNTER32: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     seed, offset = _call_seed(seed_lo, seed_hi, offset_lo, offset_hi, rng_ptr, rng_mode, pid)
@@ -262,7 +271,7 @@ def gumbel_softmax_fwd_kernel(
 
     if SINGLE_CHUNK:
         a0, a1, a2, a3, q4 = _perturbed_planes(x_ptr, x_rows, x_s_k, rows, row_mask, 0, K, Q, seed, offset,
-                                               BLOCK_Q, FAST, COMPUTE)
+                                               BLOCK_Q, FAST, COMPUTE, COUNTER32)
         row_max = _planes_max(a0, a1, a2, a3)
         valid = tl.abs(row_max) < float("inf")  # NaN compares false
         if MODE != 0:
@@ -294,7 +303,7 @@ def gumbel_softmax_fwd_kernel(
         best = tl.zeros([ROWS], tl.int32)
         for chunk in range(0, num_chunks):
             a0, a1, a2, a3, q4 = _perturbed_planes(x_ptr, x_rows, x_s_k, rows, row_mask, chunk, K, Q, seed,
-                                                   offset, BLOCK_Q, FAST, COMPUTE)
+                                                   offset, BLOCK_Q, FAST, COMPUTE, COUNTER32)
             chunk_max = _planes_max(a0, a1, a2, a3)
             chunk_best = best
             if MODE != 0:
@@ -348,14 +357,14 @@ def _log_planes(y0, y1, y2, y3, FAST: tl.constexpr, COMPUTE: tl.constexpr):
 @triton.jit
 def _bwd_chunk(grad_y_ptr, g_rows, g_s_k, src_ptr, src_rows, src_s_k, rows, row_mask, chunk, K, Q, seed, offset,
                scale, shift, inv, REGENERATE: tl.constexpr, TAU_GRAD: tl.constexpr, BLOCK_Q: tl.constexpr,
-               FAST: tl.constexpr, COMPUTE: tl.constexpr):
+               FAST: tl.constexpr, COMPUTE: tl.constexpr, COUNTER32: tl.constexpr = False):
     """y and dy of one chunk, with its share of dot = sum(dy * y) and of the tau-gradient sums
     sum(dy * y * t), sum(y * t), t = (x + g - M) / tau (natural-log units)."""
     offs_g, mask, q4 = _tile(g_rows, row_mask, chunk, K, g_s_k, BLOCK_Q)
     dy0, dy1, dy2, dy3 = _load_planes(grad_y_ptr, offs_g, mask, 0.0, COMPUTE)
     if REGENERATE:
         a0, a1, a2, a3, q4 = _perturbed_planes(src_ptr, src_rows, src_s_k, rows, row_mask, chunk, K, Q, seed,
-                                               offset, BLOCK_Q, FAST, COMPUTE)
+                                               offset, BLOCK_Q, FAST, COMPUTE, COUNTER32)
         c = scale[:, None]
         s = shift[:, None]
         u0, u1, u2, u3 = a0 * c - s, a1 * c - s, a2 * c - s, a3 * c - s  # t / ln 2
@@ -401,7 +410,7 @@ def gumbel_softmax_bwd_kernel(
     seed_lo, seed_hi, offset_lo, offset_hi, rng_ptr, rng_mode,
     REGENERATE: tl.constexpr, TAU_GRAD: tl.constexpr, TAU_FROM_PTR: tl.constexpr,
     SINGLE_CHUNK: tl.constexpr, ROWS: tl.constexpr, BLOCK_Q: tl.constexpr, COMPUTE: tl.constexpr,
-    FAST: tl.constexpr,
+    FAST: tl.constexpr, COUNTER32: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     seed, offset = _call_seed(seed_lo, seed_hi, offset_lo, offset_hi, rng_ptr, rng_mode, pid)
@@ -421,7 +430,7 @@ def gumbel_softmax_bwd_kernel(
             # (the chunk below recomputes x + g from the same registers' inputs; the compiler
             # shares the loads and the noise).
             a0, a1, a2, a3, q4 = _perturbed_planes(src_ptr, src_rows, src_s_k, rows, row_mask, 0, K, Q, seed,
-                                                   offset, BLOCK_Q, FAST, COMPUTE)
+                                                   offset, BLOCK_Q, FAST, COMPUTE, COUNTER32)
             row_max = _planes_max(a0, a1, a2, a3)
             valid = tl.abs(row_max) < float("inf")
             shift = tl.where(valid, row_max * scale, 0.0)
@@ -437,7 +446,7 @@ def gumbel_softmax_bwd_kernel(
     if SINGLE_CHUNK:
         y0, y1, y2, y3, dy0, dy1, dy2, dy3, dot, dy_y_t, y_t = _bwd_chunk(
             grad_y_ptr, g_rows, g_s_k, src_ptr, src_rows, src_s_k, rows, row_mask, 0, K, Q, seed, offset,
-            scale, shift, inv, REGENERATE, TAU_GRAD, BLOCK_Q, FAST, COMPUTE)
+            scale, shift, inv, REGENERATE, TAU_GRAD, BLOCK_Q, FAST, COMPUTE, COUNTER32)
         offs_x, mask, q4 = _tile(gx_rows, row_mask, 0, K, gx_s_k, BLOCK_Q)
         _store_grad(grad_x_ptr, offs_x, mask, y0, y1, y2, y3, dy0, dy1, dy2, dy3, dot, inv_tau)
     else:
@@ -447,7 +456,7 @@ def gumbel_softmax_bwd_kernel(
         for chunk in range(0, num_chunks):
             y0, y1, y2, y3, dy0, dy1, dy2, dy3, part_dot, part_dy_y_t, part_y_t = _bwd_chunk(
                 grad_y_ptr, g_rows, g_s_k, src_ptr, src_rows, src_s_k, rows, row_mask, chunk, K, Q, seed, offset,
-                scale, shift, inv, REGENERATE, TAU_GRAD, BLOCK_Q, FAST, COMPUTE)
+                scale, shift, inv, REGENERATE, TAU_GRAD, BLOCK_Q, FAST, COMPUTE, COUNTER32)
             dot += part_dot
             dy_y_t += part_dy_y_t
             y_t += part_y_t
@@ -485,10 +494,13 @@ def _small_word(x_ptr, x_rows, x_s_k, row_mask, word, k: tl.constexpr, K: tl.con
 
 @triton.jit
 def _small_call(x_ptr, x_rows, x_s_k, rows, row_mask, Q, seed, offset, q: tl.constexpr, K: tl.constexpr,
-                FAST: tl.constexpr, COMPUTE: tl.constexpr):
+                FAST: tl.constexpr, COMPUTE: tl.constexpr, COUNTER32: tl.constexpr = False):
     """x + g of classes 4q .. 4q + 3 of each row (-inf past K)."""
     if 4 * q < K:
-        w0, w1, w2, w3 = philox_words(seed, offset, rows * Q + q)
+        if COUNTER32:
+            w0, w1, w2, w3 = philox_words(seed, offset, rows.to(tl.int32) * Q + q, True)
+        else:
+            w0, w1, w2, w3 = philox_words(seed, offset, rows * Q + q)
     else:
         w0 = tl.zeros(x_rows.shape, tl.uint32)
         w1 = w0
@@ -564,6 +576,7 @@ def gumbel_softmax_small_fwd_kernel(
     seed_lo, seed_hi, offset_lo, offset_hi, rng_ptr, rng_mode,
     K: tl.constexpr, MODE: tl.constexpr, TAU_FROM_PTR: tl.constexpr, ROWS: tl.constexpr,
     COMPUTE: tl.constexpr, FAST: tl.constexpr,
+    COUNTER32: tl.constexpr = False,
 ):
     """The forward for rows of at most 16 classes (K constexpr): one row per thread."""
     pid = tl.program_id(0)
@@ -571,10 +584,10 @@ def gumbel_softmax_small_fwd_kernel(
     rows = pid.to(tl.int64) * ROWS + tl.arange(0, ROWS)
     row_mask = rows < n_rows
     x_rows = _row_offsets(rows, inner, x_s_outer, x_s_inner)
-    a00, a01, a02, a03 = _small_call(x_ptr, x_rows, x_s_k, rows, row_mask, Q, seed, offset, 0, K, FAST, COMPUTE)
-    a10, a11, a12, a13 = _small_call(x_ptr, x_rows, x_s_k, rows, row_mask, Q, seed, offset, 1, K, FAST, COMPUTE)
-    a20, a21, a22, a23 = _small_call(x_ptr, x_rows, x_s_k, rows, row_mask, Q, seed, offset, 2, K, FAST, COMPUTE)
-    a30, a31, a32, a33 = _small_call(x_ptr, x_rows, x_s_k, rows, row_mask, Q, seed, offset, 3, K, FAST, COMPUTE)
+    a00, a01, a02, a03 = _small_call(x_ptr, x_rows, x_s_k, rows, row_mask, Q, seed, offset, 0, K, FAST, COMPUTE, COUNTER32)
+    a10, a11, a12, a13 = _small_call(x_ptr, x_rows, x_s_k, rows, row_mask, Q, seed, offset, 1, K, FAST, COMPUTE, COUNTER32)
+    a20, a21, a22, a23 = _small_call(x_ptr, x_rows, x_s_k, rows, row_mask, Q, seed, offset, 2, K, FAST, COMPUTE, COUNTER32)
+    a30, a31, a32, a33 = _small_call(x_ptr, x_rows, x_s_k, rows, row_mask, Q, seed, offset, 3, K, FAST, COMPUTE, COUNTER32)
     row_max = _max4(_max4(a00, a01, a02, a03), _max4(a10, a11, a12, a13), _max4(a20, a21, a22, a23),
                     _max4(a30, a31, a32, a33))
     valid = tl.abs(row_max) < float("inf")
@@ -672,6 +685,7 @@ def gumbel_softmax_small_bwd_kernel(
     seed_lo, seed_hi, offset_lo, offset_hi, rng_ptr, rng_mode,
     K: tl.constexpr, REGENERATE: tl.constexpr, TAU_GRAD: tl.constexpr, TAU_FROM_PTR: tl.constexpr,
     ROWS: tl.constexpr, COMPUTE: tl.constexpr, FAST: tl.constexpr,
+    COUNTER32: tl.constexpr = False,
 ):
     """The backward for rows of at most 16 classes (K constexpr): one row per thread."""
     pid = tl.program_id(0)
@@ -691,13 +705,13 @@ def gumbel_softmax_small_bwd_kernel(
         a20, a21, a22, a23, a30, a31, a32, a33 = shift, shift, shift, shift, shift, shift, shift, shift
     if REGENERATE:
         a00, a01, a02, a03 = _small_call(src_ptr, src_rows, src_s_k, rows, row_mask, Q, seed, offset, 0, K, FAST,
-                                         COMPUTE)
+                                         COMPUTE, COUNTER32)
         a10, a11, a12, a13 = _small_call(src_ptr, src_rows, src_s_k, rows, row_mask, Q, seed, offset, 1, K, FAST,
-                                         COMPUTE)
+                                         COMPUTE, COUNTER32)
         a20, a21, a22, a23 = _small_call(src_ptr, src_rows, src_s_k, rows, row_mask, Q, seed, offset, 2, K, FAST,
-                                         COMPUTE)
+                                         COMPUTE, COUNTER32)
         a30, a31, a32, a33 = _small_call(src_ptr, src_rows, src_s_k, rows, row_mask, Q, seed, offset, 3, K, FAST,
-                                         COMPUTE)
+                                         COMPUTE, COUNTER32)
         row_max = _max4(_max4(a00, a01, a02, a03), _max4(a10, a11, a12, a13), _max4(a20, a21, a22, a23),
                         _max4(a30, a31, a32, a33))
         valid = tl.abs(row_max) < float("inf")
@@ -772,6 +786,7 @@ def gumbel_softmax_split_fwd_kernel(
     seed_lo, seed_hi, offset_lo, offset_hi, rng_ptr, rng_mode,
     MODE: tl.constexpr, TAU_FROM_PTR: tl.constexpr, SAVE_STATS: tl.constexpr, SEGMENTS: tl.constexpr,
     SEG_BLOCK: tl.constexpr, BLOCK_Q: tl.constexpr, COMPUTE: tl.constexpr, FAST: tl.constexpr,
+    COUNTER32: tl.constexpr = False,
 ):
     """The forward for few long rows: program (row, segment) of a 2-D grid."""
     row = tl.program_id(0).to(tl.int64)
@@ -785,7 +800,7 @@ def gumbel_softmax_split_fwd_kernel(
     tau = _tau_rows(tau_ptr, tau_value, tau_s_row, rows, row_mask, 1, TAU_FROM_PTR, COMPUTE)
     scale = _log2e(COMPUTE) / tau
     a0, a1, a2, a3, q4 = _perturbed_planes(x_ptr, x_rows, x_s_k, rows, row_mask, segment, K, Q, seed, offset,
-                                           BLOCK_Q, FAST, COMPUTE)
+                                           BLOCK_Q, FAST, COMPUTE, COUNTER32)
     seg_max = _planes_max(a0, a1, a2, a3)
     seg_best = _planes_argmax(a0, a1, a2, a3, q4, seg_max)
     seg_sum = tl.zeros([1], COMPUTE)
@@ -841,6 +856,7 @@ def gumbel_softmax_split_bwd_kernel(
     seed_lo, seed_hi, offset_lo, offset_hi, rng_ptr, rng_mode,
     REGENERATE: tl.constexpr, TAU_GRAD: tl.constexpr, TAU_FROM_PTR: tl.constexpr, SEGMENTS: tl.constexpr,
     SEG_BLOCK: tl.constexpr, BLOCK_Q: tl.constexpr, COMPUTE: tl.constexpr, FAST: tl.constexpr,
+    COUNTER32: tl.constexpr = False,
 ):
     """The backward for few long rows: each (row, segment) program adds its share of
     dot = sum(dy * y) (and the tau sums) and parks y in grad_x; the last program of a row writes
@@ -866,7 +882,7 @@ def gumbel_softmax_split_bwd_kernel(
         inv = tl.where(valid, 1.0 / tl.load(stats_ptr + 2 * rows + 1), float("nan"))
     y0, y1, y2, y3, dy0, dy1, dy2, dy3, dot, dy_y_t, y_t = _bwd_chunk(
         grad_y_ptr, g_rows, g_s_k, src_ptr, src_rows, src_s_k, rows, row_mask, segment, K, Q, seed, offset,
-        scale, shift, inv, REGENERATE, TAU_GRAD, BLOCK_Q, FAST, COMPUTE)
+        scale, shift, inv, REGENERATE, TAU_GRAD, BLOCK_Q, FAST, COMPUTE, COUNTER32)
     if REGENERATE:
         offs_x, mask, q4 = _tile(gx_rows, row_mask, segment, K, gx_s_k, BLOCK_Q)
         _store_planes(grad_x_ptr, offs_x, mask, y0, y1, y2, y3)
@@ -902,19 +918,21 @@ def _next_power_of_2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def tile_config(n_rows: int, classes: int, max_block_k: int | None = None, allow_small: bool = True) -> dict:
+def tile_config(n_rows: int, classes: int, max_block_k: int | None = None, allow_small: bool = True,
+                elements_per_thread: int | None = None) -> dict:
     """Tile shape for a [n_rows, classes] problem: whole rows in registers when they fit in
     ``max_block_k`` classes (default ``MAX_RESIDENT``; packing rows up to ``TARGET_TILE``
     elements), otherwise one row per program streamed in chunks of ``max_block_k`` classes.
     Rows of at most ``SMALL_K`` classes get the one-row-per-thread kernels (``SMALL``) unless
     ``allow_small`` is False. Cached: the launchers call it on every call."""
     return _tile_config(n_rows, classes, MAX_RESIDENT if max_block_k is None else max_block_k, allow_small,
-                        SMALL_K, SPLIT_BELOW_PROGRAMS, SPLIT_MIN_SEGMENT)
+                        SMALL_K, SPLIT_BELOW_PROGRAMS, SPLIT_MIN_SEGMENT,
+                        elements_per_thread or ELEMENTS_PER_THREAD)
 
 
 @functools.lru_cache(maxsize=4096)
 def _tile_config(n_rows: int, classes: int, max_block_k: int, allow_small: bool, small_k: int,
-                 split_below_programs: int, split_min_segment: int) -> dict:
+                 split_below_programs: int, split_min_segment: int, per_thread: int) -> dict:
     if classes <= small_k and allow_small:
         rows = max(32, min(SMALL_ROWS, _next_power_of_2(n_rows)))
         return dict(SMALL=True, SPLIT=False, Q=-(-classes // 4), num_chunks=1, SINGLE_CHUNK=True, ROWS=rows, BLOCK_Q=0,
@@ -928,17 +946,18 @@ def _tile_config(n_rows: int, classes: int, max_block_k: int, allow_small: bool,
         segments = -(-calls_per_row // block_q)
         return dict(SMALL=False, SPLIT=True, SEGMENTS=segments, SEG_BLOCK=_next_power_of_2(segments),
                     Q=calls_per_row, num_chunks=1, SINGLE_CHUNK=True, ROWS=1, BLOCK_Q=block_q,
-                    num_warps=min(16, max(1, 4 * block_q // (32 * ELEMENTS_PER_THREAD))))
+                    num_warps=min(16, max(1, 4 * block_q // (32 * per_thread))))
     if 4 * block_q <= max_block_k:
         num_chunks = 1
-        rows = max(1, min(TARGET_TILE // (4 * block_q), _next_power_of_2(n_rows)))
+        target = TARGET_TILE * max(1, per_thread // ELEMENTS_PER_THREAD)
+        rows = max(1, min(target // (4 * block_q), _next_power_of_2(n_rows)))
     else:
         block_q = max(1, _next_power_of_2(max_block_k) // 4)
         num_chunks = -(-calls_per_row // block_q)
         rows = 1
     tile = rows * 4 * block_q
     return dict(SMALL=False, SPLIT=False, Q=calls_per_row, num_chunks=num_chunks, SINGLE_CHUNK=num_chunks == 1, ROWS=rows,
-                BLOCK_Q=block_q, num_warps=min(16, max(1, tile // (32 * ELEMENTS_PER_THREAD))))
+                BLOCK_Q=block_q, num_warps=min(16, max(1, tile // (32 * per_thread))))
 
 
 def _interpreted() -> bool:
@@ -957,6 +976,14 @@ def _fast(dtype) -> int:
     import torch
 
     return 0 if dtype == torch.float64 or _interpreted() else 2
+
+
+def _counter32(n_rows: int, cfg: dict) -> bool:
+    """Whether every Philox counter n = r * Q + q the launch forms, padding lanes included, is
+    below 2**31, so the kernels compute it in int32 with a constant-zero high word."""
+    rows = -(-n_rows // cfg["ROWS"]) * cfg["ROWS"]
+    lanes = max(4, cfg["BLOCK_Q"] * max(cfg["num_chunks"], cfg.get("SEGMENTS", 1)))
+    return rows * cfg["Q"] + lanes < 2**31
 
 
 def _tau_args(tau, like):
@@ -1041,7 +1068,8 @@ def gumbel_softmax_forward(x, x_strides, out, out_strides, index, tau, n_rows, c
     ``rng_out`` (int64 [2], optional) receives the scalar (seed, offset) the kernel used.
     ``stats``: for streamed rows, float32 of ``stats_size`` words: required scratch in soft mode;
     in hard/index mode, optional, it receives the per-row (max, sum) for the hard backward."""
-    cfg = tile_config(n_rows, classes, max_block_k)
+    cfg = tile_config(n_rows, classes, max_block_k,
+                      elements_per_thread=INDEX_ELEMENTS_PER_THREAD if mode == MODE_INDEX else None)
     seed_args = _seed_args(seed, offset, rng_out, x.device)
     tau_ptr, tau_value, tau_stride, tau_from_ptr = _tau_args(tau, x)
     grid = ((n_rows + cfg["ROWS"] - 1) // cfg["ROWS"],)
@@ -1050,7 +1078,7 @@ def gumbel_softmax_forward(x, x_strides, out, out_strides, index, tau, n_rows, c
             x, x if out is None else out, x if index is None else index, tau_ptr, tau_value, n_rows, cfg["Q"], inner,
             *x_strides, *out_strides, tau_stride, *seed_args,
             K=classes, MODE=mode, TAU_FROM_PTR=tau_from_ptr, ROWS=cfg["ROWS"], COMPUTE=_compute_dtype(x.dtype),
-            FAST=_fast(x.dtype), num_warps=cfg["num_warps"],
+            FAST=_fast(x.dtype), COUNTER32=_counter32(n_rows, cfg), num_warps=cfg["num_warps"],
         )
         return
     if cfg["SPLIT"]:
@@ -1062,7 +1090,7 @@ def gumbel_softmax_forward(x, x_strides, out, out_strides, index, tau, n_rows, c
             n_rows, classes, cfg["Q"], inner, *x_strides, *out_strides, tau_stride, *seed_args,
             MODE=mode, TAU_FROM_PTR=tau_from_ptr, SAVE_STATS=stats is not None and mode != MODE_SOFT,
             SEGMENTS=cfg["SEGMENTS"], SEG_BLOCK=cfg["SEG_BLOCK"], BLOCK_Q=cfg["BLOCK_Q"], COMPUTE=compute,
-            FAST=_fast(x.dtype), num_warps=cfg["num_warps"],
+            FAST=_fast(x.dtype), COUNTER32=_counter32(n_rows, cfg), num_warps=cfg["num_warps"],
         )
         return
     streamed = not cfg["SINGLE_CHUNK"]
@@ -1077,7 +1105,7 @@ def gumbel_softmax_forward(x, x_strides, out, out_strides, index, tau, n_rows, c
         *seed_args,
         MODE=mode, TAU_FROM_PTR=tau_from_ptr, SINGLE_CHUNK=cfg["SINGLE_CHUNK"], SAVE_STATS=save_stats,
         ROWS=cfg["ROWS"], BLOCK_Q=cfg["BLOCK_Q"], COMPUTE=_compute_dtype(x.dtype), FAST=_fast(x.dtype),
-        num_warps=cfg["num_warps"],
+        COUNTER32=_counter32(n_rows, cfg), num_warps=cfg["num_warps"],
     )
 
 
@@ -1103,7 +1131,7 @@ def gumbel_softmax_backward(grad_y, grad_y_strides, src, src_strides, grad_x, gr
             n_rows, classes, cfg["Q"], inner, *grad_y_strides, *src_strides, *grad_x_strides, tau_stride, *seed_args,
             REGENERATE=regenerate, TAU_GRAD=grad_tau_rows is not None, TAU_FROM_PTR=tau_from_ptr,
             SEGMENTS=cfg["SEGMENTS"], SEG_BLOCK=cfg["SEG_BLOCK"], BLOCK_Q=cfg["BLOCK_Q"], COMPUTE=compute,
-            FAST=_fast(compute_from), num_warps=cfg["num_warps"],
+            FAST=_fast(compute_from), COUNTER32=_counter32(n_rows, cfg), num_warps=cfg["num_warps"],
         )
         return
     if cfg["SMALL"]:
@@ -1112,7 +1140,7 @@ def gumbel_softmax_backward(grad_y, grad_y_strides, src, src_strides, grad_x, gr
             cfg["Q"], inner, *grad_y_strides, *src_strides, *grad_x_strides, tau_stride, *seed_args,
             K=classes, REGENERATE=regenerate, TAU_GRAD=grad_tau_rows is not None, TAU_FROM_PTR=tau_from_ptr,
             ROWS=cfg["ROWS"], COMPUTE=_compute_dtype(compute_from), FAST=_fast(compute_from),
-            num_warps=cfg["num_warps"],
+            COUNTER32=_counter32(n_rows, cfg), num_warps=cfg["num_warps"],
         )
         return
     gumbel_softmax_bwd_kernel[grid](
@@ -1123,5 +1151,5 @@ def gumbel_softmax_backward(grad_y, grad_y_strides, src, src_strides, grad_x, gr
         *seed_args,
         REGENERATE=regenerate, TAU_GRAD=grad_tau_rows is not None, TAU_FROM_PTR=tau_from_ptr,
         SINGLE_CHUNK=cfg["SINGLE_CHUNK"], ROWS=cfg["ROWS"], BLOCK_Q=cfg["BLOCK_Q"],
-        COMPUTE=_compute_dtype(compute_from), FAST=_fast(compute_from), num_warps=cfg["num_warps"],
+        COMPUTE=_compute_dtype(compute_from), FAST=_fast(compute_from), COUNTER32=_counter32(n_rows, cfg), num_warps=cfg["num_warps"],
     )

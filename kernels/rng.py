@@ -29,16 +29,19 @@ PHILOX_KEY_B = tl.constexpr(0xBB67AE85)
 LN2 = tl.constexpr(0.6931471805599453)
 LOG2E = tl.constexpr(1.4426950408889634)
 UNIFORM_SCALE = tl.constexpr(4.656612873077393e-10)  # 2**-31
-# b is clamped to [1, 2**31 - 2**7]: v = b * 2**-31 then lies in [2**-31, 1 - 2**-24] exactly as
-# the spec's float32 min/max on v (b above the top rounds to 1 - 2**-24 or 1 in float32).
-TOP_BITS = tl.constexpr(2147483520)
+# Spec step 3: v = min(w | 1, TOP_NUMERATOR) * 2**-32, the midpoint of b = w >> 1's interval.
+TOP_NUMERATOR = tl.constexpr(4294967040)  # 2**32 - 2**8: v <= 1 - 2**-24, so 1 - v > 0 in float32
+GUMBEL_SCALE = tl.constexpr(2.3283064365386963e-10)  # 2**-32
 # FAST: -log1p(-v) = v (1 + v/2 + v^2/3 + v^3/4 + ...); below 2**-6 four terms leave a relative
 # error under v^4/5 < 2**-26, above it log2(1 - v) on the MUFU unit is accurate to ~2**-17.
-SERIES_BELOW_BITS = tl.constexpr(33554432.0)  # v < 2**-6  <=>  b < 2**25
-SERIES_C1 = tl.constexpr(4.656612873077393e-10)  # 2**-31 / 1
-SERIES_C2 = tl.constexpr(1.0842021724855044e-19)  # 2**-62 / 2
-SERIES_C3 = tl.constexpr(3.3658065289429835e-29)  # 2**-93 / 3
-SERIES_C4 = tl.constexpr(1.1754943508222875e-38)  # 2**-124 / 4
+SERIES_BELOW_BITS = tl.constexpr(67108864.0)  # v < 2**-6  <=>  w | 1 < 2**26
+# The series in the numerator u = w | 1 (v = u 2**-32), with log2(e) folded in: the fast twin
+# works with E2 = E log2(e) = -log2(1 - v), which saves the MUFU branch a multiply; lg2(E2)
+# differs from lg2(E) by the constant lg2(log2 e), which shifts every class's g alike.
+SERIES_C1 = tl.constexpr(3.359036149664231e-10)  # log2(e) 2**-32 / 1
+SERIES_C2 = tl.constexpr(3.9104327439146944e-20)  # log2(e) 2**-64 / 2
+SERIES_C3 = tl.constexpr(6.069790484872172e-30)  # log2(e) 2**-96 / 3
+SERIES_C4 = tl.constexpr(1.059924919077691e-39)  # log2(e) 2**-128 / 4
 
 
 @triton.jit
@@ -63,15 +66,21 @@ def philox4x32(k0, k1, c0, c1, c2, c3):
 
 
 @triton.jit
-def philox_words(seed, offset, counter):
+def philox_words(seed, offset, counter, COUNTER32: tl.constexpr = False):
     """The four 32-bit words of the Philox calls ``counter`` (an integer tensor, 64-bit
-    counters): counter words (lo n, hi n, lo offset, hi offset), key ``seed ^ DOMAIN_TAG`` (spec step 2)."""
-    counter = counter.to(tl.int64).to(tl.uint64)
-    c0 = counter.to(tl.uint32)
-    c1 = (counter >> 32).to(tl.uint32)
+    counters): counter words (lo n, hi n, lo offset, hi offset), key ``seed ^ DOMAIN_TAG`` (spec step 2).
+    ``COUNTER32``: the caller guarantees 0 <= counter < 2**31, so hi n is the constant 0 and the
+    first rounds' products of uniform words stay uniform (one IMAD.WIDE fewer per call)."""
+    if COUNTER32:
+        c0 = counter.to(tl.uint32)
+        c1 = tl.zeros(c0.shape, tl.uint32)
+    else:
+        counter = counter.to(tl.int64).to(tl.uint64)
+        c0 = counter.to(tl.uint32)
+        c1 = (counter >> 32).to(tl.uint32)
     stream = offset.to(tl.uint64)
-    c2 = c0 * 0 + stream.to(tl.uint32)
-    c3 = c0 * 0 + (stream >> 32).to(tl.uint32)
+    c2 = c1 * 0 + stream.to(tl.uint32)
+    c3 = c1 * 0 + (stream >> 32).to(tl.uint32)
     seed = seed.to(tl.uint64)
     return philox4x32(seed.to(tl.uint32) ^ DOMAIN_TAG_LO, (seed >> 32).to(tl.uint32) ^ DOMAIN_TAG_HI, c0, c1, c2, c3)
 
@@ -100,17 +109,18 @@ def ex2(x, FAST: tl.constexpr):
 def gumbel_from_word(word, FAST: tl.constexpr, COMPUTE: tl.constexpr):
     """Spec steps 3-5: one Philox word to Gumbel(0, 1) noise in ``COMPUTE``. ``FAST``: 0 the
     exact twin; 1 the fast twin's algorithm with exact logarithms (runs in the interpreter, so
-    CPU tests check its series and constants); 2 the fast twin on the MUFU unit (GPU float32)."""
-    b = tl.minimum(tl.maximum((word >> 1).to(tl.int32), 1), TOP_BITS).to(COMPUTE)
+    CPU tests check its series and constants); 2 the fast twin on the MUFU unit (GPU float32).
+    The fast twins return g - ln(log2 e) (a constant shift: no softmax, argmax or gradient sees it)."""
+    u = tl.minimum(word | 1, tl.full([], TOP_NUMERATOR, tl.uint32)).to(COMPUTE)  # unsigned: u < 2**32
     if FAST:
-        # v = b 2^-31 folded into the constants: E = v (1 + v/2 + v^2/3 + v^3/4) below 2^-6,
-        # else -ln2 lg2(1 - v) on the MUFU unit.
-        series = b * (SERIES_C1 + b * (SERIES_C2 + b * (SERIES_C3 + b * SERIES_C4)))
-        mufu = lg2(1.0 - b * UNIFORM_SCALE, FAST) * -LN2
-        exponential = tl.where(b < SERIES_BELOW_BITS, series, mufu)
-        return lg2(exponential, FAST) * -LN2
+        # E2 = -log2(1 - v): the series below v = 2**-6, else lg2(1 - v) (negated in the select,
+        # which feeds lg2's input modifier).
+        series = u * (SERIES_C1 + u * (SERIES_C2 + u * (SERIES_C3 + u * SERIES_C4)))
+        mufu = lg2(1.0 - u * GUMBEL_SCALE, FAST)
+        negative = tl.where(u < SERIES_BELOW_BITS, -series, mufu)
+        return lg2(-negative, FAST) * -LN2
     else:
-        v = b * UNIFORM_SCALE
+        v = u * GUMBEL_SCALE
         a = 1.0 - v
         exact = a == 1.0
         exponential = tl.where(exact, v, v * tl.log(a) / tl.where(exact, 1.0, a - 1.0))

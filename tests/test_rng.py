@@ -95,15 +95,17 @@ def test_noise_is_gumbel_distributed():
 
 
 def test_uniform_mapping_extremes_are_finite():
-    bits = torch.tensor([0, 1, 2, 2**30, 2**31 - 2, 2**31 - 1])
+    bits = torch.tensor([0, 1, 2, 2**30, 2**31 - 129, 2**31 - 128, 2**31 - 1])
     for dtype in (torch.float32, torch.float64):
         g = rng.gumbel_from_bits(bits, dtype)
         assert torch.isfinite(g).all()
-        assert g[0] == g[1]  # 0 is clamped to the smallest step, 2**-31
+        assert g[0] > g[1]  # midpoints: b = 0 is its own step, (0 + 1/2) 2**-31
         assert torch.all(g[:-1] >= g[1:])  # more bits -> larger u -> smaller noise
-    # The tail (small u) is exact: -log(-log1p(-u)) for u = 2**-31.
-    expected = -np.log(-np.log1p(-(2.0**-31)))
-    assert abs(rng.gumbel_from_bits(torch.tensor([1]), torch.float64).item() - expected) < 1e-12
+        assert g[-2] == g[-1]  # the top clamp: v = 1 - 2**-24 for b >= 2**31 - 128
+    # The tail (small v) is exact: -log(-log1p(-v)) for v = (b + 1/2) 2**-31.
+    for b in (0, 1, 1000):
+        expected = -np.log(-np.log1p(-(b + 0.5) * 2.0**-31))
+        assert abs(rng.gumbel_from_bits(torch.tensor([b]), torch.float64).item() - expected) < 1e-12
 
 
 def test_counters_distinct_across_rows_and_calls():
