@@ -820,6 +820,7 @@ def gumbel_softmax_split_fwd_kernel(
     tl.store(part + 1 + tl.arange(0, 1), seg_sum)
     tl.store(part + 2 + tl.arange(0, 1), seg_best.to(COMPUTE))
     if _last_ticket(counter_ptr, row, SEGMENTS):
+        tl.store(counter_ptr + row, 0)  # ready for the next launch: the counters need no memset
         row_max, row_sum, best, valid = _split_combine(partial_ptr, row, SEGMENTS, SEG_BLOCK, tl.sum(scale, axis=0))
         if MODE == 2:
             tl.store(index_ptr + row, tl.where(valid, best, -1).to(tl.int64))
@@ -891,6 +892,7 @@ def gumbel_softmax_split_bwd_kernel(
     tl.store(part + 1 + tl.arange(0, 1), dy_y_t)
     tl.store(part + 2 + tl.arange(0, 1), y_t)
     if _last_ticket(counter_ptr, row, SEGMENTS):
+        tl.store(counter_ptr + row, 0)  # ready for the next launch: the counters need no memset
         seg = tl.arange(0, SEG_BLOCK)
         present = seg < SEGMENTS
         base = partial_ptr + (row * SEGMENTS + seg) * 3
@@ -1051,13 +1053,23 @@ def stats_size(n_rows: int, classes: int, mode: int, max_block_k=None) -> int:
     return 2 * n_rows
 
 
+_counters = {}
+
+
 def _split_buffers(n_rows, cfg, device, compute):
-    """Per-launch partials and the zeroed per-row ticket counters of the split kernels."""
+    """Per-launch partials, and the per-row ticket counters of the split kernels. The counters
+    are zero between launches (the last program of a row resets its own), so one buffer per device
+    and stream serves every launch without a memset; launches on one stream never overlap."""
     import torch
 
     dtype = torch.float64 if compute == tl.float64 else torch.float32
-    return (torch.empty(n_rows * cfg["SEGMENTS"] * 3, dtype=dtype, device=device),
-            torch.zeros(n_rows, dtype=torch.int32, device=device))
+    partial = torch.empty(n_rows * cfg["SEGMENTS"] * 3, dtype=dtype, device=device)
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (device, stream)
+    counters = _counters.get(key)
+    if counters is None or counters.numel() < n_rows:
+        counters = _counters[key] = torch.zeros(max(n_rows, 1024), dtype=torch.int32, device=device)
+    return partial, counters
 
 
 def gumbel_softmax_forward(x, x_strides, out, out_strides, index, tau, n_rows, classes, inner, seed, offset,
