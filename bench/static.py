@@ -195,7 +195,18 @@ def _topk_bwd(launch, loops):
     return [k] * min(len(loops), 1)
 
 
+def _split_rows(launch, loops):
+    # Only the last program of each row (one in SEGMENTS) runs its finishing loop over the
+    # SEGMENTS segments: one segment's worth per program on average. The hard forward's loop
+    # writes NaN over an invalid row (NaN or infinite logits) and is counted as never running.
+    if launch.kernel == "gumbel_softmax_split_fwd_kernel" and launch.args.get("MODE") == 1:
+        return [0] * len(loops)
+    return [1] * len(loops)
+
+
 STATIC_TRIP_COUNTS = {
+    "gumbel_softmax_split_fwd_kernel": _split_rows,
+    "gumbel_softmax_split_bwd_kernel": _split_rows,
     "gumbel_softmax_fwd_kernel": _chunks,
     "gumbel_softmax_bwd_kernel": _chunks,
     "gumbel_topk_fwd_kernel": _topk_fwd,

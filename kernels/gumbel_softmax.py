@@ -781,7 +781,7 @@ def _last_ticket(counter_ptr, row, SEGMENTS: tl.constexpr):
 @triton.jit(do_not_specialize=_SEED_ARGS)
 def gumbel_softmax_split_fwd_kernel(
     x_ptr, y_ptr, index_ptr, stats_ptr, partial_ptr, counter_ptr, tau_ptr, tau_value,
-    n_rows, K, Q, inner,
+    n_rows, K, Q, inner, n_segments,
     x_s_outer, x_s_k, x_s_inner, y_s_outer, y_s_k, y_s_inner, tau_s_row,
     seed_lo, seed_hi, offset_lo, offset_hi, rng_ptr, rng_mode,
     MODE: tl.constexpr, TAU_FROM_PTR: tl.constexpr, SAVE_STATS: tl.constexpr, SEGMENTS: tl.constexpr,
@@ -832,7 +832,7 @@ def gumbel_softmax_split_fwd_kernel(
             if valid:
                 tl.store(y_ptr + y_row + best.to(tl.int64) * y_s_k, tl.full([], 1.0, COMPUTE).to(y_ptr.dtype.element_ty))
             else:
-                for seg in range(0, SEGMENTS):
+                for seg in range(0, n_segments):  # == SEGMENTS; a runtime bound keeps it a loop
                     offs, mask, q4 = _tile(y_rows, row_mask, seg, K, y_s_k, BLOCK_Q)
                     nan = tl.full([1, BLOCK_Q], float("nan"), COMPUTE)
                     _store_planes(y_ptr, offs, mask, nan, nan, nan, nan)
@@ -851,7 +851,7 @@ def gumbel_softmax_split_fwd_kernel(
 @triton.jit(do_not_specialize=_SEED_ARGS)
 def gumbel_softmax_split_bwd_kernel(
     grad_y_ptr, src_ptr, grad_x_ptr, grad_tau_ptr, stats_ptr, partial_ptr, counter_ptr, tau_ptr, tau_value,
-    n_rows, K, Q, inner,
+    n_rows, K, Q, inner, n_segments,
     g_s_outer, g_s_k, g_s_inner, src_s_outer, src_s_k, src_s_inner,
     gx_s_outer, gx_s_k, gx_s_inner, tau_s_row,
     seed_lo, seed_hi, offset_lo, offset_hi, rng_ptr, rng_mode,
@@ -897,7 +897,7 @@ def gumbel_softmax_split_bwd_kernel(
         present = seg < SEGMENTS
         base = partial_ptr + (row * SEGMENTS + seg) * 3
         total_dot = tl.sum(tl.load(base, mask=present, other=0.0, volatile=True), axis=0) + tl.zeros([1], COMPUTE)
-        for s in range(0, SEGMENTS):
+        for s in range(0, n_segments):  # == SEGMENTS; a runtime bound keeps it a loop
             offs_g, mask, q4 = _tile(g_rows, row_mask, s, K, g_s_k, BLOCK_Q)
             dy0, dy1, dy2, dy3 = _load_planes(grad_y_ptr, offs_g, mask, 0.0, COMPUTE)
             offs_x, mask, q4 = _tile(gx_rows, row_mask, s, K, gx_s_k, BLOCK_Q)
@@ -1099,7 +1099,7 @@ def gumbel_softmax_forward(x, x_strides, out, out_strides, index, tau, n_rows, c
         gumbel_softmax_split_fwd_kernel[(n_rows, cfg["SEGMENTS"])](
             x, x if out is None else out, x if index is None else index,
             partial if stats is None else stats, partial, counter, tau_ptr, tau_value,
-            n_rows, classes, cfg["Q"], inner, *x_strides, *out_strides, tau_stride, *seed_args,
+            n_rows, classes, cfg["Q"], inner, cfg["SEGMENTS"], *x_strides, *out_strides, tau_stride, *seed_args,
             MODE=mode, TAU_FROM_PTR=tau_from_ptr, SAVE_STATS=stats is not None and mode != MODE_SOFT,
             SEGMENTS=cfg["SEGMENTS"], SEG_BLOCK=cfg["SEG_BLOCK"], BLOCK_Q=cfg["BLOCK_Q"], COMPUTE=compute,
             FAST=_fast(x.dtype), COUNTER32=_counter32(n_rows, cfg), num_warps=cfg["num_warps"],
@@ -1140,8 +1140,8 @@ def gumbel_softmax_backward(grad_y, grad_y_strides, src, src_strides, grad_x, gr
         gumbel_softmax_split_bwd_kernel[(n_rows, cfg["SEGMENTS"])](
             grad_y, src, grad_x, grad_x if grad_tau_rows is None else grad_tau_rows,
             partial if stats is None else stats, partial, counter, tau_ptr, tau_value,
-            n_rows, classes, cfg["Q"], inner, *grad_y_strides, *src_strides, *grad_x_strides, tau_stride, *seed_args,
-            REGENERATE=regenerate, TAU_GRAD=grad_tau_rows is not None, TAU_FROM_PTR=tau_from_ptr,
+            n_rows, classes, cfg["Q"], inner, cfg["SEGMENTS"], *grad_y_strides, *src_strides, *grad_x_strides,
+            tau_stride, *seed_args, REGENERATE=regenerate, TAU_GRAD=grad_tau_rows is not None, TAU_FROM_PTR=tau_from_ptr,
             SEGMENTS=cfg["SEGMENTS"], SEG_BLOCK=cfg["SEG_BLOCK"], BLOCK_Q=cfg["BLOCK_Q"], COMPUTE=compute,
             FAST=_fast(compute_from), COUNTER32=_counter32(n_rows, cfg), num_warps=cfg["num_warps"],
         )
