@@ -50,7 +50,14 @@ for v in "${VERSIONS[@]}"; do
   # The distinct error lines of the compile subprocesses (the tests' own AssertionError line
   # only wraps the subprocess's stderr, so it shows when nothing else does).
   # Root causes may be printed as repr, e.g. AttributeError("..."), under a CompilationError.
-  errors=$(grep -hoE "^E? *[A-Za-z_.]*(Error|Exception)(: |\().{0,200}" "$LOGS/tests-$v.log" | sed 's/^E *//')
+  # A native LLVM/MLIR assertion aborts the subprocess; its "file.cpp:line: ... Assertion `...'
+  # failed." line is the root cause then (the stderr line before it names the variant).
+  errors=$( { grep -hoE "^E? *[A-Za-z_.]*(Error|Exception)(: |\().{0,200}" "$LOGS/tests-$v.log" | sed 's/^E *//'
+              grep -hoE "[A-Za-z0-9_]+\.cpp:[0-9]+: .*Assertion \`.{0,160}' failed" "$LOGS/tests-$v.log" \
+                | sed -E 's/^([A-Za-z0-9_]+\.cpp:[0-9]+): .*(Assertion .*)/native abort at \1: \2/'
+              grep -B1 -E "\.cpp:[0-9]+: .*Assertion \`" "$LOGS/tests-$v.log" | grep -oE "compiling .{0,200}" \
+                | sed 's/^/  while /'; })
+  [ -n "$errors" ] || continue  # (a here-string of nothing would print one empty line)
   { grep -v "^AssertionError" <<< "$errors" || grep "^AssertionError" <<< "$errors"; } | sort | uniq -c | sort -rn \
     | head -8 | sed 's/^/    /'
 done
