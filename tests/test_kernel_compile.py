@@ -33,7 +33,9 @@ SCRIPT = textwrap.dedent("""
     print("\\n".join(compile_variants(k.gumbel_softmax_fwd_kernel, fwd_args, variants)))
     print("\\n".join(compile_variants(k.gumbel_softmax_fwd_kernel, f64(fwd_args), [
         dict(MODE=k.MODE_SOFT, TAU_FROM_PTR=True, SINGLE_CHUNK=True, SAVE_STATS=False, ROWS=8, BLOCK_Q=64,
-             COMPUTE=tl.float64, FAST=0)])))
+             COMPUTE=tl.float64, FAST=0)] + [
+        dict(MODE=mode, TAU_FROM_PTR=False, SINGLE_CHUNK=False, SAVE_STATS=mode != k.MODE_SOFT, ROWS=1, BLOCK_Q=256,
+             COMPUTE=tl.float64, FAST=0, num_warps=8) for mode in (k.MODE_SOFT, k.MODE_HARD)])))
 
     bwd_args = dict(common, grad_y_ptr=torch.float32, src_ptr=torch.bfloat16, grad_x_ptr=torch.bfloat16,
                     grad_tau_ptr=torch.float32, stats_ptr=torch.float32, tau_ptr=torch.float32, g_s_outer=10, g_s_k=1, g_s_inner=1,
@@ -46,7 +48,9 @@ SCRIPT = textwrap.dedent("""
     print("\\n".join(compile_variants(k.gumbel_softmax_bwd_kernel, bwd_args, variants)))
     print("\\n".join(compile_variants(k.gumbel_softmax_bwd_kernel, f64(bwd_args), [
         dict(REGENERATE=True, TAU_GRAD=False, TAU_FROM_PTR=False, SINGLE_CHUNK=True, ROWS=4, BLOCK_Q=256,
-             COMPUTE=tl.float64, FAST=0)])))
+             COMPUTE=tl.float64, FAST=0)] + [
+        dict(REGENERATE=regenerate, TAU_GRAD=True, TAU_FROM_PTR=True, SINGLE_CHUNK=False, ROWS=1, BLOCK_Q=256,
+             COMPUTE=tl.float64, FAST=0) for regenerate in (True, False)])))
 
     # One-row-per-thread kernels for short rows (K a constexpr).
     small = dict(n_rows=3000, Q=3, inner=1, tau_value=1.0, seed_lo=-5, seed_hi=256, offset_lo=0, offset_hi=32,
@@ -64,9 +68,11 @@ SCRIPT = textwrap.dedent("""
     variants = [dict(K=10, REGENERATE=regenerate, TAU_GRAD=True, TAU_FROM_PTR=True, ROWS=256, COMPUTE=tl.float32,
                      FAST=fast) for regenerate, fast in itertools.product((True, False), (2, 0))]
     print("\\n".join(compile_variants(k.gumbel_softmax_small_bwd_kernel, small_bwd, variants)))
+    print("\\n".join(compile_variants(k.gumbel_softmax_small_bwd_kernel, f64(small_bwd), [
+        dict(K=10, REGENERATE=True, TAU_GRAD=True, TAU_FROM_PTR=True, ROWS=32, COMPUTE=tl.float64, FAST=0)])))
 """)
 
 
 def test_kernels_compile_for_sm90():
     stdout = compile_for_sm90(SCRIPT)
-    assert stdout.count(": ok") >= 39, stdout
+    assert stdout.count(": ok") >= 44, stdout
