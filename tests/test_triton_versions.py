@@ -7,7 +7,7 @@ Each version is pip-installed (``--no-deps --target``) once into a cache folder,
 version), and put first on PYTHONPATH of one subprocess, without TRITON_INTERPRET, that runs every
 sm_90 compile script of the suite (the same variants and launch options as the tests that compile
 with the installed Triton) with an empty Triton cache, so every variant is really compiled. About
-50 s a version on two cores. ``bench/triton_versions.sh`` does the same for any list of versions.
+50-70 s a version on two cores. ``bench/triton_versions.sh`` does the same for any list of versions.
 If pip cannot reach the registry the test is skipped with pip's error; any other failure fails it.
 """
 import os
