@@ -4,7 +4,7 @@
 #   bash bench/triton_versions.sh [VERSION ...]      # default: 3.2.0 3.4.0 3.6.0
 #
 # For each version: `pip install --no-deps --target $DIR/triton-<v> triton==<v>` (skipped when
-# that folder already holds it; ~1 min from the offline registry), then the no-GPU sm_90 compile
+# that folder already holds it; 5-10 s from the local registry), then the no-GPU sm_90 compile
 # tests with that triton first on PYTHONPATH (the tests compile in a subprocess without
 # TRITON_INTERPRET, which inherits PYTHONPATH), each version with a fresh Triton cache so the
 # compile times are cold. Prints one summary line per version (install s, test s, pytest exit
