@@ -4,7 +4,7 @@
 #   bash bench/triton_versions.sh [VERSION ...]      # default: 3.2.0 3.4.0 3.6.0
 #
 # For each version: `pip install --no-deps --target $DIR/triton-<v> triton==<v>` (skipped when
-# that folder already holds it; ~1 min from the offline registry), then the no-GPU sm_90 compile
+# that folder already holds it; 5-10 s from the local registry), then the no-GPU sm_90 compile
 # tests with that triton first on PYTHONPATH (the tests compile in a subprocess without
 # TRITON_INTERPRET, which inherits PYTHONPATH), each version with a fresh Triton cache so the
 # compile times are cold. Prints one summary line per version (install s, test s, pytest exit
@@ -50,7 +50,14 @@ for v in "${VERSIONS[@]}"; do
   # The distinct error lines of the compile subprocesses (the tests' own AssertionError line
   # only wraps the subprocess's stderr, so it shows when nothing else does).
   # Root causes may be printed as repr, e.g. AttributeError("..."), under a CompilationError.
-  errors=$(grep -hoE "^E? *[A-Za-z_.]*(Error|Exception)(: |\().{0,200}" "$LOGS/tests-$v.log" | sed 's/^E *//')
+  # A native LLVM/MLIR assertion aborts the subprocess; its "file.cpp:line: ... Assertion `...'
+  # failed." line is the root cause then (the stderr line before it names the variant).
+  errors=$( { grep -hoE "^E? *[A-Za-z_.]*(Error|Exception)(: |\().{0,200}" "$LOGS/tests-$v.log" | sed 's/^E *//'
+              grep -hoE "[A-Za-z0-9_]+\.cpp:[0-9]+: .*Assertion \`.{0,160}' failed" "$LOGS/tests-$v.log" \
+                | sed -E 's/^([A-Za-z0-9_]+\.cpp:[0-9]+): .*(Assertion .*)/native abort at \1: \2/'
+              grep -B1 -E "\.cpp:[0-9]+: .*Assertion \`" "$LOGS/tests-$v.log" | grep -oE "compiling .{0,200}" \
+                | sed 's/^/  while /'; })
+  [ -n "$errors" ] || continue  # (a here-string of nothing would print one empty line)
   { grep -v "^AssertionError" <<< "$errors" || grep "^AssertionError" <<< "$errors"; } | sort | uniq -c | sort -rn \
     | head -8 | sed 's/^/    /'
 done

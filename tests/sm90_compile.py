@@ -9,6 +9,7 @@ each variant maps the constexpr arguments (plus optional ``num_warps``) to value
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 assert os.environ.get("TRITON_INTERPRET") != "1", "sm90_compile must run without TRITON_INTERPRET"
@@ -49,6 +50,9 @@ def compile_variants(kernel, args: dict, variants: list[dict]) -> list[str]:
                 constexprs[name] = variant[name] if name in variant else param.default
             else:
                 signature[name] = _type_of(args[name])
+        # Name the variant on stderr first: an LLVM assertion aborts the process without a Python
+        # traceback, and the caller's error message shows the tail of stderr.
+        print(f"compiling {kernel.__name__} {variant} num_warps={num_warps}", file=sys.stderr, flush=True)
         start = time.time()
         compiled = triton.compile(ASTSource(kernel, signature, constexprs), target=TARGET,
                                   options=dict(num_warps=num_warps))
