@@ -909,9 +909,9 @@ def gumbel_softmax_split_bwd_kernel(
                 y0, y1, y2, y3 = _load_planes(src_ptr, offs_s, mask, 0.0, COMPUTE)
             _store_grad(grad_x_ptr, offs_x, mask, y0, y1, y2, y3, dy0, dy1, dy2, dy3, total_dot, inv_tau)
         if TAU_GRAD:
-            dy_y_t = tl.sum(tl.load(base + 1, mask=present, other=0.0, volatile=True), axis=0)
-            y_t = tl.sum(tl.load(base + 2, mask=present, other=0.0, volatile=True), axis=0)
-            tl.store(grad_tau_ptr + rows, -(dy_y_t - total_dot * y_t) * inv_tau)
+            total_dy_y_t = tl.sum(tl.load(base + 1, mask=present, other=0.0, volatile=True), axis=0)
+            total_y_t = tl.sum(tl.load(base + 2, mask=present, other=0.0, volatile=True), axis=0)
+            tl.store(grad_tau_ptr + rows, -(total_dy_y_t - total_dot * total_y_t) * inv_tau)
 
 
 # ---- launchers ---------------------------------------------------------------------------------

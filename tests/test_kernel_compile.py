@@ -68,6 +68,23 @@ SCRIPT = textwrap.dedent("""
     variants = [dict(K=10, REGENERATE=regenerate, TAU_GRAD=True, TAU_FROM_PTR=True, ROWS=256, COMPUTE=tl.float32,
                      FAST=fast) for regenerate, fast in itertools.product((True, False), (2, 0))]
     print("\\n".join(compile_variants(k.gumbel_softmax_small_bwd_kernel, small_bwd, variants)))
+
+    # Split rows (few long rows; (row, segment) programs with a last-ticket combine).
+    split = dict(n_rows=64, K=128256, Q=32064, inner=1, n_segments=8, tau_value=1.0, seed_lo=-5, seed_hi=256,
+                 offset_lo=0, offset_hi=32, rng_ptr=torch.int64, rng_mode=0, tau_ptr=torch.float32, tau_s_row=1,
+                 stats_ptr=torch.float32, partial_ptr=torch.float32, counter_ptr=torch.int32)
+    split_fwd = dict(split, x_ptr=torch.bfloat16, y_ptr=torch.bfloat16, index_ptr=torch.int64, x_s_outer=128256,
+                     x_s_k=1, x_s_inner=1, y_s_outer=128256, y_s_k=1, y_s_inner=1)
+    variants = [dict(MODE=mode, TAU_FROM_PTR=mode == 0, SAVE_STATS=mode != 0, SEGMENTS=8, SEG_BLOCK=8, BLOCK_Q=1024,
+                     COMPUTE=tl.float32, FAST=fast, COUNTER32=True, num_warps=4)
+                for mode, fast in itertools.product((k.MODE_SOFT, k.MODE_HARD, k.MODE_INDEX), (2, 0))]
+    print("\\n".join(compile_variants(k.gumbel_softmax_split_fwd_kernel, split_fwd, variants)))
+    split_bwd = dict(split, grad_y_ptr=torch.float32, src_ptr=torch.bfloat16, grad_x_ptr=torch.bfloat16,
+                     grad_tau_ptr=torch.float32, g_s_outer=128256, g_s_k=1, g_s_inner=1, src_s_outer=128256, src_s_k=1,
+                     src_s_inner=1, gx_s_outer=128256, gx_s_k=1, gx_s_inner=1)
+    variants = [dict(REGENERATE=regenerate, TAU_GRAD=True, TAU_FROM_PTR=True, SEGMENTS=6, SEG_BLOCK=8, BLOCK_Q=1024,
+                     COMPUTE=tl.float32, FAST=2, COUNTER32=False, num_warps=4) for regenerate in (True, False)]
+    print("\\n".join(compile_variants(k.gumbel_softmax_split_bwd_kernel, split_bwd, variants)))
     print("\\n".join(compile_variants(k.gumbel_softmax_small_bwd_kernel, f64(small_bwd), [
         dict(K=10, REGENERATE=True, TAU_GRAD=True, TAU_FROM_PTR=True, ROWS=32, COMPUTE=tl.float64, FAST=0)])))
 """)
@@ -75,4 +92,4 @@ SCRIPT = textwrap.dedent("""
 
 def test_kernels_compile_for_sm90():
     stdout = compile_for_sm90(SCRIPT)
-    assert stdout.count(": ok") >= 44, stdout
+    assert stdout.count(": ok") >= 52, stdout
