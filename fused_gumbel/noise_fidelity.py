@@ -359,7 +359,7 @@ def _twins():
     return [
         ("definition (float64)", definition, {}),
         ("exact twin (float32)", exact_twin, {}),
-        ("fast twin, lg2 exact", fast_twin, {"lg2_error": 0.0}),
+        ("fast twin, lg2 exact (FAST=1)", fast_twin, {"lg2_error": 0.0}),
         ("fast twin, lg2 +-2^-22.6 (PTX)", fast_twin, {"lg2_error": (bound, -bound)}),
         ("fast twin, lg2 -+2^-22.6 (PTX)", fast_twin, {"lg2_error": (-bound, bound)}),
         ("fast twin, lg2 +-2^-22 (CUDA guide)", fast_twin, {"lg2_error": (guide, -guide)}),
@@ -397,7 +397,7 @@ def main(argv=None) -> None:
     parser.add_argument("--stride", type=int, default=97, help="stride of the check above 2**22 (default 97)")
     args = parser.parse_args(argv)
     print("Noise error against the float64 definition (nats); arithmetic error = against the definition "
-          "at the twin's float32 input float32(b)\n")
+          "at the twin's float32 input float32(u); b = w >> 1 is the 31-bit draw\n")
     print(noise_table(args.stride))
     print("\nP(a class d nats behind wins), relative error of the lower / upper bound against 1/(1+e^d)\n")
     print(tail_table())
