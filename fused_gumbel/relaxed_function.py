@@ -14,6 +14,7 @@ regenerates the Gumbel noise and replays the recursion from them (``kernels/gumb
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from ._layout import RowShape, as_rows
 from .function import reduce_tau_grad, tau_grad_buffer
@@ -96,6 +97,7 @@ class RelaxedBernoulliFunction(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable  # its kernel backward has no graph: create_graph raises, never a silent 0
     def backward(ctx, grad_y):
         x, tau_tensor = ctx.saved_tensors
         tau = ctx.tau_float if tau_tensor is None else tau_tensor
@@ -119,6 +121,7 @@ class GumbelTopkFunction(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable  # its kernel backward has no graph: create_graph raises, never a silent 0
     def backward(ctx, grad_y):
         x, tau_tensor, stats = ctx.saved_tensors
         tau = ctx.tau_float if tau_tensor is None else tau_tensor

@@ -31,10 +31,11 @@ word, bit for bit, and to the same noise within a stated bound:
    - exact twin (the reference, the CPU path, the Triton interpreter, float64 everywhere):
      Goldberg's log1p ``v * log(a) / (a - 1)`` with ``a = 1 - v`` (``v`` when ``a`` rounds to 1),
      within ``EXACT_NOISE_BOUND`` of the definition evaluated at its float32-rounded ``u``;
-   - fast twin (float32 Triton kernels on the GPU): ``E = v(1 + v/2 + v^2/3 + v^3/4)`` for
-     ``v < 2**-6``, else ``-ln2 * lg2.approx(1 - v)``; ``g = -ln2 * lg2.approx(E)`` (MUFU unit;
-     the kernels may add a constant to every class's ``g``, which no output can see),
-     within ``FAST_NOISE_BOUND`` nats of the definition at its float32-rounded ``u``.
+   - fast twin (float32 Triton kernels on the GPU), in log2 units: ``E2 = E log2(e)`` is
+     ``log2(e) v(1 + v/2 + v^2/3 + v^3/4)`` for ``v < 2**-6`` (coefficients folded with
+     ``2**-32``), else ``-lg2.approx(1 - v)``; the kernels use ``-ln2 * lg2.approx(E2)``, which
+     is ``g - ln(log2 e)``: a constant added to every class, which no sample, softmax or gradient
+     can see. Within ``FAST_NOISE_BOUND`` nats of the definition at its float32-rounded ``u``.
    In float32 ``u`` itself rounds to 24 bits, which moves ``g`` by up to 0.0245 nats at the
    losing end (beyond the exact bound for ``v > 0.9973``, ``g < -1.78``, 0.11% of draws; beyond
    1e-3 nats only for ``1 - v < 2**-18.8``, ``g < -2.57``); everywhere else the bounds hold

@@ -106,6 +106,13 @@ def _perturbed_logits(x_ptr, x_rows, x_s_k, rows, row_mask, chunk, K, Q, seed, o
 
 
 @triton.jit
+def _inverse_or_nan(row_sum, valid):
+    """1 / row_sum, NaN for invalid rows (which must come out NaN), without dividing by zero
+    (the interpreter evaluates padding rows too, and numpy would warn)."""
+    return tl.where(valid, 1.0 / tl.where(valid, row_sum, 1.0), float("nan"))
+
+
+@triton.jit
 def _valid_rows(row_max, nan_count):
     return (nan_count == 0) & (tl.abs(row_max) < float("inf"))
 
@@ -278,17 +285,16 @@ def gumbel_softmax_fwd_kernel(
             best = _planes_argmax(a0, a1, a2, a3, q4, row_max)
             if MODE == 2:
                 tl.store(index_ptr + rows, tl.where(valid, best, -1).to(tl.int64), mask=row_mask)
-        if MODE == 0 or SAVE_STATS:
+        if SAVE_STATS:  # the row max, as streamed rows keep it for the hard backward
+            tl.store(stats_ptr + rows, row_max, mask=row_mask)
+        if MODE == 0:
             shift = tl.where(valid, row_max * scale, 0.0)
             e0, e1, e2, e3 = _exp_planes(a0, a1, a2, a3, scale, shift, FAST)
             row_sum = _planes_sum(e0, e1, e2, e3)
-            if SAVE_STATS:
-                tl.store(stats_ptr + 2 * rows, row_max, mask=row_mask)
-                tl.store(stats_ptr + 2 * rows + 1, row_sum, mask=row_mask)
         if MODE != 2:
             offs, mask, q4 = _tile(y_rows, row_mask, 0, K, y_s_k, BLOCK_Q)
             if MODE == 0:
-                inv = tl.where(valid, 1.0 / row_sum, float("nan"))[:, None]
+                inv = _inverse_or_nan(row_sum, valid)[:, None]
                 _store_planes(y_ptr, offs, mask, e0 * inv, e1 * inv, e2 * inv, e3 * inv)
             else:
                 one = tl.where(valid, 1.0, float("nan"))
@@ -309,26 +315,24 @@ def gumbel_softmax_fwd_kernel(
             if MODE != 0:
                 chunk_best = _planes_argmax(a0, a1, a2, a3, q4, chunk_max)
             chunk_sum = row_sum
-            if MODE == 0 or SAVE_STATS:
+            if MODE == 0:
                 chunk_shift = tl.where(tl.abs(chunk_max) < float("inf"), chunk_max * scale, 0.0)
                 e0, e1, e2, e3 = _exp_planes(a0, a1, a2, a3, scale, chunk_shift, FAST)
                 chunk_sum = _planes_sum(e0, e1, e2, e3)
-                if MODE == 0:
-                    offs, mask, q4 = _tile(y_rows, row_mask, chunk, K, y_s_k, BLOCK_Q)
-                    _store_planes(y_ptr, offs, mask, e0, e1, e2, e3)
-                    tl.store(stats_ptr + (rows * num_chunks + chunk) * 2, chunk_max, mask=row_mask)
+                offs, mask, q4 = _tile(y_rows, row_mask, chunk, K, y_s_k, BLOCK_Q)
+                _store_planes(y_ptr, offs, mask, e0, e1, e2, e3)
+                tl.store(stats_ptr + (rows * num_chunks + chunk) * 2, chunk_max, mask=row_mask)
             row_max, row_sum, best = _online_update(row_max, row_sum, best, chunk_max, chunk_best, chunk_sum,
                                                     scale)
         valid = tl.abs(row_max) < float("inf")
         if MODE == 2:
             tl.store(index_ptr + rows, tl.where(valid, best, -1).to(tl.int64), mask=row_mask)
-        if SAVE_STATS:
-            tl.store(stats_ptr + 2 * rows, row_max, mask=row_mask)
-            tl.store(stats_ptr + 2 * rows + 1, row_sum, mask=row_mask)
+        if SAVE_STATS:  # the row max: the hard backward's shift (it sums the row itself)
+            tl.store(stats_ptr + rows, row_max, mask=row_mask)
         if MODE != 2:
-            one = tl.where(valid, 1.0, float("nan"))
+            tl.debug_barrier()  # pass 2 rewrites what other threads wrote in pass 1
             zero = tl.where(valid, 0.0, float("nan"))
-            inv = tl.where(valid, 1.0 / row_sum, float("nan"))
+            inv = _inverse_or_nan(row_sum, valid)
             for chunk in range(0, num_chunks):
                 offs, mask, q4 = _tile(y_rows, row_mask, chunk, K, y_s_k, BLOCK_Q)
                 if MODE == 0:
@@ -338,9 +342,13 @@ def gumbel_softmax_fwd_kernel(
                                       tl.exp2((chunk_max - row_max) * scale) * inv)[:, None]
                     y0, y1, y2, y3 = _load_planes(y_ptr, offs, mask, 0.0, COMPUTE)
                     _store_planes(y_ptr, offs, mask, y0 * factor, y1 * factor, y2 * factor, y3 * factor)
-                else:
-                    y0, y1, y2, y3 = _one_hot_planes(q4, best, one, zero)
-                    _store_planes(y_ptr, offs, mask, y0, y1, y2, y3)
+                else:  # zeros (NaN for an invalid row): a store of a splat, no per-class work
+                    z = tl.zeros([ROWS, BLOCK_Q], COMPUTE) + zero[:, None]
+                    _store_planes(y_ptr, offs, mask, z, z, z, z)
+            if MODE == 1:
+                tl.debug_barrier()  # after every thread's zeros
+                tl.store(y_ptr + y_rows + best.to(tl.int64) * y_s_k, tl.full([ROWS], 1.0, COMPUTE).to(
+                    y_ptr.dtype.element_ty), mask=row_mask & valid)
 
 
 @triton.jit
@@ -358,8 +366,8 @@ def _log_planes(y0, y1, y2, y3, FAST: tl.constexpr, COMPUTE: tl.constexpr):
 def _bwd_chunk(grad_y_ptr, g_rows, g_s_k, src_ptr, src_rows, src_s_k, rows, row_mask, chunk, K, Q, seed, offset,
                scale, shift, inv, REGENERATE: tl.constexpr, TAU_GRAD: tl.constexpr, BLOCK_Q: tl.constexpr,
                FAST: tl.constexpr, COMPUTE: tl.constexpr, COUNTER32: tl.constexpr = False):
-    """y and dy of one chunk, with its share of dot = sum(dy * y) and of the tau-gradient sums
-    sum(dy * y * t), sum(y * t), t = (x + g - M) / tau (natural-log units)."""
+    """y and dy of one chunk, with its share of dot = sum(dy * y), of the tau-gradient sums
+    sum(dy * y * t), sum(y * t), t = (x + g - M) / tau (natural-log units), and of sum(y)."""
     offs_g, mask, q4 = _tile(g_rows, row_mask, chunk, K, g_s_k, BLOCK_Q)
     dy0, dy1, dy2, dy3 = _load_planes(grad_y_ptr, offs_g, mask, 0.0, COMPUTE)
     if REGENERATE:
@@ -389,7 +397,10 @@ def _bwd_chunk(grad_y_ptr, g_rows, g_s_k, src_ptr, src_rows, src_s_k, rows, row_
     else:
         dy_y_t = dot
         y_t = dot
-    return y0, y1, y2, y3, dy0, dy1, dy2, dy3, dot, dy_y_t, y_t
+    # With inv = 1 (streamed and split rows) y is the unnormalised 2^(t / ln 2) and y_sum the
+    # chunk's share of the row sum S, which the caller divides everything by.
+    y_sum = _planes_sum(y0, y1, y2, y3)
+    return y0, y1, y2, y3, dy0, dy1, dy2, dy3, dot, dy_y_t, y_t, y_sum
 
 
 @triton.jit
@@ -423,7 +434,8 @@ def gumbel_softmax_bwd_kernel(
     scale = _log2e(COMPUTE) / tau
     inv_tau = 1.0 / tau
     shift = tl.zeros([ROWS], COMPUTE)
-    inv = tl.zeros([ROWS], COMPUTE)
+    inv = tl.full([ROWS], 1.0, COMPUTE)
+    valid = row_mask
     if REGENERATE:
         if SINGLE_CHUNK:
             # The whole row is in registers: its statistics cost one reduction, no extra draw
@@ -436,40 +448,53 @@ def gumbel_softmax_bwd_kernel(
             shift = tl.where(valid, row_max * scale, 0.0)
             e0, e1, e2, e3 = _exp_planes(a0, a1, a2, a3, scale, shift, FAST)
             row_sum = _planes_sum(e0, e1, e2, e3)
+            inv = _inverse_or_nan(row_sum, valid)
         else:
-            row_max = tl.load(stats_ptr + 2 * rows, mask=row_mask, other=0.0)
-            row_sum = tl.load(stats_ptr + 2 * rows + 1, mask=row_mask, other=1.0)
+            row_max = tl.load(stats_ptr + rows, mask=row_mask, other=0.0)
             valid = tl.abs(row_max) < float("inf")
             shift = tl.where(valid, row_max * scale, 0.0)
-        inv = tl.where(valid, 1.0 / row_sum, float("nan"))
+            inv = tl.full([ROWS], 1.0, COMPUTE)  # pass 1 sums the row; pass 2 normalises
 
     if SINGLE_CHUNK:
-        y0, y1, y2, y3, dy0, dy1, dy2, dy3, dot, dy_y_t, y_t = _bwd_chunk(
+        y0, y1, y2, y3, dy0, dy1, dy2, dy3, dot, dy_y_t, y_t, y_sum = _bwd_chunk(
             grad_y_ptr, g_rows, g_s_k, src_ptr, src_rows, src_s_k, rows, row_mask, 0, K, Q, seed, offset,
             scale, shift, inv, REGENERATE, TAU_GRAD, BLOCK_Q, FAST, COMPUTE, COUNTER32)
         offs_x, mask, q4 = _tile(gx_rows, row_mask, 0, K, gx_s_k, BLOCK_Q)
         _store_grad(grad_x_ptr, offs_x, mask, y0, y1, y2, y3, dy0, dy1, dy2, dy3, dot, inv_tau)
     else:
+        # Streamed rows. The hard mode regenerates unnormalised y = 2^((x + g - M) c) with the
+        # forward's row max M, sums the row as it goes and parks y in grad_x; pass 2 reads it back
+        # (from L2) instead of drawing the noise again, and normalises.
         dot = tl.zeros([ROWS], COMPUTE)
         dy_y_t = tl.zeros([ROWS], COMPUTE)
         y_t = tl.zeros([ROWS], COMPUTE)
+        row_sum = tl.zeros([ROWS], COMPUTE)
         for chunk in range(0, num_chunks):
-            y0, y1, y2, y3, dy0, dy1, dy2, dy3, part_dot, part_dy_y_t, part_y_t = _bwd_chunk(
+            y0, y1, y2, y3, dy0, dy1, dy2, dy3, part_dot, part_dy_y_t, part_y_t, part_sum = _bwd_chunk(
                 grad_y_ptr, g_rows, g_s_k, src_ptr, src_rows, src_s_k, rows, row_mask, chunk, K, Q, seed, offset,
                 scale, shift, inv, REGENERATE, TAU_GRAD, BLOCK_Q, FAST, COMPUTE, COUNTER32)
             dot += part_dot
             dy_y_t += part_dy_y_t
             y_t += part_y_t
+            row_sum += part_sum
             if REGENERATE:
-                # Park y in grad_x; pass 2 reads it back (from L2) instead of drawing the noise again.
                 offs_x, mask, q4 = _tile(gx_rows, row_mask, chunk, K, gx_s_k, BLOCK_Q)
                 _store_planes(grad_x_ptr, offs_x, mask, y0, y1, y2, y3)
+        norm = tl.full([ROWS], 1.0, COMPUTE)
+        if REGENERATE:
+            norm = _inverse_or_nan(row_sum, valid)
+            dot = dot * norm
+            dy_y_t = dy_y_t * norm
+            y_t = y_t * norm
+            tl.debug_barrier()  # pass 2 reads what other threads parked
+        n = norm[:, None]
         for chunk in range(0, num_chunks):
             offs_g, mask, q4 = _tile(g_rows, row_mask, chunk, K, g_s_k, BLOCK_Q)
             dy0, dy1, dy2, dy3 = _load_planes(grad_y_ptr, offs_g, mask, 0.0, COMPUTE)
             offs_x, mask, q4 = _tile(gx_rows, row_mask, chunk, K, gx_s_k, BLOCK_Q)
             if REGENERATE:
                 y0, y1, y2, y3 = _load_planes(grad_x_ptr, offs_x, mask, 0.0, COMPUTE)
+                y0, y1, y2, y3 = y0 * n, y1 * n, y2 * n, y3 * n
             else:
                 offs_s, mask, q4 = _tile(src_rows, row_mask, chunk, K, src_s_k, BLOCK_Q)
                 y0, y1, y2, y3 = _load_planes(src_ptr, offs_s, mask, 0.0, COMPUTE)
@@ -601,7 +626,7 @@ def gumbel_softmax_small_fwd_kernel(
         e30, e31, e32, e33 = _small_exp4(a30, a31, a32, a33, scale, shift, 3, K, FAST)
         row_sum = (((e00 + e01) + (e02 + e03)) + ((e10 + e11) + (e12 + e13))) + \
             (((e20 + e21) + (e22 + e23)) + ((e30 + e31) + (e32 + e33)))
-        inv = tl.where(valid, 1.0 / row_sum, float("nan"))
+        inv = _inverse_or_nan(row_sum, valid)
         y_rows = _row_offsets(rows, inner, y_s_outer, y_s_inner)
         _small_store4(y_ptr, y_rows, y_s_k, row_mask, e00 * inv, e01 * inv, e02 * inv, e03 * inv, 0, K)
         _small_store4(y_ptr, y_rows, y_s_k, row_mask, e10 * inv, e11 * inv, e12 * inv, e13 * inv, 1, K)
@@ -722,7 +747,7 @@ def gumbel_softmax_small_bwd_kernel(
         e30, e31, e32, e33 = _small_exp4(a30, a31, a32, a33, scale, shift, 3, K, FAST)
         row_sum = (((e00 + e01) + (e02 + e03)) + ((e10 + e11) + (e12 + e13))) + \
             (((e20 + e21) + (e22 + e23)) + ((e30 + e31) + (e32 + e33)))
-        inv = tl.where(valid, 1.0 / row_sum, float("nan"))
+        inv = _inverse_or_nan(row_sum, valid)
     y00, y01, y02, y03, d00, d01, d02, d03, dot0, dyt0, yt0 = _small_grad_call(
         grad_y_ptr, g_rows, g_s_k, src_ptr, src_rows, src_s_k, row_mask, a00, a01, a02, a03, scale, shift, inv, 0, K,
         REGENERATE, FAST, COMPUTE)
@@ -804,7 +829,7 @@ def gumbel_softmax_split_fwd_kernel(
     seg_max = _planes_max(a0, a1, a2, a3)
     seg_best = _planes_argmax(a0, a1, a2, a3, q4, seg_max)
     seg_sum = tl.zeros([1], COMPUTE)
-    if MODE == 0 or SAVE_STATS:
+    if MODE == 0:
         shift = tl.where(tl.abs(seg_max) < float("inf"), seg_max * scale, 0.0)
         e0, e1, e2, e3 = _exp_planes(a0, a1, a2, a3, scale, shift, FAST)
         seg_sum = _planes_sum(e0, e1, e2, e3)
@@ -819,14 +844,14 @@ def gumbel_softmax_split_fwd_kernel(
     tl.store(part + tl.arange(0, 1), seg_max)
     tl.store(part + 1 + tl.arange(0, 1), seg_sum)
     tl.store(part + 2 + tl.arange(0, 1), seg_best.to(COMPUTE))
+    tl.debug_barrier()  # every thread's part of the segment is written before the ticket releases it
     if _last_ticket(counter_ptr, row, SEGMENTS):
         tl.store(counter_ptr + row, 0)  # ready for the next launch: the counters need no memset
         row_max, row_sum, best, valid = _split_combine(partial_ptr, row, SEGMENTS, SEG_BLOCK, tl.sum(scale, axis=0))
         if MODE == 2:
             tl.store(index_ptr + row, tl.where(valid, best, -1).to(tl.int64))
-        if SAVE_STATS:
-            tl.store(stats_ptr + 2 * row, row_max)
-            tl.store(stats_ptr + 2 * row + 1, row_sum)
+        if SAVE_STATS:  # the row max: the hard backward's shift (it sums the row itself)
+            tl.store(stats_ptr + row, row_max)
         y_row = tl.sum(y_rows, axis=0)
         if MODE == 1:
             if valid:
@@ -837,14 +862,14 @@ def gumbel_softmax_split_fwd_kernel(
                     nan = tl.full([1, BLOCK_Q], float("nan"), COMPUTE)
                     _store_planes(y_ptr, offs, mask, nan, nan, nan, nan)
         if MODE == 0:
-            inv = tl.where(valid, 1.0 / row_sum, float("nan"))
+            inv = _inverse_or_nan(row_sum, valid)
             for seg in range(0, SEGMENTS):
                 seg_max = tl.load(partial_ptr + (row * SEGMENTS + seg) * 3 + tl.arange(0, 1), volatile=True)
                 # inv is NaN for invalid rows, which must come out NaN even where a segment is all -inf.
                 factor = tl.where(seg_max == float("-inf"), 0.0 * inv,
                                   tl.exp2((seg_max - row_max) * scale) * inv)[:, None]
                 offs, mask, q4 = _tile(y_rows, row_mask, seg, K, y_s_k, BLOCK_Q)
-                y0, y1, y2, y3 = split_words(tl.load(y_ptr + offs, mask=mask, other=0.0, volatile=True).to(COMPUTE))
+                y0, y1, y2, y3 = _load_planes(y_ptr, offs, mask, 0.0, COMPUTE)
                 _store_planes(y_ptr, offs, mask, y0 * factor, y1 * factor, y2 * factor, y3 * factor)
 
 
@@ -861,7 +886,8 @@ def gumbel_softmax_split_bwd_kernel(
 ):
     """The backward for few long rows: each (row, segment) program adds its share of
     dot = sum(dy * y) (and the tau sums) and parks y in grad_x; the last program of a row writes
-    dx = y (dy - dot) / tau from L2. The hard mode reads the forward's row statistics."""
+    dx = y (dy - dot) / tau from L2. The hard mode regenerates y unnormalised, shifted by the
+    forward's row max, and also shares out the row sum that normalises it."""
     row = tl.program_id(0).to(tl.int64)
     segment = tl.program_id(1)
     seed, offset = _call_seed(seed_lo, seed_hi, offset_lo, offset_hi, rng_ptr, rng_mode,
@@ -875,42 +901,48 @@ def gumbel_softmax_split_bwd_kernel(
     scale = _log2e(COMPUTE) / tau
     inv_tau = 1.0 / tau
     shift = tl.zeros([1], COMPUTE)
-    inv = tl.zeros([1], COMPUTE)
+    valid = row_mask
     if REGENERATE:
-        row_max = tl.load(stats_ptr + 2 * rows)
+        row_max = tl.load(stats_ptr + rows)
         valid = tl.abs(row_max) < float("inf")
         shift = tl.where(valid, row_max * scale, 0.0)
-        inv = tl.where(valid, 1.0 / tl.load(stats_ptr + 2 * rows + 1), float("nan"))
-    y0, y1, y2, y3, dy0, dy1, dy2, dy3, dot, dy_y_t, y_t = _bwd_chunk(
+    y0, y1, y2, y3, dy0, dy1, dy2, dy3, dot, dy_y_t, y_t, y_sum = _bwd_chunk(
         grad_y_ptr, g_rows, g_s_k, src_ptr, src_rows, src_s_k, rows, row_mask, segment, K, Q, seed, offset,
-        scale, shift, inv, REGENERATE, TAU_GRAD, BLOCK_Q, FAST, COMPUTE, COUNTER32)
+        scale, shift, tl.full([1], 1.0, COMPUTE), REGENERATE, TAU_GRAD, BLOCK_Q, FAST, COMPUTE, COUNTER32)
     if REGENERATE:
         offs_x, mask, q4 = _tile(gx_rows, row_mask, segment, K, gx_s_k, BLOCK_Q)
         _store_planes(grad_x_ptr, offs_x, mask, y0, y1, y2, y3)
-    part = partial_ptr + (row * SEGMENTS + segment) * 3
+    part = partial_ptr + (row * SEGMENTS + segment) * 4
     tl.store(part + tl.arange(0, 1), dot)
     tl.store(part + 1 + tl.arange(0, 1), dy_y_t)
     tl.store(part + 2 + tl.arange(0, 1), y_t)
+    tl.store(part + 3 + tl.arange(0, 1), y_sum)
+    tl.debug_barrier()  # every thread's parked y is written before the ticket releases it
     if _last_ticket(counter_ptr, row, SEGMENTS):
         tl.store(counter_ptr + row, 0)  # ready for the next launch: the counters need no memset
         seg = tl.arange(0, SEG_BLOCK)
         present = seg < SEGMENTS
-        base = partial_ptr + (row * SEGMENTS + seg) * 3
-        total_dot = tl.sum(tl.load(base, mask=present, other=0.0, volatile=True), axis=0) + tl.zeros([1], COMPUTE)
+        base = partial_ptr + (row * SEGMENTS + seg) * 4
+        norm = tl.full([1], 1.0, COMPUTE)
+        if REGENERATE:
+            row_sum = tl.sum(tl.load(base + 3, mask=present, other=0.0, volatile=True), axis=0)
+            norm = _inverse_or_nan(row_sum, valid)
+        total_dot = tl.sum(tl.load(base, mask=present, other=0.0, volatile=True), axis=0) * norm
         for s in range(0, n_segments):  # == SEGMENTS; a runtime bound keeps it a loop
             offs_g, mask, q4 = _tile(g_rows, row_mask, s, K, g_s_k, BLOCK_Q)
             dy0, dy1, dy2, dy3 = _load_planes(grad_y_ptr, offs_g, mask, 0.0, COMPUTE)
             offs_x, mask, q4 = _tile(gx_rows, row_mask, s, K, gx_s_k, BLOCK_Q)
             if REGENERATE:
-                y0, y1, y2, y3 = split_words(tl.load(grad_x_ptr + offs_x, mask=mask, other=0.0,
-                                                     volatile=True).to(COMPUTE))
+                y0, y1, y2, y3 = _load_planes(grad_x_ptr, offs_x, mask, 0.0, COMPUTE)
+                n = norm[:, None]
+                y0, y1, y2, y3 = y0 * n, y1 * n, y2 * n, y3 * n
             else:
                 offs_s, mask, q4 = _tile(src_rows, row_mask, s, K, src_s_k, BLOCK_Q)
                 y0, y1, y2, y3 = _load_planes(src_ptr, offs_s, mask, 0.0, COMPUTE)
             _store_grad(grad_x_ptr, offs_x, mask, y0, y1, y2, y3, dy0, dy1, dy2, dy3, total_dot, inv_tau)
         if TAU_GRAD:
-            total_dy_y_t = tl.sum(tl.load(base + 1, mask=present, other=0.0, volatile=True), axis=0)
-            total_y_t = tl.sum(tl.load(base + 2, mask=present, other=0.0, volatile=True), axis=0)
+            total_dy_y_t = tl.sum(tl.load(base + 1, mask=present, other=0.0, volatile=True), axis=0) * norm
+            total_y_t = tl.sum(tl.load(base + 2, mask=present, other=0.0, volatile=True), axis=0) * norm
             tl.store(grad_tau_ptr + rows, -(total_dy_y_t - total_dot * total_y_t) * inv_tau)
 
 
@@ -1043,14 +1075,14 @@ def needs_row_stats(n_rows: int, classes: int, max_block_k=None) -> bool:
 
 def stats_size(n_rows: int, classes: int, mode: int, max_block_k=None) -> int:
     """Words (compute dtype) of the ``stats`` buffer the forward of ``mode`` takes: per-chunk
-    maxima for streamed soft rows (scratch), per-row (max, sum) for the hard/index modes of rows
-    that need them (kept for the hard backward); 0: none."""
+    maxima for streamed soft rows (scratch), the row max for the hard/index modes of rows that
+    need it (kept for the hard backward, which sums the row itself); 0: none."""
     cfg = tile_config(n_rows, classes, max_block_k)
     if not needs_row_stats(n_rows, classes, max_block_k):
         return 0
     if mode == MODE_SOFT:
         return 0 if cfg["SPLIT"] else 2 * n_rows * cfg["num_chunks"]
-    return 2 * n_rows
+    return n_rows
 
 
 _counters = {}
@@ -1063,7 +1095,7 @@ def _split_buffers(n_rows, cfg, device, compute):
     import torch
 
     dtype = torch.float64 if compute == tl.float64 else torch.float32
-    partial = torch.empty(n_rows * cfg["SEGMENTS"] * 3, dtype=dtype, device=device)
+    partial = torch.empty(n_rows * cfg["SEGMENTS"] * 4, dtype=dtype, device=device)
     stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
     key = (device, stream)
     counters = _counters.get(key)

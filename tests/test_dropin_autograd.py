@@ -319,3 +319,17 @@ def test_eps_warns_with_a_plain_user_warning():
         fused_gumbel.gumbel_softmax(torch.randn(2, 3), eps=1e-5)
     assert [w.category for w in caught] == [UserWarning]
     assert "eps" in str(caught[0].message)
+
+
+@pytest.mark.parametrize("op", ["relaxed_bernoulli", "gumbel_topk"])
+def test_relaxed_ops_refuse_double_backward_on_the_kernel_path(op):
+    """Their fused backward is first-order only: create_graph=True must raise, never drop the
+    second-order term silently (the reference backend, plain torch ops, differentiates twice)."""
+    x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    sample = (lambda t, backend: fused_gumbel.relaxed_bernoulli(t, 0.5, seed=1, backend=backend)) if op == "relaxed_bernoulli" \
+        else (lambda t, backend: fused_gumbel.gumbel_topk(t, 2, 0.5, seed=1, backend=backend))
+    (grad,) = torch.autograd.grad((sample(x, "reference") ** 2).sum(), x, create_graph=True)
+    grad.sum().backward()  # fine on the reference
+    (grad,) = torch.autograd.grad((sample(x, "triton") ** 2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|double backward|differentiable"):
+        grad.sum().backward()
