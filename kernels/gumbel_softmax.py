@@ -941,21 +941,27 @@ def _tile_config(n_rows: int, classes: int, max_block_k: int, allow_small: bool,
                 BLOCK_Q=block_q, num_warps=min(16, max(1, tile // (32 * ELEMENTS_PER_THREAD))))
 
 
+# The launchers take torch tensors; the kernels above do not need torch. Imported here once rather
+# than in every launcher call (an import statement costs host time on every call).
+import torch  # noqa: E402
+
+# Read once, when this module is imported: that is when ``@triton.jit`` chose between the
+# interpreter and the compiler for the kernels above, so a later change could not apply anyway.
+_INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """Whether the kernels run in Triton's interpreter (TRITON_INTERPRET=1 when this module was imported)."""
+    return _INTERPRETED
 
 
 def _compute_dtype(dtype):
-    import torch
-
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 def _fast(dtype) -> int:
     """The noise twin (``kernels/rng.py``): 2, MUFU fast math, for float32 math on a GPU; 0, the
     exact twin, in the interpreter and for float64."""
-    import torch
-
     return 0 if dtype == torch.float64 or _interpreted() else 2
 
 
@@ -978,8 +984,6 @@ def _dummy_tensor(device, dtype_name="int64"):
     key = (device, dtype_name)
     tensor = _dummy.get(key)
     if tensor is None:
-        import torch
-
         tensor = _dummy[key] = torch.empty(2, dtype=getattr(torch, dtype_name), device=device)
     return tensor
 
@@ -1017,7 +1021,7 @@ def stats_size(n_rows: int, classes: int, mode: int, max_block_k=None) -> int:
     maxima for streamed soft rows (scratch), per-row (max, sum) for the hard/index modes of rows
     that need them (kept for the hard backward); 0: none."""
     cfg = tile_config(n_rows, classes, max_block_k)
-    if not needs_row_stats(n_rows, classes, max_block_k):
+    if not (cfg["SPLIT"] or not cfg["SINGLE_CHUNK"]):  # needs_row_stats
         return 0
     if mode == MODE_SOFT:
         return 0 if cfg["SPLIT"] else 2 * n_rows * cfg["num_chunks"]
@@ -1026,8 +1030,6 @@ def stats_size(n_rows: int, classes: int, mode: int, max_block_k=None) -> int:
 
 def _split_buffers(n_rows, cfg, device, compute):
     """Per-launch partials and the zeroed per-row ticket counters of the split kernels."""
-    import torch
-
     dtype = torch.float64 if compute == tl.float64 else torch.float32
     return (torch.empty(n_rows * cfg["SEGMENTS"] * 3, dtype=dtype, device=device),
             torch.zeros(n_rows, dtype=torch.int32, device=device))
