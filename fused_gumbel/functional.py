@@ -101,6 +101,8 @@ def _check_logits(logits: torch.Tensor) -> None:
 
 
 def _normalize_dim(dim: int, ndim: int) -> int:
+    if type(dim) is int and -ndim <= dim < ndim:  # the common case, without the checks below
+        return dim % ndim
     # Any integer type (numpy's too, as torch accepts), but not bool.
     if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
         raise TypeError(f"dim must be an int, got {type(dim).__name__}")
@@ -133,6 +135,8 @@ _FLOAT_MAX = sys.float_info.max
 
 def _check_tau(tau, logits: torch.Tensor, dim: int):
     """A validated float, or a floating tensor that broadcasts to the logits with size 1 at ``dim``."""
+    if type(tau) is float and 0 < tau <= _FLOAT_MAX:  # the common case, as the checks below return it
+        return tau
     if isinstance(tau, torch.Tensor):
         if not tau.is_floating_point():
             raise TypeError(f"tau must be a float or a floating tensor, got {tau.dtype}")
@@ -212,13 +216,14 @@ def _check_host_seed(key) -> None:
                            "into the graph); use backend='triton'")
 
 
-def _draw(logits: torch.Tensor, tau, generator: Optional[torch.Generator], seed: Optional[int]):
+def _draw(device: torch.device, logits: torch.Tensor, tau, generator: Optional[torch.Generator],
+          seed: Optional[int]):
     """The call's (key, offset) (``_seeding.draw``), after the vmap randomness checks, drawn outside vmap."""
     if not _functorch.transforms_active():  # the common case: nothing to check, nothing to leave
-        return _seeding.draw(logits.device, generator, seed)
+        return _seeding.draw(device, generator, seed)
     _functorch.check_vmap_randomness(logits, tau, seeded=seed is not None)
     with _functorch.outside_vmap():
-        return _seeding.draw(logits.device, generator, seed)
+        return _seeding.draw(device, generator, seed)
 
 
 def _empty_like_result(logits: torch.Tensor) -> torch.Tensor:
@@ -278,14 +283,15 @@ def gumbel_softmax(
     if logits.dim() == 0:
         return gumbel_softmax(logits.reshape(1), tau, hard, dim=0, generator=generator, seed=seed,
                               backend=backend).reshape(())
-    chosen = select_backend(logits.device, backend)
+    device = logits.device
+    chosen = select_backend(device, backend)
     if _graph_mode():
         _check_compiled_call(generator, seed)
         mode = _custom_op.MODE_HARD if hard else _custom_op.MODE_SOFT
         return _custom_op.sample(logits, _tau_for_kernel(tau, logits, dim), mode, dim, seed, chosen)
-    if logits.device.type == "meta":
+    if device.type == "meta":
         return reference.gumbel_softmax(logits, tau, hard, dim, noise=torch.zeros_like(logits))
-    key, offset = _draw(logits, tau, generator, seed)
+    key, offset = _draw(device, logits, tau, generator, seed)
     if chosen == "reference":
         _check_host_seed(key)
         return reference.gumbel_softmax(logits, tau, hard, dim, seed=key, offset=offset)
@@ -322,14 +328,15 @@ def categorical(
         drawn = categorical(logits.reshape(1), 0, generator=generator, one_hot=one_hot, seed=seed, backend=backend)
         return drawn.reshape(())
     logits = logits.detach()
-    chosen = select_backend(logits.device, backend)
+    device = logits.device
+    chosen = select_backend(device, backend)
     if _graph_mode():
         _check_compiled_call(generator, seed)
         mode = _custom_op.MODE_HARD if one_hot else _custom_op.MODE_INDEX
         return _custom_op.sample(logits, 1.0, mode, dim, seed, chosen)
-    if logits.device.type == "meta":
+    if device.type == "meta":
         return reference.categorical(logits, dim, one_hot=one_hot, noise=torch.zeros_like(logits))
-    key, offset = _draw(logits, None, generator, seed)
+    key, offset = _draw(device, logits, None, generator, seed)
     if chosen == "reference":
         _check_host_seed(key)
         return reference.categorical(logits, dim, one_hot=one_hot, seed=key, offset=offset)

@@ -1090,7 +1090,7 @@ def gumbel_softmax_backward(grad_y, grad_y_strides, src, src_strides, grad_x, gr
     is an int (with ``offset``) or an int64 [2] device tensor holding (seed, offset); ``stats``
     the hard forward's per-row (max, sum) when rows are streamed."""
     cfg = tile_config(n_rows, classes, max_block_k)
-    if regenerate and needs_row_stats(n_rows, classes, max_block_k) and stats is None:
+    if regenerate and stats is None and (cfg["SPLIT"] or not cfg["SINGLE_CHUNK"]):  # needs_row_stats
         raise ValueError("the hard backward of streamed rows needs the forward's row statistics")
     seed_args = _seed_args(seed, offset, None, src.device)
     tau_ptr, tau_value, tau_stride, tau_from_ptr = _tau_args(tau, src)
