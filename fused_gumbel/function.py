@@ -7,6 +7,8 @@ and the call's (seed, offset) and regenerates the noise and y in the backward ke
 long for one program's registers also keep the forward's per-row (max, sum), 8 bytes a row).
 Double backward (``create_graph=True``) and forward-mode AD use the same formulas in
 differentiable PyTorch ops (``_autograd``); ``torch.func.vmap`` has a rule (``_functorch``).
+Eager calls go through ``apply``, which avoids the host cost of a ``setup_context`` Function
+outside torch.func transforms (see ``_EagerGumbelSoftmaxFunction``).
 """
 from __future__ import annotations
 
