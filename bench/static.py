@@ -492,8 +492,9 @@ def _autograd_floor_function():
 
 
 def measure_host(calls: int = 300, modes=("soft", "hard"), repeats: int = 5) -> dict:
-    """Python time per eager call, up to the (stubbed, no-op) Triton launch, in us: the smallest
-    of ``repeats`` medians of ``calls`` calls each (the machine's noise only adds time), for
+    """Python time per eager call, up to the (stubbed, no-op) Triton launch, in us: for each
+    quantity the smallest of ``repeats`` medians of ``calls`` calls (the rounds interleave every
+    quantity, so a burst of load on a shared machine hits them alike, and noise only adds time):
     forward (no grad), forward+backward (``torch.autograd.grad``) and their difference (``bwd``).
     ``autograd_floor`` is forward+backward of a trivial Function (``_autograd_floor_function``);
     ``bwd_beyond_floor`` = fwd+bwd - autograd_floor - fwd, the backward's own host time."""
@@ -504,16 +505,21 @@ def measure_host(calls: int = 300, modes=("soft", "hard"), repeats: int = 5) -> 
     import fused_gumbel as fg
 
     def median_us(fn, n):
-        for _ in range(max(5, n // 10)):
+        samples = []
+        for _ in range(n):
+            t0 = time.perf_counter_ns()
             fn()
-        best = math.inf
-        for _ in range(max(1, repeats)):
-            samples = []
-            for _ in range(n):
-                t0 = time.perf_counter_ns()
+            samples.append(time.perf_counter_ns() - t0)
+        return statistics.median(samples) / 1e3
+
+    def timed(functions: dict) -> dict:
+        for fn in functions.values():  # warm-up
+            for _ in range(max(5, calls // 10)):
                 fn()
-                samples.append(time.perf_counter_ns() - t0)
-            best = min(best, statistics.median(samples) / 1e3)
+        best = dict.fromkeys(functions, math.inf)
+        for _ in range(max(1, repeats)):
+            for key, fn in functions.items():
+                best[key] = min(best[key], median_us(fn, calls))
         return best
 
     floor_function = _autograd_floor_function()
@@ -524,21 +530,25 @@ def measure_host(calls: int = 300, modes=("soft", "hard"), repeats: int = 5) -> 
             xg = x.clone().requires_grad_(True) if rows * classes < 10**6 else \
                 torch.empty(rows, classes, dtype=_torch_dtype(dtype), requires_grad=True)
             grad = torch.empty(rows, classes, dtype=_torch_dtype(dtype))
-            alloc = median_us(lambda: torch.empty(rows, classes, dtype=_torch_dtype(dtype)), calls)
-            floor = median_us(lambda: torch.autograd.grad(floor_function.apply(xg, 1.0, False, -1, 0, 0), xg, grad),
-                              calls)
+            functions = {
+                "alloc": lambda: torch.empty(rows, classes, dtype=_torch_dtype(dtype)),
+                "floor": lambda: torch.autograd.grad(floor_function.apply(xg, 1.0, False, -1, 0, 0), xg, grad),
+                "index": lambda: fg.categorical(x, backend="triton"),
+            }
             for mode in modes:
                 hard = mode == "hard"
-                fwd = median_us(lambda: fg.gumbel_softmax(x, hard=hard, backend="triton"), calls)
-                both = median_us(lambda: torch.autograd.grad(fg.gumbel_softmax(xg, hard=hard, backend="triton"),
-                                                             xg, grad), calls)
+                functions[f"{mode}/fwd"] = lambda hard=hard: fg.gumbel_softmax(x, hard=hard, backend="triton")
+                functions[f"{mode}/both"] = lambda hard=hard: torch.autograd.grad(
+                    fg.gumbel_softmax(xg, hard=hard, backend="triton"), xg, grad)
+            t = timed(functions)
+            for mode in modes:
+                fwd, both, floor = t[f"{mode}/fwd"], t[f"{mode}/both"], t["floor"]
                 out[f"{name}/{dtype}/{mode}"] = {"fwd": round(fwd, 2), "fwd+bwd": round(both, 2),
                                                  "bwd": round(both - fwd, 2), "autograd_floor": round(floor, 2),
                                                  "bwd_beyond_floor": round(both - floor - fwd, 2)}
-            out[f"{name}/{dtype}/index"] = {"fwd": round(median_us(lambda: fg.categorical(x, backend="triton"),
-                                                                   calls), 2)}
-            out[f"{name}/{dtype}/torch.empty"] = {"alloc": round(alloc, 2)}
-            del x, xg, grad
+            out[f"{name}/{dtype}/index"] = {"fwd": round(t["index"], 2)}
+            out[f"{name}/{dtype}/torch.empty"] = {"alloc": round(t["alloc"], 2)}
+            del x, xg, grad, functions
     return out
 
 
