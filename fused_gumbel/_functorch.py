@@ -45,6 +45,12 @@ def _vmap_levels() -> list:
     return [_coerce(c) for c in _stack() or () if c.key() == _VMAP]
 
 
+def transforms_active() -> bool:
+    """Whether any torch.func transform (vmap, grad, jvp, functionalize) is active; True where the
+    functorch internals are missing (the caller then takes the form that works under transforms)."""
+    return _peek is None or _peek() is not None
+
+
 def in_vmap() -> bool:
     """Whether this call runs under ``torch.func.vmap`` (tensors may be batched: no data-dependent ``bool``)."""
     return bool(_vmap_levels())

@@ -3,9 +3,13 @@
 Row ``r = o * inner + i`` is the row-major order of the tensor with ``dim`` moved last, which
 the RNG spec uses; kernels address it through three strides, so most strided and expanded
 tensors need no copy.
+
+Both are pure functions of sizes, strides and ``dim``, computed on every kernel call: they are
+memoised (a call pays one hash of its shape), except for symbolic sizes, which do not hash.
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -27,13 +31,23 @@ class RowShape(NamedTuple):
 
     @classmethod
     def of(cls, shape: torch.Size, dim: int) -> "RowShape":
-        outer = 1
-        for size in shape[:dim]:
-            outer *= size
-        inner = 1
-        for size in shape[dim + 1:]:
-            inner *= size
-        return cls(outer, shape[dim] if len(shape) else 1, inner)
+        try:
+            return _row_shape_cached(shape, dim)
+        except TypeError:  # a symbolic size (torch.compile) does not hash
+            return _row_shape(shape, dim)
+
+
+def _row_shape(shape, dim: int) -> RowShape:
+    outer = 1
+    for size in shape[:dim]:
+        outer *= size
+    inner = 1
+    for size in shape[dim + 1:]:
+        inner *= size
+    return RowShape(outer, shape[dim] if len(shape) else 1, inner)
+
+
+_row_shape_cached = functools.lru_cache(maxsize=1024)(_row_shape)
 
 
 def _merged_stride(sizes, strides) -> int | None:
@@ -52,14 +66,25 @@ def _merged_stride(sizes, strides) -> int | None:
 
 def row_strides(t: torch.Tensor, dim: int) -> tuple[int, int, int] | None:
     """(outer, class, inner) strides of ``t`` viewed as [outer, K, inner], or None."""
-    if t.dim() == 0:
+    sizes = t.shape
+    if not sizes:
         return (0, 0, 0)
-    sizes, strides = t.shape, t.stride()
+    strides = t.stride()
+    try:
+        return _row_strides_cached(sizes, strides, dim)
+    except TypeError:  # a symbolic size or stride (torch.compile) does not hash
+        return _row_strides(sizes, strides, dim)
+
+
+def _row_strides(sizes, strides, dim: int) -> tuple[int, int, int] | None:
     outer = _merged_stride(sizes[:dim], strides[:dim])
     inner = _merged_stride(sizes[dim + 1:], strides[dim + 1:])
     if outer is None or inner is None:
         return None
     return (outer, strides[dim], inner)
+
+
+_row_strides_cached = functools.lru_cache(maxsize=1024)(_row_strides)
 
 
 def as_rows(t: torch.Tensor, dim: int) -> tuple[torch.Tensor, tuple[int, int, int]]:

@@ -7,12 +7,15 @@ and the call's (seed, offset) and regenerates the noise and y in the backward ke
 long for one program's registers also keep the forward's per-row (max, sum), 8 bytes a row).
 Double backward (``create_graph=True``) and forward-mode AD use the same formulas in
 differentiable PyTorch ops (``_autograd``); ``torch.func.vmap`` has a rule (``_functorch``).
+Eager calls go through ``apply``, which avoids the host cost of a ``setup_context`` Function
+outside torch.func transforms (see ``_EagerGumbelSoftmaxFunction``).
 """
 from __future__ import annotations
 
 import threading
 
 import torch
+from torch.autograd import forward_ad as _forward_ad
 
 from . import _autograd, _functorch
 from ._layout import RowShape, as_rows
@@ -158,6 +161,41 @@ class GumbelSoftmaxFunction(torch.autograd.Function):
     def vmap(info, in_dims, logits, tau, hard, dim, seed, offset):
         return _functorch.gumbel_softmax_rule(GumbelSoftmaxFunction.apply, info, in_dims, logits, tau, hard, dim,
                                               seed, offset)
+
+
+class _EagerGumbelSoftmaxFunction(torch.autograd.Function):
+    """``GumbelSoftmaxFunction`` as an old-style Function (``forward(ctx, ...)``, no ``setup_context``)
+    for calls outside every torch.func transform (``apply``): the same forward, backward and jvp.
+    PyTorch binds the arguments of a Function that defines ``setup_context`` through
+    ``inspect.signature`` on every call, about 30 us of host time; the torch.func transforms need
+    that form (and get it), plain autograd and forward-mode AD do not."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        output = GumbelSoftmaxFunction.forward(*inputs)
+        GumbelSoftmaxFunction.setup_context(ctx, inputs, output)
+        return output
+
+    backward = GumbelSoftmaxFunction.__dict__["backward"]
+    jvp = GumbelSoftmaxFunction.__dict__["jvp"]
+
+
+def apply(logits, tau, hard, dim, seed, offset):
+    """``GumbelSoftmaxFunction.apply`` at the least host cost: the Function itself under a torch.func
+    transform, its old-style twin when autograd records the call, else the forward launch alone."""
+    if _functorch.transforms_active():
+        return GumbelSoftmaxFunction.apply(logits, tau, hard, dim, seed, offset)
+    if _records_autograd(logits, tau):
+        return _EagerGumbelSoftmaxFunction.apply(logits, tau, hard, dim, seed, offset)
+    return sample_forward(logits, tau, kernels.MODE_HARD if hard else kernels.MODE_SOFT, dim, seed, offset)[0]
+
+
+def _records_autograd(logits, tau) -> bool:
+    """Whether autograd would record a Function applied to these inputs: grad mode with an input that
+    requires grad, or a forward-AD ``dual_level`` (dual tensors exist only inside one)."""
+    if torch.is_grad_enabled() and (logits.requires_grad or (isinstance(tau, torch.Tensor) and tau.requires_grad)):
+        return True
+    return getattr(_forward_ad, "_current_level", 0) >= 0
 
 
 def _soft_sample(ctx, src, tau, differentiable: bool):

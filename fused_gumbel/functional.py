@@ -28,33 +28,67 @@ Backend = Literal["auto", "triton", "reference"]
 BACKEND_ENV = "FUSED_GUMBEL_BACKEND"
 
 
+_TRITON_AVAILABLE: Optional[bool] = None
+# Not named _interpreted: bench.static replaces every fused_gumbel module's _interpreted() while recording.
+_INTERPRETED: Optional[bool] = None
+
+
 def _triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether Triton imports (found out once)."""
+    global _TRITON_AVAILABLE
+    if _TRITON_AVAILABLE is None:
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            _TRITON_AVAILABLE = False
+        else:
+            _TRITON_AVAILABLE = True
+    return _TRITON_AVAILABLE
+
+
+def _interpret_env() -> bool:
+    """``TRITON_INTERPRET=1``, read once, at the first call that asks: Triton itself decides between
+    its interpreter and its compiler once, when the kernels are imported (the first Triton call)."""
+    global _INTERPRETED
+    if _INTERPRETED is None:
+        _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return _INTERPRETED
 
 
 def select_backend(device: torch.device, backend: Optional[Backend] = None) -> str:
     """Which implementation runs for tensors on ``device``: "triton" or "reference".
 
-    ``backend`` (or the ``FUSED_GUMBEL_BACKEND`` environment variable) forces one; "auto" picks
-    Triton for CUDA tensors, and for CPU tensors when ``TRITON_INTERPRET=1``. Meta tensors accept
-    either (they only propagate shapes: no kernel runs).
+    ``backend`` (or the ``FUSED_GUMBEL_BACKEND`` environment variable, read on every call) forces
+    one; "auto" picks Triton for CUDA tensors, and for CPU tensors when ``TRITON_INTERPRET=1``
+    (read once, at the first call). Meta tensors accept either (they only propagate shapes: no
+    kernel runs).
     """
     choice = backend or os.environ.get(BACKEND_ENV, "auto")
     if choice not in ("auto", "triton", "reference"):
         raise ValueError(f"backend must be 'auto', 'triton' or 'reference', got {choice!r}")
-    interpreted = os.environ.get("TRITON_INTERPRET", "0") == "1"
-    if device.type == "meta":  # shapes only, no kernel launch: every backend agrees
+    kind = device.type
+    if kind == "meta":  # shapes only, no kernel launch: every backend agrees
         return "reference" if choice == "auto" else choice
     if choice == "auto":
-        runs_triton = (device.type == "cuda" or (device.type == "cpu" and interpreted)) and _triton_available()
+        runs_triton = (kind == "cuda" or (kind == "cpu" and _interpret_env())) and _triton_available()
         return "triton" if runs_triton else "reference"
-    if choice == "triton" and not (device.type == "cuda" or interpreted):
-        raise ValueError(f"the triton backend needs a CUDA tensor or TRITON_INTERPRET=1, got a {device.type} tensor")
+    if choice == "triton" and not (kind == "cuda" or _interpret_env()):
+        raise ValueError(f"the triton backend needs a CUDA tensor or TRITON_INTERPRET=1, got a {kind} tensor")
     return choice
+
+
+_function_module = None
+
+
+def _function():
+    """The ``function`` module (Triton backend), imported at the first call that needs it: importing
+    fused_gumbel does not import Triton, and a call does not pay for an import statement."""
+    global _function_module
+    if _function_module is None:
+        from . import function
+
+        _function_module = function
+    return _function_module
 
 
 def _check_logits(logits: torch.Tensor) -> None:
@@ -67,6 +101,8 @@ def _check_logits(logits: torch.Tensor) -> None:
 
 
 def _normalize_dim(dim: int, ndim: int) -> int:
+    if type(dim) is int and -ndim <= dim < ndim:  # the common case, without the checks below
+        return dim % ndim
     # Any integer type (numpy's too, as torch accepts), but not bool.
     if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
         raise TypeError(f"dim must be an int, got {type(dim).__name__}")
@@ -99,6 +135,8 @@ _FLOAT_MAX = sys.float_info.max
 
 def _check_tau(tau, logits: torch.Tensor, dim: int):
     """A validated float, or a floating tensor that broadcasts to the logits with size 1 at ``dim``."""
+    if type(tau) is float and 0 < tau <= _FLOAT_MAX:  # the common case, as the checks below return it
+        return tau
     if isinstance(tau, torch.Tensor):
         if not tau.is_floating_point():
             raise TypeError(f"tau must be a float or a floating tensor, got {tau.dtype}")
@@ -178,6 +216,16 @@ def _check_host_seed(key) -> None:
                            "into the graph); use backend='triton'")
 
 
+def _draw(device: torch.device, logits: torch.Tensor, tau, generator: Optional[torch.Generator],
+          seed: Optional[int]):
+    """The call's (key, offset) (``_seeding.draw``), after the vmap randomness checks, drawn outside vmap."""
+    if not _functorch.transforms_active():  # the common case: nothing to check, nothing to leave
+        return _seeding.draw(device, generator, seed)
+    _functorch.check_vmap_randomness(logits, tau, seeded=seed is not None)
+    with _functorch.outside_vmap():
+        return _seeding.draw(device, generator, seed)
+
+
 def _empty_like_result(logits: torch.Tensor) -> torch.Tensor:
     # Keeps the autograd graph (and the dtype/device) of an empty input.
     return logits * 0
@@ -235,22 +283,19 @@ def gumbel_softmax(
     if logits.dim() == 0:
         return gumbel_softmax(logits.reshape(1), tau, hard, dim=0, generator=generator, seed=seed,
                               backend=backend).reshape(())
-    chosen = select_backend(logits.device, backend)
+    device = logits.device
+    chosen = select_backend(device, backend)
     if _graph_mode():
         _check_compiled_call(generator, seed)
         mode = _custom_op.MODE_HARD if hard else _custom_op.MODE_SOFT
         return _custom_op.sample(logits, _tau_for_kernel(tau, logits, dim), mode, dim, seed, chosen)
-    if logits.device.type == "meta":
+    if device.type == "meta":
         return reference.gumbel_softmax(logits, tau, hard, dim, noise=torch.zeros_like(logits))
-    _functorch.check_vmap_randomness(logits, tau, seeded=seed is not None)
-    with _functorch.outside_vmap():
-        key, offset = _seeding.draw(logits.device, generator, seed)
+    key, offset = _draw(device, logits, tau, generator, seed)
     if chosen == "reference":
         _check_host_seed(key)
         return reference.gumbel_softmax(logits, tau, hard, dim, seed=key, offset=offset)
-    from .function import GumbelSoftmaxFunction
-
-    return GumbelSoftmaxFunction.apply(logits, _tau_for_kernel(tau, logits, dim), bool(hard), dim, key, offset)
+    return _function().apply(logits, _tau_for_kernel(tau, logits, dim), bool(hard), dim, key, offset)
 
 
 def categorical(
@@ -283,25 +328,23 @@ def categorical(
         drawn = categorical(logits.reshape(1), 0, generator=generator, one_hot=one_hot, seed=seed, backend=backend)
         return drawn.reshape(())
     logits = logits.detach()
-    chosen = select_backend(logits.device, backend)
+    device = logits.device
+    chosen = select_backend(device, backend)
     if _graph_mode():
         _check_compiled_call(generator, seed)
         mode = _custom_op.MODE_HARD if one_hot else _custom_op.MODE_INDEX
         return _custom_op.sample(logits, 1.0, mode, dim, seed, chosen)
-    if logits.device.type == "meta":
+    if device.type == "meta":
         return reference.categorical(logits, dim, one_hot=one_hot, noise=torch.zeros_like(logits))
-    _functorch.check_vmap_randomness(logits, seeded=seed is not None)
-    with _functorch.outside_vmap():
-        key, offset = _seeding.draw(logits.device, generator, seed)
+    key, offset = _draw(device, logits, None, generator, seed)
     if chosen == "reference":
         _check_host_seed(key)
         return reference.categorical(logits, dim, one_hot=one_hot, seed=key, offset=offset)
-    from .function import GumbelSoftmaxFunction, sample_forward
-
+    function = _function()
     if _functorch.in_vmap():  # a kernel cannot read a batched tensor: the Function's vmap rule can
-        drawn = GumbelSoftmaxFunction.apply(logits, 1.0, True, dim, key, offset)
+        drawn = function.GumbelSoftmaxFunction.apply(logits, 1.0, True, dim, key, offset)
         if one_hot:
             return drawn
         return drawn.argmax(dim).masked_fill(drawn.isnan().any(dim), -1)
     mode = _custom_op.MODE_HARD if one_hot else _custom_op.MODE_INDEX
-    return sample_forward(logits, 1.0, mode, dim, key, offset)[0]
+    return function.sample_forward(logits, 1.0, mode, dim, key, offset)[0]

@@ -994,21 +994,27 @@ def _tile_config(n_rows: int, classes: int, max_block_k: int, allow_small: bool,
                 BLOCK_Q=block_q, num_warps=min(16, max(1, tile // (32 * per_thread))))
 
 
+# The launchers take torch tensors; the kernels above do not need torch. Imported here once rather
+# than in every launcher call (an import statement costs host time on every call).
+import torch  # noqa: E402
+
+# Read once, when this module is imported: that is when ``@triton.jit`` chose between the
+# interpreter and the compiler for the kernels above, so a later change could not apply anyway.
+_INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """Whether the kernels run in Triton's interpreter (TRITON_INTERPRET=1 when this module was imported)."""
+    return _INTERPRETED
 
 
 def _compute_dtype(dtype):
-    import torch
-
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 def _fast(dtype) -> int:
     """The noise twin (``kernels/rng.py``): 2, MUFU fast math, for float32 math on a GPU; 0, the
     exact twin, in the interpreter and for float64."""
-    import torch
-
     return 0 if dtype == torch.float64 or _interpreted() else 2
 
 
@@ -1039,8 +1045,6 @@ def _dummy_tensor(device, dtype_name="int64"):
     key = (device, dtype_name)
     tensor = _dummy.get(key)
     if tensor is None:
-        import torch
-
         tensor = _dummy[key] = torch.empty(2, dtype=getattr(torch, dtype_name), device=device)
     return tensor
 
@@ -1078,7 +1082,7 @@ def stats_size(n_rows: int, classes: int, mode: int, max_block_k=None) -> int:
     maxima for streamed soft rows (scratch), the row max for the hard/index modes of rows that
     need it (kept for the hard backward, which sums the row itself); 0: none."""
     cfg = tile_config(n_rows, classes, max_block_k)
-    if not needs_row_stats(n_rows, classes, max_block_k):
+    if not (cfg["SPLIT"] or not cfg["SINGLE_CHUNK"]):  # needs_row_stats
         return 0
     if mode == MODE_SOFT:
         return 0 if cfg["SPLIT"] else 2 * n_rows * cfg["num_chunks"]
@@ -1092,8 +1096,6 @@ def _split_buffers(n_rows, cfg, device, compute):
     """Per-launch partials, and the per-row ticket counters of the split kernels. The counters
     are zero between launches (the last program of a row resets its own), so one buffer per device
     and stream serves every launch without a memset; launches on one stream never overlap."""
-    import torch
-
     dtype = torch.float64 if compute == tl.float64 else torch.float32
     partial = torch.empty(n_rows * cfg["SEGMENTS"] * 4, dtype=dtype, device=device)
     stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
@@ -1160,7 +1162,7 @@ def gumbel_softmax_backward(grad_y, grad_y_strides, src, src_strides, grad_x, gr
     is an int (with ``offset``) or an int64 [2] device tensor holding (seed, offset); ``stats``
     the hard forward's per-row (max, sum) when rows are streamed."""
     cfg = tile_config(n_rows, classes, max_block_k)
-    if regenerate and needs_row_stats(n_rows, classes, max_block_k) and stats is None:
+    if regenerate and stats is None and (cfg["SPLIT"] or not cfg["SINGLE_CHUNK"]):  # needs_row_stats
         raise ValueError("the hard backward of streamed rows needs the forward's row statistics")
     seed_args = _seed_args(seed, offset, None, src.device)
     tau_ptr, tau_value, tau_stride, tau_from_ptr = _tau_args(tau, src)
