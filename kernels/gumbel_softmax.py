@@ -16,14 +16,20 @@ tensor: it regenerates g and y from the logits and the call's (seed, offset), as
 low-memory-dropout tutorial.
 
 Cost model (``python -m bench.static``): the budget is about 31 SASS instructions per bf16
-element on an H200, so every element draws its noise exactly once per launch:
+element on an H200, so every element draws its noise exactly once per launch. Four kernel
+shapes, chosen by ``tile_config``:
+- Short rows (K <= ``SMALL_K`` = 16, e.g. the VAE's 10 classes): one row per thread, K a
+  constexpr, every class its own register plane; padding classes compile away.
 - Rows up to ``MAX_RESIDENT`` classes stay in registers: one load, one noise draw, one store.
   Tiles are ``[ROWS, BLOCK_Q, 4]``: word w of Philox call q of a row is class 4q + w, and the
   four word planes are computed separately (no shuffles), so a 4-class group is one vector load.
-- Longer rows stream in chunks of ``MAX_RESIDENT``: the forward writes each chunk scaled by its
-  own running max and rescales it in a second, noise-free pass over the (L2-resident) output;
-  the hard backward regenerates the noise once, using the row statistics (max, sum) that the
-  forward saved (8 bytes a row).
+- Few long rows (fewer row programs than ``SPLIT_BELOW_PROGRAMS``) split into (row, segment)
+  programs with a two-phase combine (``gumbel_softmax_split_*``): the last program of a row
+  (a per-row ticket counter) merges the partial (max, sum, argmax) and finishes the row.
+- Other rows longer than ``MAX_RESIDENT`` stream in chunks: the soft forward writes each chunk
+  scaled by its own max and rescales it in a second, noise-free pass over the (L2-resident)
+  output; the hard forward keeps the row max (4 bytes a row), with which the hard backward
+  regenerates the noise once, sums the row, parks y in grad_x and finishes from L2.
 - ``FAST`` (float32 on a GPU) puts the logarithms and exponentials on the MUFU unit
   (``kernels/rng.py``); the interpreter and float64 run the exact twin.
 
