@@ -4,7 +4,7 @@ Forward launches ``kernels.gumbel_softmax.gumbel_softmax_forward``; backward lau
 ``gumbel_softmax_backward`` with dx = y * (dy - sum(dy * y)) / tau and the temperature
 gradient. Soft mode saves its output y; hard (straight-through) mode saves only the logits
 and the call's (seed, offset) and regenerates the noise and y in the backward kernel (rows too
-long for one program's registers also keep the forward's per-row (max, sum), 8 bytes a row).
+long for one program's registers also keep the forward's row max, 4 bytes a row).
 Double backward (``create_graph=True``) and forward-mode AD use the same formulas in
 differentiable PyTorch ops (``_autograd``); ``torch.func.vmap`` has a rule (``_functorch``).
 Eager calls go through ``apply``, which avoids the host cost of a ``setup_context`` Function
@@ -24,22 +24,18 @@ from .kernels import gumbel_softmax as kernels
 
 
 def _stats_buffer(shape, mode, dtype, device, save_stats):
-    """Compute-dtype scratch for streamed rows (soft), or the hard forward's per-row (max, sum)."""
+    """Compute-dtype scratch for streamed rows (soft), or the hard forward's row maxima."""
     if mode == kernels.MODE_INDEX and not save_stats:
         return None
     size = kernels.stats_size(shape.rows, shape.classes, mode)
-    return torch.empty(size, dtype=_compute(dtype), device=device) if size else None
-
-
-def _compute(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
+    return torch.empty(size, dtype=compute_dtype(dtype), device=device) if size else None
 
 
 def sample_forward(logits, tau, mode, dim, seed, offset, rng_out=None, save_stats=False):
     """One forward launch for ``mode`` (kernels.MODE_*). Returns ``(out, x, x_strides, stats)``:
     the sample (same shape and dtype as the logits) or, for MODE_INDEX, int64 indices with
     ``dim`` removed; the [outer, K, inner] view of the logits the kernel read; and, for rows
-    too long for registers, the per-row (max, sum) that the hard backward reads (else None)."""
+    too long for registers, the row maxima that the hard backward reads (else None)."""
     shape = RowShape.of(logits.shape, dim)
     x, x_strides = as_rows(logits, dim)
     stats = _stats_buffer(shape, mode, logits.dtype, logits.device, save_stats)
@@ -58,8 +54,7 @@ def tau_grad_buffer(tau, needed: bool, size: int, like: torch.Tensor):
     """Per-row (or per-program) temperature-gradient buffer in the compute dtype, or None."""
     if not (needed and isinstance(tau, torch.Tensor)):
         return None
-    return torch.empty(size, dtype=torch.float64 if like.dtype == torch.float64 else torch.float32,
-                       device=like.device)
+    return torch.empty(size, dtype=compute_dtype(like.dtype), device=like.device)
 
 
 def reduce_tau_grad(partial: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:

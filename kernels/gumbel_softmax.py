@@ -57,8 +57,6 @@ MODE_INDEX = 2
 
 # Widest row (in classes) held in registers by one program; wider rows stream in chunks this wide.
 MAX_RESIDENT = 16384
-# Kept for the top-k kernels, which hold whole rows of at most this many classes.
-MAX_BLOCK_K = 8192
 # Elements per program that row packing aims for.
 TARGET_TILE = 2048
 # Elements per thread that num_warps aims for (registers: a few per element). The categorical
@@ -291,8 +289,6 @@ def gumbel_softmax_fwd_kernel(
             best = _planes_argmax(a0, a1, a2, a3, q4, row_max)
             if MODE == 2:
                 tl.store(index_ptr + rows, tl.where(valid, best, -1).to(tl.int64), mask=row_mask)
-        if SAVE_STATS:  # the row max, as streamed rows keep it for the hard backward
-            tl.store(stats_ptr + rows, row_max, mask=row_mask)
         if MODE == 0:
             shift = tl.where(valid, row_max * scale, 0.0)
             e0, e1, e2, e3 = _exp_planes(a0, a1, a2, a3, scale, shift, FAST)
@@ -1077,7 +1073,7 @@ def _seed_args(seed, offset, rng_out, device):
 
 
 def needs_row_stats(n_rows: int, classes: int, max_block_k=None) -> bool:
-    """Whether the hard backward reads per-row (max, sum) saved by the forward: rows too long for
+    """Whether the hard backward reads the row max saved by the forward: rows too long for
     one program's registers (streamed in chunks, or split across programs)."""
     cfg = tile_config(n_rows, classes, max_block_k)
     return cfg["SPLIT"] or not cfg["SINGLE_CHUNK"]
@@ -1119,7 +1115,7 @@ def gumbel_softmax_forward(x, x_strides, out, out_strides, index, tau, n_rows, c
     ``seed`` is an int (with ``offset``), or an int64 [2] device tensor holding (seed, offset);
     ``rng_out`` (int64 [2], optional) receives the scalar (seed, offset) the kernel used.
     ``stats``: for streamed rows, float32 of ``stats_size`` words: required scratch in soft mode;
-    in hard/index mode, optional, it receives the per-row (max, sum) for the hard backward."""
+    in hard/index mode, optional, it receives the row maxima for the hard backward."""
     cfg = tile_config(n_rows, classes, max_block_k,
                       elements_per_thread=INDEX_ELEMENTS_PER_THREAD if mode == MODE_INDEX else None)
     seed_args = _seed_args(seed, offset, rng_out, x.device)
@@ -1166,7 +1162,7 @@ def gumbel_softmax_backward(grad_y, grad_y_strides, src, src_strides, grad_x, gr
     """Launch the backward kernel once. ``src`` is the saved soft output, or the logits when
     ``regenerate`` (hard mode); ``grad_tau_rows`` ([n_rows], compute dtype) or None. ``seed``
     is an int (with ``offset``) or an int64 [2] device tensor holding (seed, offset); ``stats``
-    the hard forward's per-row (max, sum) when rows are streamed."""
+    the hard forward's row maxima when rows are streamed or split."""
     cfg = tile_config(n_rows, classes, max_block_k)
     if regenerate and stats is None and (cfg["SPLIT"] or not cfg["SINGLE_CHUNK"]):  # needs_row_stats
         raise ValueError("the hard backward of streamed rows needs the forward's row statistics")

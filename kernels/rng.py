@@ -155,8 +155,7 @@ def gumbel_noise(seed, offset, rows, chunk, Q, ROWS: tl.constexpr, BLOCK_Q: tl.c
 
 
 @triton.jit
-def logistic_noise(seed, offset, first_call, BLOCK_Q: tl.constexpr, COMPUTE: tl.constexpr,
-                   FAST: tl.constexpr = 0):
+def logistic_noise(seed, offset, first_call, BLOCK_Q: tl.constexpr, COMPUTE: tl.constexpr):
     """Logistic(0, 1) noise of the elementwise mapping for the ``4 * BLOCK_Q`` flat elements
     ``4 * first_call + arange(4 * BLOCK_Q)``: element ``e`` takes word ``e % 4`` of call ``e // 4``."""
     calls = first_call + tl.arange(0, BLOCK_Q)
@@ -165,10 +164,6 @@ def logistic_noise(seed, offset, first_call, BLOCK_Q: tl.constexpr, COMPUTE: tl.
     b = tl.maximum((words >> 1).to(tl.int32), 1)
     # 2**31 - b without overflowing int32; exact, so log(1 - u) has no cancellation near u = 1.
     complement = (2147483647 - b) + 1
-    if FAST:
-        # log(u) - log(1 - u) = ln2 * (log2(b) - log2(2**31 - b)): the 2**-31 scales cancel.
-        return (lg2(b.to(tl.float32), FAST) - lg2(complement.to(tl.float32), FAST)) * LN2
-    else:
-        u = b.to(COMPUTE) * UNIFORM_SCALE
-        v = complement.to(COMPUTE) * UNIFORM_SCALE
-        return tl.log(u) - tl.log(v)
+    u = b.to(COMPUTE) * UNIFORM_SCALE
+    v = complement.to(COMPUTE) * UNIFORM_SCALE
+    return tl.log(u) - tl.log(v)

@@ -12,7 +12,7 @@ copy of the logits with the same (seed, offset):
   ``ex2.approx`` and divides with ``div.full`` (2 ulp each) where the CPU rounds correctly,
   so float32 gets rtol 1e-4; half precision allows two ulp of the output format;
 * dims 0/1/-1 and strided views; float32/bfloat16/float16/float64; K from 1 to 262,144
-  (262,144 > ``MAX_BLOCK_K``: the looped online-softmax path);
+  (262,144 > ``MAX_RESIDENT``: the split or streamed paths);
 * no NaN at extremes (|logits| = 1e4, tau from 1e-4 to 1e4, -inf entries).
 
 CUDA graphs, torch.compile and autocast on the device are in ``test_gpu_workflows.py``.
