@@ -20,7 +20,8 @@ element on an H200, so every element draws its noise exactly once per launch. Fo
 shapes, chosen by ``tile_config``:
 - Short rows (K <= ``SMALL_K`` = 16, e.g. the VAE's 10 classes): one row per thread, K a
   constexpr, every class its own register plane; padding classes compile away.
-- Rows up to ``MAX_RESIDENT`` classes stay in registers: one load, one noise draw, one store.
+- Rows up to ``MAX_RESIDENT`` classes (``MAX_RESIDENT_SOFT_FORWARD`` in the soft forward) stay
+  in registers: one load, one noise draw, one store.
   Tiles are ``[ROWS, BLOCK_Q, 4]``: word w of Philox call q of a row is class 4q + w, and the
   four word planes are computed separately (no shuffles), so a 4-class group is one vector load.
 - Few long rows (fewer row programs than ``SPLIT_BELOW_PROGRAMS``) split into (row, segment)
@@ -57,6 +58,9 @@ MODE_INDEX = 2
 
 # Widest row (in classes) held in registers by one program; wider rows stream in chunks this wide.
 MAX_RESIDENT = 16384
+# The soft forward holds rows twice as wide (up to 32 warps of 32 elements): a streamed soft row
+# costs a second, rescaling pass over its output, the others only a few row statistics.
+MAX_RESIDENT_SOFT_FORWARD = 32768
 # Elements per program that row packing aims for.
 TARGET_TILE = 2048
 # Elements per thread that num_warps aims for (registers: a few per element). The categorical
@@ -64,6 +68,9 @@ TARGET_TILE = 2048
 # which spreads each thread's fixed costs (addresses, reductions, key schedule) thinner.
 ELEMENTS_PER_THREAD = 32
 INDEX_ELEMENTS_PER_THREAD = 128
+# A split program's segment also keeps its offsets and the combine's state live: at most this many
+# elements per thread there (the categorical's 128 would spill).
+SPLIT_ELEMENTS_PER_THREAD = 64
 # Few long rows are split across programs (two-phase combine) when the row programs alone would
 # not give each SM of a 132-SM GPU two programs, in segments of at least SPLIT_MIN_SEGMENT classes.
 SPLIT_BELOW_PROGRAMS = 264
@@ -160,11 +167,15 @@ def _ln2(COMPUTE: tl.constexpr):
 
 @triton.jit
 def _tile(rows_base, row_mask, chunk, K, s_k, BLOCK_Q: tl.constexpr):
-    """Offsets and mask of a [ROWS, BLOCK_Q, 4] tile of chunk ``chunk`` (class 4q + w at [., q, w])."""
-    q = chunk * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    cols = (4 * q)[None, :, None] + tl.arange(0, 4)[None, None, :]
-    mask = row_mask[:, None, None] & (cols < K)
-    return rows_base[:, None, None] + cols.to(tl.int64) * s_k, mask, 4 * q
+    """Offsets and mask of a [ROWS, BLOCK_Q, 4] tile of chunk ``chunk`` (class 4q + w at [., q, w]),
+    and 4q. The chunk's start goes into the per-row base, so each element's offset within the
+    tile is a compile-time constant (no per-element 64-bit index arithmetic for a runtime chunk)."""
+    start = chunk * (4 * BLOCK_Q)
+    q4 = 4 * tl.arange(0, BLOCK_Q)
+    cols = q4[None, :, None] + tl.arange(0, 4)[None, None, :]
+    mask = row_mask[:, None, None] & (cols < K - start)
+    base = rows_base + start.to(tl.int64) * s_k
+    return base[:, None, None] + cols.to(tl.int64) * s_k, mask, start + q4
 
 
 @triton.jit
@@ -829,7 +840,9 @@ def gumbel_softmax_split_fwd_kernel(
     a0, a1, a2, a3, q4 = _perturbed_planes(x_ptr, x_rows, x_s_k, rows, row_mask, segment, K, Q, seed, offset,
                                            BLOCK_Q, FAST, COMPUTE, COUNTER32)
     seg_max = _planes_max(a0, a1, a2, a3)
-    seg_best = _planes_argmax(a0, a1, a2, a3, q4, seg_max)
+    seg_best = tl.zeros([1], tl.int32)
+    if MODE != 0:
+        seg_best = _planes_argmax(a0, a1, a2, a3, q4, seg_max)
     seg_sum = tl.zeros([1], COMPUTE)
     if MODE == 0:
         shift = tl.where(tl.abs(seg_max) < float("inf"), seg_max * scale, 0.0)
@@ -982,7 +995,7 @@ def _tile_config(n_rows: int, classes: int, max_block_k: int, allow_small: bool,
         segments = -(-calls_per_row // block_q)
         return dict(SMALL=False, SPLIT=True, SEGMENTS=segments, SEG_BLOCK=_next_power_of_2(segments),
                     Q=calls_per_row, num_chunks=1, SINGLE_CHUNK=True, ROWS=1, BLOCK_Q=block_q,
-                    num_warps=min(16, max(1, 4 * block_q // (32 * per_thread))))
+                    num_warps=min(16, max(1, 4 * block_q // (32 * min(per_thread, SPLIT_ELEMENTS_PER_THREAD)))))
     if 4 * block_q <= max_block_k:
         num_chunks = 1
         target = TARGET_TILE * max(1, per_thread // ELEMENTS_PER_THREAD)
@@ -993,7 +1006,7 @@ def _tile_config(n_rows: int, classes: int, max_block_k: int, allow_small: bool,
         rows = 1
     tile = rows * 4 * block_q
     return dict(SMALL=False, SPLIT=False, Q=calls_per_row, num_chunks=num_chunks, SINGLE_CHUNK=num_chunks == 1, ROWS=rows,
-                BLOCK_Q=block_q, num_warps=min(16, max(1, tile // (32 * per_thread))))
+                BLOCK_Q=block_q, num_warps=min(32, max(1, tile // (32 * per_thread))))
 
 
 # The launchers take torch tensors; the kernels above do not need torch. Imported here once rather
@@ -1072,6 +1085,15 @@ def _seed_args(seed, offset, rng_out, device):
     return 0, 0, 0, 0, seed, RNG_FROM_PTR
 
 
+def forward_config(n_rows: int, classes: int, mode: int, max_block_k=None) -> dict:
+    """The forward's ``tile_config`` for ``mode``: wider resident rows for the soft forward, more
+    elements per thread for the categorical."""
+    if max_block_k is None and mode == MODE_SOFT:
+        max_block_k = MAX_RESIDENT_SOFT_FORWARD
+    return tile_config(n_rows, classes, max_block_k,
+                       elements_per_thread=INDEX_ELEMENTS_PER_THREAD if mode == MODE_INDEX else None)
+
+
 def needs_row_stats(n_rows: int, classes: int, max_block_k=None) -> bool:
     """Whether the hard backward reads the row max saved by the forward: rows too long for
     one program's registers (streamed in chunks, or split across programs)."""
@@ -1083,7 +1105,7 @@ def stats_size(n_rows: int, classes: int, mode: int, max_block_k=None) -> int:
     """Words (compute dtype) of the ``stats`` buffer the forward of ``mode`` takes: per-chunk
     maxima for streamed soft rows (scratch), the row max for the hard/index modes of rows that
     need it (kept for the hard backward, which sums the row itself); 0: none."""
-    cfg = tile_config(n_rows, classes, max_block_k)
+    cfg = forward_config(n_rows, classes, mode, max_block_k)
     if not (cfg["SPLIT"] or not cfg["SINGLE_CHUNK"]):  # needs_row_stats
         return 0
     if mode == MODE_SOFT:
@@ -1116,8 +1138,7 @@ def gumbel_softmax_forward(x, x_strides, out, out_strides, index, tau, n_rows, c
     ``rng_out`` (int64 [2], optional) receives the scalar (seed, offset) the kernel used.
     ``stats``: for streamed rows, float32 of ``stats_size`` words: required scratch in soft mode;
     in hard/index mode, optional, it receives the row maxima for the hard backward."""
-    cfg = tile_config(n_rows, classes, max_block_k,
-                      elements_per_thread=INDEX_ELEMENTS_PER_THREAD if mode == MODE_INDEX else None)
+    cfg = forward_config(n_rows, classes, mode, max_block_k)
     seed_args = _seed_args(seed, offset, rng_out, x.device)
     tau_ptr, tau_value, tau_stride, tau_from_ptr = _tau_args(tau, x)
     grid = ((n_rows + cfg["ROWS"] - 1) // cfg["ROWS"],)

@@ -91,6 +91,7 @@ def test_non_contiguous_grad_output():
 def small_blocks(monkeypatch):
     """Force the looped large-K path: rows wider than 16 classes are processed in 16-wide chunks."""
     monkeypatch.setattr(kernels, "MAX_RESIDENT", 16)
+    monkeypatch.setattr(kernels, "MAX_RESIDENT_SOFT_FORWARD", 16)
 
 
 @pytest.mark.parametrize("K", [17, 37, 100])
