@@ -322,6 +322,9 @@ class KernelRecorder:
     def _launch(self, grid, args, kwargs):
         if self.sink is None:
             return None
+        if isinstance(self.sink, LaunchClock):
+            self.sink.stamp()
+            return None
         options = {k: kwargs.pop(k) for k in list(kwargs) if k in _LAUNCH_OPTIONS}
         unknown = [k for k in kwargs if k not in self.signature.parameters]
         if unknown:
@@ -352,6 +355,17 @@ def kernel_modules():
         importlib.import_module(info.name)
     return [m for name, m in sorted(sys.modules.items())
             if m is not None and (name == "fused_gumbel" or name.startswith("fused_gumbel."))]
+
+
+class LaunchClock:
+    """A ``stub_kernels`` sink that records only when each launch happened (``perf_counter_ns``),
+    first thing in the stub, so host timings can stop at the moment Triton would take over."""
+
+    def __init__(self):
+        self.stamps = []
+
+    def stamp(self):
+        self.stamps.append(time.perf_counter_ns())
 
 
 class stub_kernels:
@@ -530,9 +544,7 @@ def measure_host(calls: int = 300, modes=("soft", "hard"), repeats: int = 5) -> 
                 torch.empty(rows, classes, dtype=_torch_dtype(dtype), requires_grad=True)
             grad = torch.empty(rows, classes, dtype=_torch_dtype(dtype))
             functions = {
-                "alloc": lambda: torch.empty(rows, classes, dtype=_torch_dtype(dtype)),
                 "floor": lambda: torch.autograd.grad(floor_function.apply(xg, 1.0, False, -1, 0, 0), xg, grad),
-                "index": lambda: fg.categorical(x, backend="triton"),
             }
             for mode in modes:
                 hard = mode == "hard"
@@ -545,10 +557,63 @@ def measure_host(calls: int = 300, modes=("soft", "hard"), repeats: int = 5) -> 
                 out[f"{name}/{dtype}/{mode}"] = {"fwd": round(fwd, 2), "fwd+bwd": round(both, 2),
                                                  "bwd": round(both - fwd, 2), "autograd_floor": round(floor, 2),
                                                  "bwd_beyond_floor": round(both - floor - fwd, 2)}
+            del x, xg, grad, functions
+    with stub_kernels(clock := LaunchClock()):
+        for name, (rows, classes), dtype in HOST_CASES:
+            for mode in modes:
+                out[f"{name}/{dtype}/{mode}"].update(
+                    _time_to_launch(clock, (rows, classes), _torch_dtype(dtype), mode == "hard", calls, repeats))
+    with stub_kernels(None):
+        for name, (rows, classes), dtype in HOST_CASES:
+            x = torch.empty(rows, classes, dtype=_torch_dtype(dtype))
+            functions = {"index": lambda: fg.categorical(x, backend="triton"),
+                         "alloc": lambda: torch.empty(rows, classes, dtype=_torch_dtype(dtype))}
+            t = timed(functions)
             out[f"{name}/{dtype}/index"] = {"fwd": round(t["index"], 2)}
             out[f"{name}/{dtype}/torch.empty"] = {"alloc": round(t["alloc"], 2)}
-            del x, xg, grad, functions
+            del x, functions
     return out
+
+
+def _time_to_launch(clock: LaunchClock, shape, dtype, hard: bool, calls: int, repeats: int) -> dict:
+    """Our own Python time up to Triton's launch, without autograd's engine around it:
+    ``fwd_to_launch`` from entering ``gumbel_softmax`` (logits requiring grad) to the forward's
+    launch, ``bwd_to_launch`` from entering the autograd Function's ``backward`` to the backward's
+    launch (the smallest of ``repeats`` medians of ``calls`` calls)."""
+    import torch
+
+    import fused_gumbel as fg
+    from fused_gumbel import function
+
+    eager = function._EagerGumbelSoftmaxFunction
+    original = eager.__dict__["backward"]
+    entered = []
+
+    def backward(ctx, grad_y):
+        entered.append(time.perf_counter_ns())
+        return original.__func__(ctx, grad_y)
+
+    x = torch.empty(shape, dtype=dtype, requires_grad=True)
+    grad = torch.empty(shape, dtype=dtype)
+    best = {"fwd_to_launch": math.inf, "bwd_to_launch": math.inf}
+    eager.backward = staticmethod(backward)
+    try:
+        for round_ in range(max(1, repeats) + 1):  # the first round warms up
+            fwd, bwd = [], []
+            for _ in range(calls):
+                clock.stamps.clear()
+                entered.clear()
+                t0 = time.perf_counter_ns()
+                y = fg.gumbel_softmax(x, hard=hard, backend="triton")
+                torch.autograd.grad(y, x, grad)
+                fwd.append(clock.stamps[0] - t0)
+                bwd.append(clock.stamps[-1] - entered[0])
+            if round_:
+                best["fwd_to_launch"] = min(best["fwd_to_launch"], statistics.median(fwd) / 1e3)
+                best["bwd_to_launch"] = min(best["bwd_to_launch"], statistics.median(bwd) / 1e3)
+    finally:
+        eager.backward = original
+    return {k: round(v, 2) for k, v in best.items()}
 
 
 # --- Compiling (process without TRITON_INTERPRET) ------------------------------------------------
@@ -1050,14 +1115,19 @@ def markdown(report: dict) -> str:
                   "Python time per eager call up to the (stubbed) Triton launch, in us (the smallest of several "
                   "medians): CPU tensors, TRITON_INTERPRET=1 so the triton backend is chosen; it includes allocating "
                   "the outputs on the CPU (the torch.empty row). autograd floor: forward+backward of a trivial "
-                  "autograd Function with the same inputs; bwd beyond floor = fwd+bwd - floor - fwd.", "",
-                  "| case | fwd | fwd+bwd | bwd | autograd floor | bwd beyond floor |", "|---|---|---|---|---|---|"]
+                  "autograd Function with the same inputs; bwd beyond floor = fwd+bwd - floor - fwd. Our own "
+                  "Python up to the launch, without autograd's engine around it: bwd to launch, from entering the "
+                  "Function's backward to the backward's launch; fwd to launch, from entering gumbel_softmax with "
+                  "logits that require grad (the autograd Function's apply included) to the forward's launch.", "",
+                  "| case | fwd | fwd+bwd | bwd | autograd floor | bwd beyond floor | fwd to launch (grad) "
+                  "| bwd to launch |", "|---|---|---|---|---|---|---|---|"]
         for k, v in report["host_us"].items():
             if "fwd" in v:
                 lines.append(f"| {k} | {v['fwd']} | {v.get('fwd+bwd', '–')} | {v.get('bwd', '–')} | "
-                             f"{v.get('autograd_floor', '–')} | {v.get('bwd_beyond_floor', '–')} |")
+                             f"{v.get('autograd_floor', '–')} | {v.get('bwd_beyond_floor', '–')} | "
+                             f"{v.get('fwd_to_launch', '–')} | {v.get('bwd_to_launch', '–')} |")
             else:
-                lines.append(f"| {k} (torch.empty of one output) | {v['alloc']} | – | – | – | – |")
+                lines.append(f"| {k} (torch.empty of one output) | {v['alloc']} | – | – | – | – | – | – |")
     return "\n".join(lines) + "\n"
 
 

@@ -290,6 +290,10 @@ def test_fallback_to_reference_is_reported_not_run():
 def test_host_timing_runs():
     host = static.measure_host(calls=3)
     assert host["3000x10/fp32/soft"]["fwd"] > 0 and "bwd" in host["3000x10/fp32/hard"]
+    # The launch clock saw both launches: our Python up to each is positive and below the whole call.
+    for case in ("3000x10/fp32/soft", "3000x10/fp32/hard"):
+        assert 0 < host[case]["bwd_to_launch"] < host[case]["fwd+bwd"]
+        assert 0 < host[case]["fwd_to_launch"] < host[case]["fwd+bwd"]
 
 
 # --- (b) the real kernels -------------------------------------------------------------------------
