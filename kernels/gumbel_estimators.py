@@ -33,7 +33,7 @@ ESTIMATOR_REINMAX = 2
 MAX_FUSED_CLASSES = 4096
 # Elements per program that row packing aims for.
 TARGET_TILE = 1024
-CONDITIONAL_COUNTER_SHIFT = 48
+CONDITIONAL_COUNTER_SHIFT = tl.constexpr(48)  # counter offset of draw k: (k + 1) << 48
 
 
 @triton.jit
@@ -167,3 +167,12 @@ def estimator_backward(grad_y, grad_y_strides, x, x_strides, grad_x, grad_x_stri
         ESTIMATOR=estimator, TAU_GRAD=grad_tau_rows is not None, TAU_FROM_PTR=tau_from_ptr, ROWS=cfg["ROWS"],
         BLOCK_Q=cfg["BLOCK_Q"], COMPUTE=_compute_dtype(x.dtype), FAST=_fast(x.dtype), num_warps=cfg["num_warps"],
     )
+
+
+def _mc_trip_counts(launch, loops):
+    # ReinMax has no loop; Gumbel-Rao's one loop runs once per conditional draw.
+    return [launch.args["mc_samples"]] * len(loops)
+
+
+# Loop trip counts for ``python -m bench.static`` (its hook convention: launch, loops -> counts).
+STATIC_TRIP_COUNTS = {"gumbel_estimator_bwd_kernel": _mc_trip_counts}

@@ -1,5 +1,7 @@
 """Gradient estimators of the hard sample (``estimator=``): Gumbel-Rao and ReinMax, fused kernel and
 reference, against the official formulas and straight-through on identical noise."""
+import textwrap
+
 import pytest
 import torch
 
@@ -8,7 +10,7 @@ from fused_gumbel import estimators, reference_estimators
 from fused_gumbel.kernels import gumbel_estimators as estimator_kernels
 from fused_gumbel.nn import GumbelSoftmax
 
-from helpers import assert_close, run_both_backends
+from helpers import assert_close, compile_for_sm90, run_both_backends
 
 BACKENDS = ["triton", "reference"]
 ESTIMATORS = [("reinmax", None), ("gumbel_rao", 1), ("gumbel_rao", 3)]
@@ -269,3 +271,33 @@ def test_bad_options(kwargs, error, match):
     kwargs = {"hard": True, **kwargs}
     with pytest.raises(error, match=match):
         fused_gumbel.gumbel_softmax(torch.randn(2, 3), 0.5, **kwargs)
+
+
+SM90_SCRIPT = textwrap.dedent("""
+    import itertools, sys, torch
+    import triton.language as tl
+    sys.path.insert(0, {tests!r})
+    from sm90_compile import compile_variants
+    from fused_gumbel.kernels import gumbel_estimators as k
+
+    args = dict(grad_y_ptr=torch.bfloat16, x_ptr=torch.bfloat16, grad_x_ptr=torch.bfloat16, grad_tau_ptr=torch.float32,
+                tau_ptr=torch.float32, tau_value=1.0, n_rows=3000, K=10, Q=3, inner=1, mc_samples=10,
+                g_s_outer=10, g_s_k=1, g_s_inner=1, x_s_outer=10, x_s_k=1, x_s_inner=1, gx_s_outer=10, gx_s_k=1,
+                gx_s_inner=1, tau_s_row=1, seed_lo=-5, seed_hi=256, offset_lo=0, offset_hi=32, rng_ptr=torch.int64,
+                rng_mode=0)
+    variants = [dict(ESTIMATOR=estimator, TAU_GRAD=estimator == k.ESTIMATOR_GUMBEL_RAO, TAU_FROM_PTR=True, ROWS=rows,
+                     BLOCK_Q=block_q, COMPUTE=tl.float32, FAST=fast, num_warps=warps)
+                for estimator, fast, (rows, block_q, warps) in itertools.product(
+                    (k.ESTIMATOR_GUMBEL_RAO, k.ESTIMATOR_REINMAX), (2, 0), ((64, 4, 4), (1, 1024, 8)))]
+    print("\\n".join(compile_variants(k.gumbel_estimator_bwd_kernel, args, variants)))
+    f64 = {{name: torch.float64 if isinstance(value, torch.dtype) and value.is_floating_point else value
+           for name, value in args.items()}}
+    print("\\n".join(compile_variants(k.gumbel_estimator_bwd_kernel, f64, [
+        dict(ESTIMATOR=estimator, TAU_GRAD=False, TAU_FROM_PTR=False, ROWS=8, BLOCK_Q=8, COMPUTE=tl.float64, FAST=0)
+        for estimator in (k.ESTIMATOR_GUMBEL_RAO, k.ESTIMATOR_REINMAX)])))
+""")
+
+
+def test_kernel_compiles_for_sm90():
+    """Every constexpr variant the launcher uses compiles for sm_90 (the FAST twin's inline PTX included)."""
+    assert compile_for_sm90(SM90_SCRIPT).count(": ok") == 10
