@@ -245,6 +245,61 @@ def test_compiled_matches_eager(compiler, backend, estimator, mc):
         assert results[0][2] is None and results[1][2] is None
 
 
+class _EstimatorSampler(torch.nn.Module):
+    def __init__(self, backend):
+        super().__init__()
+        self.backend = backend
+
+    def forward(self, x, tau):
+        return fused_gumbel.gumbel_softmax(x, tau, hard=True, backend=self.backend, estimator="gumbel_rao",
+                                           mc_samples=2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_export_records_the_estimator_op(backend):
+    x, tau = torch.randn(5, 6), torch.tensor(0.7)
+    program = torch.export.export(_EstimatorSampler(backend), (x, tau))
+    targets = {str(node.target) for node in program.graph.nodes}
+    assert any("sample_estimator" in target for target in targets), targets
+    exported = program.module()
+    torch.manual_seed(3)
+    first = exported(x, tau)
+    torch.manual_seed(3)
+    assert torch.equal(first, _EstimatorSampler(backend)(x, tau))  # eager's sample for the same RNG state
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("estimator,mc", [("reinmax", None), ("gumbel_rao", 2)])
+def test_half_precision_kernel_matches_reference(dtype, estimator, mc):
+    logits, weight = torch.randn(6, 9).to(dtype), torch.randn(6, 9).to(dtype)
+    fused, ref = run_both_backends(fused_gumbel.gumbel_softmax, logits, 0.9, seed=4, grad_weight=weight, hard=True,
+                                   estimator=estimator, mc_samples=mc)
+    assert torch.equal(fused[0], ref[0]) and fused[1].dtype == dtype
+    assert_close(fused[1], ref[1], dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("estimator,mc", [("reinmax", None), ("gumbel_rao", 2)])
+def test_invalid_rows_stay_apart(backend, estimator, mc):
+    """A row with a NaN or no finite logit comes out NaN, as for straight-through; the others are
+    those of the same call without it."""
+    logits, weight = torch.randn(4, 5), torch.randn(4, 5)
+    broken = logits.clone()
+    broken[1, 2] = float("nan")
+    broken[3] = float("-inf")
+    y, grad, _ = _sample_and_grads(broken, 0.8, weight, backend, estimator=estimator, mc_samples=mc)
+    clean_y, clean_grad, _ = _sample_and_grads(logits, 0.8, weight, backend, estimator=estimator, mc_samples=mc)
+    assert y[[1, 3]].isnan().all()
+    assert torch.equal(y[[0, 2]], clean_y[[0, 2]])
+    torch.testing.assert_close(grad[[0, 2]], clean_grad[[0, 2]])
+
+
+def test_torch_func_transforms_are_refused():
+    with pytest.raises(NotImplementedError, match="torch.func"):
+        torch.func.grad(lambda x: fused_gumbel.gumbel_softmax(x, hard=True, estimator="reinmax").sum())(
+            torch.randn(2, 3))
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_module_option(backend):
     layer = GumbelSoftmax(tau=0.7, hard=True, estimator="gumbel_rao", mc_samples=4, seed=8)
