@@ -17,15 +17,16 @@ class), and then per row
 
 Whole rows sit in one program (``[ROWS, BLOCK_K]`` tiles, class c at column c, classes up to
 ``MAX_FUSED_CLASSES``); longer rows are the caller's business (``fused_gumbel/estimators.py``
-falls back to PyTorch ops). The FAST noise twin shifts every Gumbel draw by one constant,
-which neither the argmax nor ``t`` (a difference of two draws' sums) can see.
+falls back to PyTorch ops). ``FAST`` (float32 on a GPU) takes the fast noise twin, which shifts
+every Gumbel draw by one constant that neither the argmax nor ``t`` (a difference of two draws'
+sums) can see, and runs Gumbel-Rao's softplus and exponentials in log2 units on the MUFU unit.
 """
 import triton
 import triton.language as tl
 
 from .gumbel_softmax import _SEED_ARGS, _call_seed, _compute_dtype, _fast, _row_offsets, _seed_args, _tau_args, \
     _tau_rows
-from .rng import gumbel_from_word, join_words, philox_words
+from .rng import LN2, LOG2E, ex2, gumbel_from_word, join_words, lg2, philox_words
 
 ESTIMATOR_GUMBEL_RAO = 1
 ESTIMATOR_REINMAX = 2
@@ -51,7 +52,7 @@ def _noise_tile(seed, offset, first_call, ROWS: tl.constexpr, BLOCK_Q: tl.conste
 def _softmax_rows(a):
     """softmax along axis 1 of a tile whose rows have a finite max (padding lanes are -inf)."""
     e = tl.exp(a - tl.max(a, axis=1)[:, None])
-    return e / tl.sum(e, axis=1)[:, None]
+    return e * (1.0 / tl.sum(e, axis=1))[:, None]
 
 
 @triton.jit
@@ -117,16 +118,25 @@ def gumbel_estimator_bwd_kernel(
             top = log_z + tl.sum(tl.where(chosen, e, 0.0), axis=1)  # M = logZ + e_i
             d = top[:, None] - (x_safe + e)  # +inf for -inf logits and padding lanes
             d = tl.where(live, d, float("inf"))
-            softplus = tl.maximum(d, 0.0) + _log1p(tl.exp(-tl.abs(d)))
-            t = tl.where(chosen, 0.0, -softplus) * inv_tau[:, None]
-            y = tl.exp(t)  # t <= 0 with t_i = 0: the exponent needs no further shift
-            y = y / tl.sum(y, axis=1)[:, None]
+            # t <= 0 with t_i = 0, so exp(t) needs no further shift. The fast twin works in log2
+            # units on the MUFU unit (t2 = t log2 e); the exact one keeps log1p's precision.
+            if FAST:
+                d2 = d * LOG2E
+                t = tl.where(chosen, 0.0, -(tl.maximum(d2, 0.0) + lg2(1.0 + ex2(-tl.abs(d2), FAST), FAST)))
+                t = t * inv_tau[:, None]
+                y = ex2(t, FAST)
+            else:
+                t = tl.where(chosen, 0.0, -(tl.maximum(d, 0.0) + _log1p(tl.exp(-tl.abs(d))))) * inv_tau[:, None]
+                y = tl.exp(t)
+            y = y * (1.0 / tl.sum(y, axis=1))[:, None]
             s = y * (dy - tl.sum(dy * y, axis=1)[:, None])
             grad += s
             if TAU_GRAD:  # zero-probability classes add nothing, not 0 * -inf
                 s_t += tl.sum(s * tl.where(y > 0, t, 0.0), axis=1)
         grad = grad * (inv_tau / mc_samples)[:, None]
         if TAU_GRAD:
+            if FAST:
+                s_t = s_t * LN2  # back from log2 units
             tl.store(grad_tau_ptr + rows, tl.where(valid, -s_t * inv_tau / mc_samples, float("nan")), mask=row_mask)
     grad = tl.where(valid[:, None], grad, float("nan"))
     tl.store(grad_x_ptr + _row_offsets(rows, inner, gx_s_outer, gx_s_inner)[:, None] + col_offs * gx_s_k,
@@ -151,10 +161,11 @@ def fits(classes: int) -> bool:
 
 
 def estimator_backward(grad_y, grad_y_strides, x, x_strides, grad_x, grad_x_strides, grad_tau_rows, tau, n_rows,
-                       classes, inner, seed, offset, estimator, mc_samples):
+                       classes, inner, seed, offset, estimator, mc_samples, fast=None):
     """Launch the backward once. Tensors are [outer, K, inner] views given by their strides;
     ``x`` the logits; ``grad_tau_rows`` ([n_rows], compute dtype; Gumbel-Rao only) or None;
-    ``seed`` an int (with ``offset``) or an int64 [2] device tensor holding (seed, offset)."""
+    ``seed`` an int (with ``offset``) or an int64 [2] device tensor holding (seed, offset);
+    ``fast`` overrides the noise and math twin (``kernels/rng.py``'s FAST; tests run 1 on the CPU)."""
     if not fits(classes):
         raise ValueError(f"the fused estimator backward takes rows of up to {MAX_FUSED_CLASSES} classes, got {classes}")
     cfg = tile_config(n_rows, classes)
@@ -165,7 +176,8 @@ def estimator_backward(grad_y, grad_y_strides, x, x_strides, grad_x, grad_x_stri
         n_rows, classes, cfg["Q"], inner, mc_samples, *grad_y_strides, *x_strides, *grad_x_strides, tau_stride,
         *_seed_args(seed, offset, None, x.device),
         ESTIMATOR=estimator, TAU_GRAD=grad_tau_rows is not None, TAU_FROM_PTR=tau_from_ptr, ROWS=cfg["ROWS"],
-        BLOCK_Q=cfg["BLOCK_Q"], COMPUTE=_compute_dtype(x.dtype), FAST=_fast(x.dtype), num_warps=cfg["num_warps"],
+        BLOCK_Q=cfg["BLOCK_Q"], COMPUTE=_compute_dtype(x.dtype), FAST=_fast(x.dtype) if fast is None else fast,
+        num_warps=cfg["num_warps"],
     )
 
 

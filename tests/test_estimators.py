@@ -245,6 +245,24 @@ def test_compiled_matches_eager(compiler, backend, estimator, mc):
         assert results[0][2] is None and results[1][2] is None
 
 
+@pytest.mark.parametrize("estimator,mc", [("reinmax", None), ("gumbel_rao", 3)])
+def test_fast_twin_matches_reference(estimator, mc):
+    """The GPU's float32 algorithm (FAST=1: the fast twin with exact log2/exp2, so the interpreter
+    runs it) against the reference, within the fast noise's bound (1e-5 nats) carried to gradients."""
+    logits, weight = torch.randn(6, 7) * 2, torch.randn(6, 7)
+    tau = torch.rand(6, 1) + 0.4
+    _, expected, expected_tau = _sample_and_grads(logits, tau, weight, "reference", seed=5, estimator=estimator,
+                                                  mc_samples=mc)
+    grad = torch.empty_like(logits)
+    grad_tau = torch.empty(6) if estimator == "gumbel_rao" else None
+    strides = (7, 1, 1)
+    estimator_kernels.estimator_backward(weight, strides, logits, strides, grad, strides, grad_tau, tau.reshape(6), 6, 7,
+                                         1, 5, 0, estimators.ESTIMATOR_CODES[estimator], mc or 1, fast=1)
+    torch.testing.assert_close(grad, expected, atol=2e-5, rtol=1e-4)
+    if grad_tau is not None:
+        torch.testing.assert_close(grad_tau, expected_tau.reshape(6), atol=2e-5, rtol=1e-4)
+
+
 class _EstimatorSampler(torch.nn.Module):
     def __init__(self, backend):
         super().__init__()
