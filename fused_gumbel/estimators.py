@@ -24,7 +24,6 @@ from .kernels import gumbel_estimators as kernels
 from .kernels import gumbel_softmax as gumbel_kernels
 
 ESTIMATOR_CODES = {"gumbel_rao": kernels.ESTIMATOR_GUMBEL_RAO, "reinmax": kernels.ESTIMATOR_REINMAX}
-ESTIMATOR_NAMES = {code: name for name, code in ESTIMATOR_CODES.items()}
 
 
 def _forward_index(logits, dim, seed, offset):

@@ -50,11 +50,10 @@ CONDITIONAL_COUNTER_STRIDE = 2**48
 # (k + 1) * 2**48 stays below 2**63 (a non-negative int64 counter).
 MAX_MC_SAMPLES = 2**15 - 1
 
-Tau = Union[float, torch.Tensor]
-
-
 # Monte-Carlo draws of Gumbel-Rao when mc_samples is not given (the paper reports K in {1, 10, 100, 1000}).
 DEFAULT_MC_SAMPLES = 10
+
+Tau = Union[float, torch.Tensor]
 
 
 def check_estimator(estimator, hard, mc_samples) -> int:
@@ -115,16 +114,13 @@ def _broadcast_tau(tau: Tau, like: torch.Tensor):
 
 
 def surrogate(logits: torch.Tensor, tau: Tau, dim: int, index: torch.Tensor, estimator: str,
-              mc_samples: int = 1, seed: Optional[int] = None, offset: Optional[int] = None,
-              noise: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The estimator's differentiable surrogate ``S`` (compute dtype, the logits' shape) given the
-    forward's choice ``index`` (int64, size 1 along ``dim``). ``tau`` is a float or a tensor that
-    broadcasts to the logits. ``"st"`` needs the forward's ``noise``; ``"gumbel_rao"`` its
-    ``(seed, offset)``, from which it draws the conditional noise."""
+              mc_samples: int = 1, seed: Optional[int] = None, offset: Optional[int] = None) -> torch.Tensor:
+    """The surrogate ``S`` of "gumbel_rao" or "reinmax" (compute dtype, the logits' shape), differentiable
+    in (logits, tau), given the forward's choice ``index`` (int64, size 1 along ``dim``). ``tau`` is a
+    float or a tensor that broadcasts to the logits; "gumbel_rao" draws its conditional noise from the
+    call's ``(seed, offset)``."""
     x = logits.to(reference.compute_dtype(logits.dtype))
     tau = _broadcast_tau(tau, x)
-    if estimator == "st":
-        return torch.softmax((x + noise) / tau, dim)
     if estimator == "reinmax":
         one_hot = torch.zeros_like(x).scatter(dim, index, 1.0)
         pi0 = torch.softmax(x, dim)
@@ -150,7 +146,7 @@ def surrogate(logits: torch.Tensor, tau: Tau, dim: int, index: torch.Tensor, est
             perturbed = torch.where(finite, x, 0.0) + torch.where(finite, noise_k, 0.0)
             total = total + torch.softmax(torch.where(finite, perturbed / tau, float("-inf")), dim)
         return total / mc_samples
-    raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    raise ValueError(f"surrogate takes 'gumbel_rao' or 'reinmax', got {estimator!r}")
 
 
 def forward_index(logits: torch.Tensor, dim: int, seed: int, offset: int) -> torch.Tensor:

@@ -374,3 +374,12 @@ SM90_SCRIPT = textwrap.dedent("""
 def test_kernel_compiles_for_sm90():
     """Every constexpr variant the launcher uses compiles for sm_90 (the FAST twin's inline PTX included)."""
     assert compile_for_sm90(SM90_SCRIPT).count(": ok") == 10
+
+
+def test_conditional_counters_stay_in_range():
+    """Draw k's counters start at (k + 1) * 2**48: a tensor of 2**48 Philox calls or more is refused
+    (meta tensors: shapes without memory)."""
+    fine = torch.empty(2**47 - 1, 8, device="meta")
+    assert fused_gumbel.gumbel_softmax(fine, hard=True, estimator="gumbel_rao").shape == fine.shape
+    with pytest.raises(ValueError, match="2\\*\\*48 Philox calls"):
+        fused_gumbel.gumbel_softmax(torch.empty(2**47, 8, device="meta"), hard=True, estimator="gumbel_rao")
