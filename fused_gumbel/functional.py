@@ -318,8 +318,8 @@ def _sample_with_estimator(logits, tau, dim, generator, seed, chosen, estimator,
     if _functorch.transforms_active() and not _graph_mode():
         raise NotImplementedError(f"estimator={estimator!r} does not support torch.func transforms; use estimator='st'")
     if estimator == "gumbel_rao":
-        shape = RowShape.of(logits.shape, dim)
-        reference_estimators.check_counter_range(shape.rows, shape.classes)
+        classes = logits.shape[dim]
+        reference_estimators.check_counter_range(logits.numel() // classes, classes)
     if _graph_mode():
         _check_compiled_call(generator, seed)
         return _estimator_op.sample(logits, _tau_for_kernel(tau, logits, dim), estimator, mc_samples, dim, seed, chosen)

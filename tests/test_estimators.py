@@ -218,7 +218,7 @@ def test_backward_saves_only_the_logits_and_tau():
     assert len(saved) == 1 and saved[0] is x
 
 
-@pytest.mark.parametrize("compiler", ["aot_eager"])
+@pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("estimator,mc", [("reinmax", None), ("gumbel_rao", 3)])
 def test_compiled_matches_eager(compiler, backend, estimator, mc):
