@@ -16,6 +16,12 @@ BACKENDS = ["triton", "reference"]
 ESTIMATORS = [("reinmax", None), ("gumbel_rao", 1), ("gumbel_rao", 3)]
 
 
+@pytest.fixture(autouse=True)
+def _fixed_examples():
+    """Every test draws its example tensors from the same state: results do not depend on test order."""
+    torch.manual_seed(0)
+
+
 def _sample_and_grads(logits, tau, weight, backend, seed=5, dim=-1, **kwargs):
     x = logits.detach().clone().requires_grad_()
     t = tau.detach().clone().requires_grad_() if isinstance(tau, torch.Tensor) else tau
@@ -60,11 +66,12 @@ def test_forward_is_the_straight_through_one_hot(backend, estimator, mc):
 
 @pytest.mark.parametrize("estimator,mc", ESTIMATORS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("layout", ["rows", "strided", "many_classes"])
+@pytest.mark.parametrize("layout", ["rows", "strided", "many_classes", "widest"])
 @pytest.mark.parametrize("tau_kind", ["float", "rows"])
 def test_kernel_matches_reference(estimator, mc, dtype, layout, tau_kind):
     """The fused backward and the reference on identical noise (the conditional draws included)."""
-    shape, dim = {"rows": ((6, 7), -1), "strided": ((3, 5, 4), 1), "many_classes": ((3, 37), -1)}[layout]
+    shape, dim = {"rows": ((6, 7), -1), "strided": ((3, 5, 4), 1), "many_classes": ((3, 37), -1),
+                  "widest": ((2, estimator_kernels.MAX_FUSED_CLASSES), -1)}[layout]
     logits = torch.randn(shape, dtype=dtype) * 2
     logits.view(-1)[3] = float("-inf")
     row_shape = list(shape)
@@ -76,7 +83,8 @@ def test_kernel_matches_reference(estimator, mc, dtype, layout, tau_kind):
     assert torch.equal(fused[0], ref[0])
     assert_close(fused[1], ref[1], dtype)
     if tau_kind == "rows" and estimator == "gumbel_rao":
-        assert_close(fused[2], ref[2], dtype)
+        # A sum over the row's classes (with cancellation): rounding grows about as sqrt(K).
+        assert_close(fused[2], ref[2], dtype, scale=max(1.0, shape[dim] ** 0.5))
     if estimator == "reinmax":
         assert fused[2] is None and ref[2] is None  # tau gets no gradient, as in the official code
 
