@@ -24,8 +24,8 @@ sums) can see, and runs Gumbel-Rao's softplus and exponentials in log2 units on 
 import triton
 import triton.language as tl
 
-from .gumbel_softmax import _SEED_ARGS, _call_seed, _compute_dtype, _fast, _row_offsets, _seed_args, _tau_args, \
-    _tau_rows
+from .gumbel_softmax import _SEED_ARGS, _call_seed, _compute_dtype, _fast, _perturbed_planes, _row_offsets, \
+    _seed_args, _tau_args, _tau_rows
 from .rng import LN2, LOG2E, ex2, gumbel_from_word, join_words, lg2, philox_words
 
 ESTIMATOR_GUMBEL_RAO = 1
@@ -79,15 +79,20 @@ def gumbel_estimator_bwd_kernel(
     cols = tl.arange(0, 4 * BLOCK_Q)
     mask = row_mask[:, None] & (cols < K)[None, :]
     col_offs = cols[None, :].to(tl.int64)
-    x = tl.load(x_ptr + _row_offsets(rows, inner, x_s_outer, x_s_inner)[:, None] + col_offs * x_s_k, mask=mask,
-                other=float("-inf")).to(COMPUTE)
+    x_rows = _row_offsets(rows, inner, x_s_outer, x_s_inner)
+    x = tl.load(x_ptr + x_rows[:, None] + col_offs * x_s_k, mask=mask, other=float("-inf")).to(COMPUTE)
     dy = tl.load(grad_y_ptr + _row_offsets(rows, inner, g_s_outer, g_s_inner)[:, None] + col_offs * g_s_k, mask=mask,
                  other=0.0).to(COMPUTE)
     tau = _tau_rows(tau_ptr, tau_value, tau_s_row, rows, row_mask, ROWS, TAU_FROM_PTR, COMPUTE)
     first_call = rows * Q
 
-    # The forward's choice: first index of the max of x + g (torch.argmax's tie rule).
-    a = x + _noise_tile(seed, offset, first_call, ROWS, BLOCK_Q, COMPUTE, FAST)
+    # The forward's choice: first index of the max of x + g (torch.argmax's tie rule). x + g comes from
+    # the forward kernels' own helper, x + gumbel_from_word(word) per class as there (a separate
+    # add after a reshape could round differently where the compiler fuses it), so the choice is the
+    # forward's, near-ties included.
+    a0, a1, a2, a3, q4 = _perturbed_planes(x_ptr, x_rows, x_s_k, rows, row_mask, 0, K, Q, seed, offset, BLOCK_Q, FAST,
+                                           COMPUTE)
+    a = tl.reshape(join_words(a0, a1, a2, a3), [ROWS, 4 * BLOCK_Q])
     a_max = tl.max(a, axis=1)
     nan_count = tl.sum((a != a).to(tl.int32), axis=1)
     valid = (nan_count == 0) & (tl.abs(a_max) < float("inf"))
