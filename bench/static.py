@@ -73,7 +73,11 @@ VARIANTS = [
     ("relaxed_bernoulli", "soft", "fwd"), ("relaxed_bernoulli", "hard", "fwd"), ("relaxed_bernoulli", "soft", "bwd"),
     ("gumbel_topk", "soft", "fwd"), ("gumbel_topk", "hard", "fwd"), ("gumbel_topk", "soft", "bwd"),
     ("gumbel_topk", "hard", "bwd"),
+    ("gumbel_estimator", "gumbel_rao", "bwd"), ("gumbel_estimator", "reinmax", "bwd"),
 ]
+# The estimators' fused backward takes rows of up to this many classes (wider ones run PyTorch ops).
+ESTIMATOR_MAX_CLASSES = 4096  # fused_gumbel.kernels.gumbel_estimators.MAX_FUSED_CLASSES
+# gumbel_estimator/<estimator> is gumbel_softmax(hard=True, estimator=...), Gumbel-Rao at its default K.
 ITEMSIZE = {"bf16": 2, "fp32": 4}
 
 
@@ -117,7 +121,8 @@ def all_cases(shapes=None, dtypes=None, families=None) -> list[Case]:
     shapes = list(shapes or SHAPES)
     dtypes = list(dtypes or DTYPES)
     return [Case(f, m, p, s, d) for (f, m, p) in VARIANTS for s in shapes for d in dtypes
-            if families is None or f in families]
+            if (families is None or f in families)
+            and (f != "gumbel_estimator" or SHAPES[s][1] <= ESTIMATOR_MAX_CLASSES)]
 
 
 # --- Targets (issue 9): static ceiling, % of H200 copy bandwidth -------------------------------
@@ -431,6 +436,8 @@ def call_case(case: Case, sink: list):
             if case.mode == "index":
                 return fg.categorical(inp, backend="triton")
             return fg.gumbel_softmax(inp, tau=1.0, hard=hard, backend="triton")
+        if case.family == "gumbel_estimator":
+            return fg.gumbel_softmax(inp, tau=1.0, hard=True, backend="triton", estimator=case.mode)
         if case.family == "relaxed_bernoulli":
             return fg.relaxed_bernoulli(inp, tau=1.0, hard=hard, backend="triton")
         if case.family == "gumbel_topk":

@@ -8,7 +8,7 @@ kernel each way (noise, tempered softmax, one-hot and straight-through backward 
 ``patch()`` swaps ``F.gumbel_softmax`` for ours. The RNG spec shared by kernels and reference
 is in ``fused_gumbel.rng``.
 """
-from . import nn, reference, rng, schedules
+from . import nn, reference, reference_estimators, rng, schedules
 from .functional import categorical, gumbel_softmax, select_backend
 from .patching import patch, unpatch
 from .relaxed import bernoulli, gumbel_topk, relaxed_bernoulli, sample_subset
@@ -16,4 +16,5 @@ from .relaxed import bernoulli, gumbel_topk, relaxed_bernoulli, sample_subset
 __version__ = "0.1.0"
 
 __all__ = ["gumbel_softmax", "categorical", "select_backend", "relaxed_bernoulli", "bernoulli", "gumbel_topk",
-           "sample_subset", "patch", "unpatch", "nn", "schedules", "reference", "rng", "__version__"]
+           "sample_subset", "patch", "unpatch", "nn", "schedules", "reference", "reference_estimators", "rng",
+           "__version__"]

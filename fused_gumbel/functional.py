@@ -21,10 +21,11 @@ from typing import Literal, Optional, Union
 
 import torch
 
-from . import _custom_op, _functorch, _seeding, reference
+from . import _custom_op, _estimator_op, _functorch, _seeding, reference, reference_estimators
 from ._layout import RowShape
 
 Backend = Literal["auto", "triton", "reference"]
+Estimator = Literal["st", "gumbel_rao", "reinmax"]
 BACKEND_ENV = "FUSED_GUMBEL_BACKEND"
 
 
@@ -241,6 +242,8 @@ def gumbel_softmax(
     generator: Optional[torch.Generator] = None,
     seed: Optional[int] = None,
     backend: Optional[Backend] = None,
+    estimator: Estimator = "st",
+    mc_samples: Optional[int] = None,
 ) -> torch.Tensor:
     r"""Sample from the Gumbel-Softmax (Concrete) distribution; drop-in for ``F.gumbel_softmax``.
 
@@ -262,6 +265,14 @@ def gumbel_softmax(
             identical on CPU and CUDA and on every backend and rank; no generator is used or
             advanced. Exclusive with ``generator``.
         backend: "auto" (default), "triton" or "reference"; see :func:`select_backend`.
+        estimator: the gradient of a ``hard=True`` sample (its value is the same exact one-hot for
+            every estimator): "st" (default) straight-through, the soft sample's gradient;
+            "gumbel_rao" its Rao-Blackwellisation over ``mc_samples`` noise draws conditioned on
+            the chosen class (Paulus et al. 2021; lower variance, same mean); "reinmax" the
+            second-order ReinMax estimator (Liu et al. 2023; ``tau`` gets no gradient). See
+            ``fused_gumbel.reference_estimators``.
+        mc_samples: Gumbel-Rao's number of conditional draws, in [1, 32767] (default 10); the
+            fused backward's memory does not depend on it, its time is linear in it.
 
     Runs on the logits' dtype whatever ``torch.autocast`` says (float32 math inside, output in
     the input dtype). Works under ``torch.compile(fullgraph=True)``, ``torch.export`` and
@@ -278,13 +289,17 @@ def gumbel_softmax(
     _check_logits(logits)
     dim = _normalize_dim(dim, logits.dim())
     tau = _check_tau(tau, logits, dim)
+    if estimator != "st" or mc_samples is not None:
+        mc_samples = reference_estimators.check_estimator(estimator, hard, mc_samples)
     if logits.numel() == 0:
         return _empty_like_result(logits)
     if logits.dim() == 0:
         return gumbel_softmax(logits.reshape(1), tau, hard, dim=0, generator=generator, seed=seed,
-                              backend=backend).reshape(())
+                              backend=backend, estimator=estimator, mc_samples=mc_samples).reshape(())
     device = logits.device
     chosen = select_backend(device, backend)
+    if estimator != "st":
+        return _sample_with_estimator(logits, tau, dim, generator, seed, chosen, estimator, mc_samples)
     if _graph_mode():
         _check_compiled_call(generator, seed)
         mode = _custom_op.MODE_HARD if hard else _custom_op.MODE_SOFT
@@ -296,6 +311,28 @@ def gumbel_softmax(
         _check_host_seed(key)
         return reference.gumbel_softmax(logits, tau, hard, dim, seed=key, offset=offset)
     return _function().apply(logits, _tau_for_kernel(tau, logits, dim), bool(hard), dim, key, offset)
+
+
+def _sample_with_estimator(logits, tau, dim, generator, seed, chosen, estimator, mc_samples):
+    """A hard sample whose backward is ``estimator``'s (``reference_estimators``, ``estimators``)."""
+    if _functorch.transforms_active() and not _graph_mode():
+        raise NotImplementedError(f"estimator={estimator!r} does not support torch.func transforms; use estimator='st'")
+    if estimator == "gumbel_rao":
+        classes = logits.shape[dim]
+        reference_estimators.check_counter_range(logits.numel() // classes, classes)
+    if _graph_mode():
+        _check_compiled_call(generator, seed)
+        return _estimator_op.sample(logits, _tau_for_kernel(tau, logits, dim), estimator, mc_samples, dim, seed, chosen)
+    if logits.device.type == "meta":
+        return reference.gumbel_softmax(logits, tau, True, dim, noise=torch.zeros_like(logits))
+    key, offset = _draw(logits.device, logits, tau, generator, seed)
+    if chosen == "reference":
+        _check_host_seed(key)
+        return reference_estimators.gumbel_softmax(logits, tau, dim, estimator=estimator, mc_samples=mc_samples,
+                                                   seed=key, offset=offset)
+    from . import estimators
+
+    return estimators.apply(logits, _tau_for_kernel(tau, logits, dim), dim, key, offset, estimator, mc_samples)
 
 
 def categorical(

@@ -22,7 +22,8 @@ from typing import Literal, Optional, Union
 import torch
 from torch import nn
 
-from .functional import gumbel_softmax
+from .functional import Estimator, gumbel_softmax
+from .reference_estimators import check_estimator
 
 EvalMode = Literal["sample", "argmax", "relaxed"]
 _EVAL_MODES = ("sample", "argmax", "relaxed")
@@ -109,6 +110,9 @@ class GumbelSoftmax(_Tempered):
             ``"relaxed"`` the same sample as in training. ``"sample"`` keeps the
             straight-through gradient; ``"argmax"`` has none.
         generator, seed: passed to :func:`fused_gumbel.gumbel_softmax` (at most one of them).
+        estimator, mc_samples: the gradient estimator of the hard sample ("st", "gumbel_rao",
+            "reinmax") and Gumbel-Rao's number of draws, as in :func:`fused_gumbel.gumbel_softmax`
+            (an estimator other than "st" needs ``hard=True``).
 
     ``forward(logits, tau=None)`` takes an optional per-call temperature (float or tensor)
     overriding the module's.
@@ -116,24 +120,38 @@ class GumbelSoftmax(_Tempered):
 
     def __init__(self, tau: float = 1.0, hard: bool = False, dim: int = -1, learnable_tau: bool = False,
                  min_tau: Optional[float] = None, eval_mode: EvalMode = "sample",
-                 generator: Optional[torch.Generator] = None, seed: Optional[int] = None) -> None:
+                 generator: Optional[torch.Generator] = None, seed: Optional[int] = None,
+                 estimator: Estimator = "st", mc_samples: Optional[int] = None) -> None:
         super().__init__(tau, hard, learnable_tau, min_tau, eval_mode)
         self.dim = dim
         self.generator = generator
         self.seed = seed
+        check_estimator(estimator, hard, mc_samples)  # fail at construction, not at the first call
+        self.estimator = estimator
+        self.mc_samples = mc_samples
 
     def forward(self, logits: torch.Tensor, tau: Union[float, torch.Tensor, None] = None) -> torch.Tensor:
         tau = self._tau_for_call() if tau is None else tau
         if self.training or self.eval_mode == "relaxed":
-            return gumbel_softmax(logits, tau, self.hard, dim=self.dim, generator=self.generator, seed=self.seed)
+            return gumbel_softmax(logits, tau, self.hard, dim=self.dim, generator=self.generator, seed=self.seed,
+                                  **self._estimator_args())
         if self.eval_mode == "argmax":
             index = logits.detach().argmax(self.dim, keepdim=True)
             return torch.zeros_like(logits, requires_grad=False).scatter_(self.dim, index, 1.0)
         # The hard sample's forward value is exactly the categorical one-hot of argmax(logits + g).
-        return gumbel_softmax(logits, tau, True, dim=self.dim, generator=self.generator, seed=self.seed)
+        return gumbel_softmax(logits, tau, True, dim=self.dim, generator=self.generator, seed=self.seed,
+                              **self._estimator_args())
+
+    def _estimator_args(self) -> dict:
+        if self.estimator == "st" and self.mc_samples is None:
+            return {}  # the default call, as before estimators existed
+        return dict(estimator=self.estimator, mc_samples=self.mc_samples)
 
     def extra_repr(self) -> str:
-        return f"{self._extra_tau_repr()}, dim={self.dim}"
+        estimator = "" if self.estimator == "st" else f", estimator={self.estimator!r}"
+        if self.mc_samples is not None:
+            estimator += f", mc_samples={self.mc_samples}"
+        return f"{self._extra_tau_repr()}, dim={self.dim}{estimator}"
 
 
 class GumbelSigmoid(_Tempered):

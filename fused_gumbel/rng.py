@@ -53,6 +53,10 @@ cancellation near u = 1, exactly antisymmetric, within about +-21.49. The exact 
 draw is ``logits + L > 0`` (P = sigmoid(logits) up to 2**-31); the relaxed one is
 ``sigmoid((logits + L) / tau)``. ``fused_gumbel.gumbel_topk`` uses the Gumbel mapping above.
 
+Conditional draws (Gumbel-Rao, ``fused_gumbel.reference_estimators``): draw ``k`` of element
+``(r, c)`` takes word ``c % 4`` of the call with counter ``n = r * Q + c // 4 + (k + 1) * 2**48``
+(key and offset as in step 2), then steps 3-5; the main counters stay below ``2**48``.
+
 Counters never repeat within a call (64-bit ``n``) nor across calls (fresh ``offset`` or
 ``seed`` per call). Where ``seed`` and ``offset`` come from is ``draw_seed_offset``.
 """
