@@ -11,7 +11,8 @@ It is resumable: a finished run is skipped, an unfinished one continues from its
 (every epoch re-seeds its shuffle and noise, so the result is the uninterrupted run's).
 ``--report`` only rebuilds the table and plot from the run directories there, and
 ``--update-docs`` rewrites the generated block ``<!-- vae-study:NAME:begin/end -->`` of
-docs/vae.md, so the documented numbers are always these outputs.
+docs/vae.md (and of the README, where it has one), so the documented numbers are always these
+outputs.
 
 The estimators (``fused_gumbel.gumbel_softmax(..., hard=True, estimator=...)``): "st"
 (straight-through Gumbel-Softmax, Jang et al. 2017), "gumbel_rao" (Paulus et al., ICLR 2021)
@@ -43,6 +44,7 @@ __all__ = ["StudySpec", "run_study", "collect_results", "results_markdown", "wri
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCS_PATH = REPO_ROOT / "docs" / "vae.md"
+README_PATH = REPO_ROOT / "README.md"
 IMG_DIR = REPO_ROOT / "docs" / "img"
 RESULTS_JSON, RESULTS_MD, STUDY_JSON = "results.json", "results.md", "study.json"
 
@@ -236,7 +238,9 @@ def results_markdown(results: dict[str, Any], plot_link: str | None = None) -> s
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, row in results["estimators"].items():
         per_seed = row["seeds"]
-        cells = [f"`{label}`", f"{len(per_seed)}/{len(seeds)}", f"**{_format(row['test_loss'], 2)}**",
+        # Soft samples have no straight-through estimator: the row is the recipe itself.
+        name = f"`{label}`" if results["config"]["hard"] else "soft samples"
+        cells = [name, f"{len(per_seed)}/{len(seeds)}", f"**{_format(row['test_loss'], 2)}**",
                  *[f"{per_seed[str(s)]['test_loss']:.2f}" if str(s) in per_seed else "–" for s in seeds],
                  _format(row["train_loss_relaxed"], 2), _format(row["train_loss_unrelaxed"], 2),
                  _format(row["seconds_per_epoch"], 1)]
@@ -286,13 +290,19 @@ def write_plot(results: dict[str, Any], path: Path) -> None:
     figure.savefig(path)
 
 
+def has_block(docs_path: Path, name: str) -> bool:
+    begin, end = doc_markers(name)
+    text = docs_path.read_text()
+    return begin in text and end in text
+
+
 def update_docs(results: dict[str, Any], markdown: str, docs_path: Path = DOCS_PATH) -> bool:
     """Replace the study's generated block in ``docs_path``; True if the file changed.
     ValueError if the file has no block for this study (add the two marker lines first)."""
     begin, end = doc_markers(results["study"])
-    text = docs_path.read_text()
-    if begin not in text or end not in text:
+    if not has_block(docs_path, results["study"]):
         raise ValueError(f"{docs_path} has no {begin} ... {end} block for study {results['study']!r}")
+    text = docs_path.read_text()
     head, rest = text.split(begin, 1)
     tail = rest.split(end, 1)[1]
     new = head + begin + "\n" + markdown + end + tail
@@ -302,9 +312,10 @@ def update_docs(results: dict[str, Any], markdown: str, docs_path: Path = DOCS_P
     return True
 
 
-def report(spec: StudySpec, img_dir: Path = IMG_DIR, docs: Path | None = None, log: Any = print) -> dict[str, Any]:
+def report(spec: StudySpec, img_dir: Path = IMG_DIR, docs: Sequence[Path] = (), log: Any = print) -> dict[str, Any]:
     """Write results.json / results.md into the study directory and the plot into ``img_dir``;
-    with ``docs``, also rewrite the study's block there (the plot linked relative to it)."""
+    rewrite the study's block in those of ``docs`` that have one (the plot linked relative to
+    each); ValueError if ``docs`` is given and none has a block."""
     results = collect_results(spec)
     out = Path(spec.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -313,10 +324,15 @@ def report(spec: StudySpec, img_dir: Path = IMG_DIR, docs: Path | None = None, l
     (out / RESULTS_JSON).write_text(json.dumps(results, indent=2))
     (out / RESULTS_MD).write_text(results_markdown(results, str(plot_path)))
     log(f"wrote {out / RESULTS_JSON}, {out / RESULTS_MD} and {plot_path}")
-    if docs is not None:
-        link = _relative_link(plot_path, docs.parent)
-        changed = update_docs(results, results_markdown(results, link), docs)
-        log(f"{docs}: {'updated' if changed else 'already up to date'}")
+    targets = [path for path in docs if has_block(path, results["study"])]
+    if docs and not targets:
+        begin, end = doc_markers(results["study"])
+        raise ValueError(f"none of {', '.join(map(str, docs))} has a {begin} ... {end} block "
+                         f"for study {results['study']!r}")
+    for path in targets:
+        link = _relative_link(plot_path, path.parent)
+        changed = update_docs(results, results_markdown(results, link), path)
+        log(f"{path}: {'updated' if changed else 'already up to date'}")
     return results
 
 
@@ -343,9 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--out", default="runs/study", help="study directory: one run directory per estimator and seed")
     add("--name", help="study name in the plot file and the docs block (default: the --out folder's name)")
     add("--report", action="store_true", help="train nothing: rebuild the table and plot from the run directories")
-    add("--update-docs", action="store_true", help="also rewrite the study's generated block in docs/vae.md")
+    add("--update-docs", action="store_true",
+        help="also rewrite the study's generated block in those of the --docs files that have one")
     add("--img-dir", default=str(IMG_DIR), help="where the plot goes (default docs/img)")
-    add("--docs", default=str(DOCS_PATH), help="the markdown file --update-docs rewrites (default docs/vae.md)")
+    add("--docs", nargs="+", default=[str(DOCS_PATH), str(README_PATH)],
+        help="markdown files --update-docs looks in (default docs/vae.md README.md)")
     return parser
 
 
@@ -382,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("fused_gumbel.vae.study: interrupted; rerun the same command to resume", file=sys.stderr)
             return 130
     try:
-        report(spec, Path(args.img_dir), Path(args.docs) if args.update_docs else None)
+        report(spec, Path(args.img_dir), [Path(path) for path in args.docs] if args.update_docs else ())
     except ValueError as error:
         print(f"fused_gumbel.vae.study: {error}", file=sys.stderr)
         return 2
