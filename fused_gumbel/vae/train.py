@@ -249,6 +249,8 @@ def git_commit() -> str | None:
     import subprocess
 
     source = Path(__file__).resolve().parents[2]
+    if not (source / "pyproject.toml").is_file():  # an installed copy, not a checkout
+        return None
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True,
                              check=True, timeout=30).stdout.strip()
