@@ -233,7 +233,7 @@ def results_markdown(results: dict[str, Any], plot_link: str | None = None) -> s
     spec = results["spec"]
     seeds = spec["seeds"]
     header = ["estimator", "seeds done", f"test -ELBO, epoch {spec['epochs']} (mean ± std)",
-              *[f"seed {s}" for s in seeds], "train relaxed", "train one-hot", "s / epoch"]
+              *[f"seed {s}" for s in seeds], "train, training sample", "train, one-hot sample", "s / epoch"]
     lines = [f"**{results['study']}**: {_config_line(results)}; {spec['epochs']} epochs.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, row in results["estimators"].items():
@@ -249,8 +249,9 @@ def results_markdown(results: dict[str, Any], plot_link: str | None = None) -> s
     devices = sorted({run["device"] for row in results["estimators"].values() for run in row["seeds"].values()})
     lines += ["", f"Runs on commit {commits or '–'}, device {', '.join(devices) or '–'}; "
               "test -ELBO = negative ELBO with exact one-hot samples over the 10,000 test images, nats per image; "
-              "std = sample standard deviation over seeds; s / epoch = training wall time per epoch (mean over "
-              "epochs and seeds)."]
+              "std = sample standard deviation over seeds; train = the last epoch's mean training loss with the "
+              "sample the model trained on (relaxed, or one-hot when hard) and with a fresh exact one-hot sample; "
+              "s / epoch = training wall time per epoch (mean over epochs and seeds)."]
     if results["missing"]:
         lines += ["", "Not run yet (the same command trains them, resuming): " + ", ".join(results["missing"]) + "."]
     for label, reason in results.get("unavailable", {}).items():
