@@ -277,7 +277,8 @@ def write_plot(results: dict[str, Any], path: Path) -> None:
         epochs = list(range(1, len(curves[0]) + 1))
         columns = list(zip(*curves))
         mean = [statistics.fmean(column) for column in columns]
-        (line,) = axes.plot(epochs, mean, marker="o", markersize=3, label=f"{label} (n={len(curves)})")
+        name = label if results["config"]["hard"] else "soft samples"
+        (line,) = axes.plot(epochs, mean, marker="o", markersize=3, label=f"{name} (n={len(curves)})")
         if len(curves) > 1:
             axes.fill_between(epochs, [min(c) for c in columns], [max(c) for c in columns],
                               color=line.get_color(), alpha=0.2, linewidth=0)
