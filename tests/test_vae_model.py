@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from fused_gumbel.vae import data as vae_data
 from fused_gumbel.vae.__main__ import build_parser, config_from_args
 from fused_gumbel.vae.model import CategoricalVAE, LatentSampler, negative_elbo
-from fused_gumbel.vae.train import DEFAULT_RECIPE, SEED_RECIPE, TrainConfig, _noise_seed
+from fused_gumbel.vae.model import estimator_support_error
+from fused_gumbel.vae.train import DEFAULT_RECIPE, RECIPES, REINMAX_RECIPE, SEED_RECIPE, TrainConfig, _noise_seed
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -98,6 +99,70 @@ def test_recipes():
     assert set(SEED_RECIPE) <= set(TrainConfig.__dataclass_fields__) and set(DEFAULT_RECIPE) <= set(TrainConfig.__dataclass_fields__)
 
 
+def test_reinmax_recipe_is_liu_et_al_mnist_vae_setting():
+    # github.com/LiyuanLucasLiu/ReinMax, mnist_vae/reinmax_10_30.sh: --lr 5e-4 --temperature 1.3
+    # --method reinmax --optim radam --categorical-dim 10 --latent-dim 30; 160 epochs, batch 100.
+    assert REINMAX_RECIPE == dict(relu_logits=False, tau=1.3, anneal_rate=0.0, hard=True, estimator="reinmax",
+                                  optimizer="radam", lr=5e-4, epochs=160)
+    assert set(RECIPES) == {"default", "seed", "reinmax"}
+    # With "st" (which every build runs) the rest of the recipe applies unchanged.
+    config = TrainConfig.from_recipe(recipe="reinmax", estimator="st")
+    assert (config.recipe, config.seed_recipe, config.tau, config.make_schedule()(10**6), config.optimizer,
+            config.lr, config.epochs, config.hard, config.batch_size, config.latent_dim, config.categories) == (
+        "reinmax", False, 1.3, 1.3, "radam", 5e-4, 160, True, 100, 30, 10)
+    assert TrainConfig.from_recipe(seed_recipe=True).recipe == "seed"
+    assert TrainConfig(seed_recipe=True).recipe == "seed"  # a checkpoint from before ``recipe``
+    with pytest.raises(ValueError, match="contradicts"):
+        TrainConfig.from_recipe(seed_recipe=True, recipe="default")
+
+
+def test_estimator_options_are_checked():
+    with pytest.raises(ValueError, match="add --hard"):
+        TrainConfig.from_recipe(estimator="reinmax")  # the default recipe is soft
+    with pytest.raises(ValueError, match="add --hard"):
+        TrainConfig.from_recipe(seed_recipe=True, estimator="gumbel_rao")
+    with pytest.raises(ValueError, match="needs --estimator gumbel_rao"):
+        TrainConfig.from_recipe(hard=True, mc_samples=4)
+    with pytest.raises(ValueError, match=">= 1"):
+        TrainConfig.from_recipe(hard=True, estimator="gumbel_rao", mc_samples=0)
+    with pytest.raises(ValueError, match="--sampler fused or reference"):
+        TrainConfig.from_recipe(hard=True, estimator="reinmax", sampler="torch")
+    with pytest.raises(ValueError, match="categorical latents"):
+        TrainConfig.from_recipe(hard=True, estimator="reinmax", latent="bernoulli")
+    with pytest.raises(ValueError, match="unknown estimator"):
+        TrainConfig.from_recipe(hard=True, estimator="rebar")
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        TrainConfig.from_recipe(optimizer="sgd")
+    assert TrainConfig.from_recipe(hard=True).estimator == "st"
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        config_from_args(parser.parse_args(["--estimator", "reinmax"]), parser)
+
+
+def test_estimator_needs_an_op_that_takes_it():
+    assert estimator_support_error("torch") is not None  # F.gumbel_softmax: straight-through only
+    for name in ("fused", "reference"):
+        missing = estimator_support_error(name)
+        if missing is None:
+            continue
+        assert "estimator=" in missing
+        with pytest.raises(ValueError, match="no estimator= option"):
+            LatentSampler(name, "reinmax")
+        with pytest.raises(ValueError, match="no estimator= option"):
+            TrainConfig.from_recipe(hard=True, estimator="reinmax", sampler=name)
+
+
+def test_st_sampler_passes_no_estimator_option_and_trains_hard():
+    sampler = LatentSampler("reference", "st")
+    assert sampler.estimator_options == {}
+    torch.manual_seed(4)
+    logits = torch.randn(8, 30, 10, requires_grad=True)
+    codes = sampler.relaxed(logits, 0.7, True)
+    assert set(codes.unique().tolist()) == {0.0, 1.0} and torch.equal(codes.sum(-1), torch.ones(8, 30))
+    (codes * torch.randn(8, 30, 10)).sum().backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+
+
 def test_learned_tau_replaces_annealing_and_conflicts_with_an_explicit_rate():
     assert TrainConfig.from_recipe(learn_tau=True).anneal_rate == 0.0
     with pytest.raises(ValueError, match="exclusive"):
@@ -121,6 +186,19 @@ def test_resume_refuses_to_change_the_model_but_allows_more_epochs(tmp_path):
     assert resumed.epochs == 4 and resumed.out == str(tmp_path) and checkpoint is not None
     with pytest.raises(SystemExit):
         config_from_args(parser.parse_args(["--resume", str(tmp_path), "--tau", "0.3"]), parser)
+
+
+def test_resume_keeps_the_estimator(tmp_path):
+    config = TrainConfig.from_recipe(hard=True, epochs=1)
+    stored = dict(config.__dict__)
+    del stored["estimator"], stored["mc_samples"], stored["optimizer"], stored["recipe"]  # an older checkpoint
+    torch.save({"config": stored}, tmp_path / "checkpoint.pt")
+    parser = build_parser()
+    resumed, _ = config_from_args(parser.parse_args(["--resume", str(tmp_path), "--epochs", "2"]), parser)
+    assert (resumed.estimator, resumed.optimizer, resumed.recipe, resumed.hard) == ("st", "adam", "default", True)
+    for change in (["--estimator", "reinmax"], ["--recipe", "seed"], ["--optimizer", "radam"]):
+        with pytest.raises(SystemExit):
+            config_from_args(parser.parse_args(["--resume", str(tmp_path), *change]), parser)
 
 
 def test_each_rank_and_epoch_gets_its_own_noise_seed():

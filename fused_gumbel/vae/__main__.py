@@ -13,7 +13,7 @@ import dataclasses
 import sys
 from typing import Any, Sequence
 
-__all__ = ["build_parser", "config_from_args", "main"]
+__all__ = ["build_parser", "config_from_args", "resumed_config", "main"]
 
 # Options that may differ when a run is continued; the rest must match the checkpoint.
 RESUMABLE_OVERRIDES = ("epochs", "out", "device", "amp", "quiet", "data_root")
@@ -41,7 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
     add("--learn-tau", action=argparse.BooleanOptionalAction,
         help="learn the temperature as a parameter (through the gradient w.r.t. tau) instead of annealing")
     add("--seed-recipe", action="store_true",
-        help="the seed tutorial's configuration: ReLU on the encoder logits, fixed tau 1.0, soft samples")
+        help="the seed tutorial's configuration: ReLU on the encoder logits, fixed tau 1.0, soft samples "
+             "(same as --recipe seed)")
+    add("--recipe", choices=("default", "seed", "reinmax"),
+        help="default: tau annealed 1.0 -> 0.5, soft; seed: the tutorial's; reinmax: Liu et al. 2023's "
+             "MNIST-VAE (hard, --estimator reinmax, fixed tau 1.3, RAdam 5e-4, 160 epochs)")
+    add("--estimator", choices=("st", "gumbel_rao", "reinmax"),
+        help="gradient of hard samples: straight-through Gumbel-Softmax (default), Gumbel-Rao or ReinMax; "
+             "gumbel_rao and reinmax need --hard")
+    add("--mc-samples", type=int, help="Gumbel-Rao: conditional Gumbel draws averaged per gradient (K)")
+    add("--optimizer", choices=("adam", "radam"), help="default adam (radam in --recipe reinmax)")
     add("--batch-size", type=int, help="global batch size (default 100)")
     add("--lr", type=float, help="Adam learning rate (default 1e-3)")
     add("--limit", type=int, help="train on the first N training images only (smoke tests)")
@@ -59,10 +68,10 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser):
     from fused_gumbel.vae.train import TrainConfig, load_checkpoint
 
     given: dict[str, Any] = {key: value for key, value in vars(args).items()
-                             if value is not None and key not in ("resume", "seed_recipe")}
+                             if value is not None and key not in ("resume", "seed_recipe", "recipe")}
     if args.resume is None:
         try:
-            return TrainConfig.from_recipe(seed_recipe=args.seed_recipe, **given), None
+            return TrainConfig.from_recipe(seed_recipe=args.seed_recipe, recipe=args.recipe, **given), None
         except ValueError as error:
             parser.error(str(error))
 
@@ -70,21 +79,35 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser):
         checkpoint, checkpoint_path = load_checkpoint(args.resume)
     except FileNotFoundError as error:
         parser.error(str(error))
+    try:
+        return resumed_config(checkpoint, checkpoint_path, given, args.seed_recipe, args.recipe), checkpoint
+    except ValueError as error:
+        parser.error(str(error))
+
+
+def resumed_config(checkpoint: dict[str, Any], checkpoint_path, given: dict[str, Any],
+                   seed_recipe: bool = False, recipe: str | None = None):
+    """The config that continues ``checkpoint``: its own, with the ``given`` options of
+    ``RESUMABLE_OVERRIDES`` on top; ValueError if ``given`` changes anything else."""
+    from fused_gumbel.vae.train import TrainConfig
+
     # A checkpoint written before a config field existed ran with that field's default.
     stored = {**dataclasses.asdict(TrainConfig()), **checkpoint["config"]}
     conflicting = sorted(key for key in given if key not in RESUMABLE_OVERRIDES and given[key] != stored[key])
-    if args.seed_recipe and not checkpoint["config"].get("seed_recipe"):
+    if seed_recipe and not checkpoint["config"].get("seed_recipe"):
         conflicting.append("seed_recipe")
+    if recipe is not None and recipe != TrainConfig(**checkpoint["config"]).recipe:
+        conflicting.append("recipe")
     if conflicting:
-        parser.error("cannot change " + ", ".join("--" + key.replace("_", "-") for key in conflicting)
-                     + " when resuming; only " + ", ".join("--" + k.replace("_", "-") for k in RESUMABLE_OVERRIDES)
-                     + " may differ")
+        raise ValueError("cannot change " + ", ".join("--" + key.replace("_", "-") for key in conflicting)
+                         + " when resuming; only " + ", ".join("--" + k.replace("_", "-") for k in RESUMABLE_OVERRIDES)
+                         + " may differ")
     values = dict(checkpoint["config"])
     values["out"] = str(checkpoint_path.parent)
     values.update({key: given[key] for key in RESUMABLE_OVERRIDES if key in given})
     config = TrainConfig(**values)
     config.validate()
-    return config, checkpoint
+    return config
 
 
 def main(argv: Sequence[str] | None = None) -> int:

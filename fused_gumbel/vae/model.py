@@ -9,7 +9,7 @@ back to Bernoulli pixel probabilities. The negative ELBO per image is
            + sum_latents sum_k q_k * (log q_k + log categories),
 
 averaged over the batch. During training ``z`` is a Gumbel-Softmax sample (soft, or
-hard with the straight-through gradient); the *unrelaxed* objective and the test loss
+hard with a straight-through-family gradient: ST, Gumbel-Rao or ReinMax); the *unrelaxed* objective and the test loss
 use an exact one-hot categorical draw instead.
 
 The architecture is that of the classic PyTorch Gumbel-Softmax VAE tutorial
@@ -19,14 +19,15 @@ negative logit to 0 and so limits how peaked q can become.
 """
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["LatentSampler", "CategoricalVAE", "negative_elbo", "SAMPLER_NAMES"]
+__all__ = ["LatentSampler", "CategoricalVAE", "negative_elbo", "SAMPLER_NAMES", "estimator_support_error"]
 
 SAMPLER_NAMES = ("fused", "reference", "torch")
 
@@ -66,6 +67,32 @@ class Sampler:
         return f"{type(self).__name__}({self.name!r})"
 
 
+def _relaxed_function(name: str) -> Callable[..., Tensor]:
+    if name == "fused":
+        import fused_gumbel
+
+        return fused_gumbel.gumbel_softmax
+    if name == "reference":
+        from fused_gumbel import reference
+
+        return reference.gumbel_softmax
+    return F.gumbel_softmax
+
+
+def estimator_support_error(name: str) -> str | None:
+    """Why sampler ``name``'s ``gumbel_softmax`` cannot take ``estimator=`` (None if it can)."""
+    function = _relaxed_function(name)
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return f"the signature of {function!r} cannot be inspected"
+    if "estimator" not in parameters:
+        module = getattr(function, "__module__", "?")
+        return (f"{module}.gumbel_softmax has no estimator= option in this build of fused_gumbel "
+                "(gradient estimators beyond straight-through: issue 12)")
+    return None
+
+
 class LatentSampler(Sampler):
     """Categorical draws over the last dim.
 
@@ -73,22 +100,44 @@ class LatentSampler(Sampler):
     * ``reference``: ``fused_gumbel.reference.gumbel_softmax`` and ``.categorical``.
     * ``torch``: ``torch.nn.functional.gumbel_softmax``; discrete draws by Gumbel-max
       with ``torch.Tensor.exponential_`` noise.
+
+    ``estimator`` ("st", "gumbel_rao", "reinmax") and ``mc_samples`` choose the backward of
+    hard samples; they are passed on only when not "st", so "st" runs on any build.
     """
 
+    def __init__(self, name: str = "fused", estimator: str = "st", mc_samples: int | None = None) -> None:
+        # Filled after the backend is bound and checked; the bound draw reads this same dict.
+        self.estimator_options: dict[str, Any] = {}
+        super().__init__(name)
+        if estimator != "st":
+            missing = estimator_support_error(name)
+            if missing:
+                raise ValueError(f"estimator {estimator!r}: {missing}")
+            self.estimator_options["estimator"] = estimator
+        if mc_samples is not None:
+            self.estimator_options["mc_samples"] = mc_samples
+
     def _bind(self, name: str) -> tuple[Callable[..., Tensor], Callable[[Tensor], Tensor]]:
-        if name == "fused":
-            import fused_gumbel
+        relaxed = _relaxed_function(name)
+        options = self.estimator_options
 
-            relaxed, categorical = fused_gumbel.gumbel_softmax, fused_gumbel.categorical
-        elif name == "reference":
-            from fused_gumbel import reference
+        def draw(logits: Tensor, tau: float | Tensor, hard: bool) -> Tensor:
+            return relaxed(logits, tau=tau, hard=hard, dim=-1, **options)
 
-            relaxed, categorical = reference.gumbel_softmax, reference.categorical
-        else:
-            relaxed = F.gumbel_softmax
-            return (lambda logits, tau, hard: relaxed(logits, tau=tau, hard=hard, dim=-1)), _torch_categorical_one_hot
-        return ((lambda logits, tau, hard: relaxed(logits, tau=tau, hard=hard, dim=-1)),
-                lambda logits: categorical(logits, dim=-1, one_hot=True))
+        if name == "torch":
+            return draw, _torch_categorical_one_hot
+        categorical = _categorical_function(name)
+        return draw, lambda logits: categorical(logits, dim=-1, one_hot=True)
+
+
+def _categorical_function(name: str) -> Callable[..., Tensor]:
+    if name == "fused":
+        import fused_gumbel
+
+        return fused_gumbel.categorical
+    from fused_gumbel import reference
+
+    return reference.categorical
 
 
 class MLPVAE(nn.Module):

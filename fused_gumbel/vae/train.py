@@ -7,9 +7,17 @@ exact one-hot categorical sample from the same encoder logits (the unrelaxed obj
 no gradient) and the test loss with one-hot samples. All three are the negative ELBO in
 nats per image.
 
-Two recipes: ``seed`` (the tutorial's configuration: ReLU on the encoder logits, fixed
-tau = 1, soft samples) and the default (no ReLU on the logits, tau annealed
-``max(0.5, exp(-1e-4 t))`` every 100 steps as in Jang et al.).
+Three recipes: ``seed`` (the tutorial's configuration: ReLU on the encoder logits, fixed
+tau = 1, soft samples), the default (no ReLU on the logits, tau annealed
+``max(0.5, exp(-1e-4 t))`` every 100 steps as in Jang et al.) and ``reinmax`` (the MNIST-VAE
+setting of Liu et al., NeurIPS 2023, "Bridging Discrete and Backpropagation: Straight-Through
+and Beyond", from their scripts: hard samples with the ReinMax estimator, fixed tau 1.3,
+RAdam lr 5e-4, 160 epochs).
+
+``estimator`` picks the backward of hard samples (``fused_gumbel.gumbel_softmax(...,
+hard=True, estimator=...)``): "st" (straight-through Gumbel-Softmax, the default),
+"gumbel_rao" (Paulus et al., ICLR 2021, averaged over ``mc_samples`` conditional draws) or
+"reinmax". The forward one-hot is the same for all three.
 
 Under ``torchrun`` (``WORLD_SIZE > 1``) the model is wrapped in
 DistributedDataParallel and the data sharded with a DistributedSampler; the global batch
@@ -44,7 +52,7 @@ from fused_gumbel.schedules import ConstantSchedule, ExponentialDecay, Temperatu
 from fused_gumbel.vae.bernoulli import LATENTS as BERNOULLI_LATENTS
 from fused_gumbel.vae.bernoulli import BernoulliSampler, BernoulliVAE, negative_elbo_bernoulli
 from fused_gumbel.vae.data import ImageTensorDataset, collate_batch, load_mnist
-from fused_gumbel.vae.model import CategoricalVAE, LatentSampler, negative_elbo
+from fused_gumbel.vae.model import CategoricalVAE, LatentSampler, estimator_support_error, negative_elbo
 
 __all__ = [
     "TrainConfig",
@@ -68,7 +76,15 @@ LOSS_CURVE_NAME = "loss_curve.png"
 SEED_RECIPE: dict[str, Any] = dict(relu_logits=True, tau=1.0, anneal_rate=0.0, hard=False)
 # Ours: unclipped logits, tau annealed 1.0 -> 0.5 with Jang et al.'s r = 1e-4.
 DEFAULT_RECIPE: dict[str, Any] = dict(relu_logits=False, tau=1.0, anneal_rate=1e-4, min_tau=0.5, hard=False)
+# Liu et al. 2023's MNIST-VAE (github.com/LiyuanLucasLiu/ReinMax, mnist_vae/reinmax_10_30.sh and
+# gumbel_softmax_vae.py): same MLPs and loss, unclipped logits, fixed tau 1.3, RAdam 5e-4,
+# batch 100, 160 epochs.
+REINMAX_RECIPE: dict[str, Any] = dict(relu_logits=False, tau=1.3, anneal_rate=0.0, hard=True, estimator="reinmax",
+                                      optimizer="radam", lr=5e-4, epochs=160)
+RECIPES: dict[str, dict[str, Any]] = {"default": DEFAULT_RECIPE, "seed": SEED_RECIPE, "reinmax": REINMAX_RECIPE}
 LATENT_KINDS = ("categorical", "bernoulli")
+ESTIMATORS = ("st", "gumbel_rao", "reinmax")
+OPTIMIZERS = {"adam": torch.optim.Adam, "radam": torch.optim.RAdam}
 
 
 @dataclass
@@ -95,18 +111,34 @@ class TrainConfig:
     amp: str = "none"
     quiet: bool = False
     latent: str = "categorical"
+    estimator: str = "st"
+    mc_samples: int | None = None
+    optimizer: str = "adam"
+    recipe: str = "default"
+
+    def __post_init__(self) -> None:
+        # Checkpoints from before ``recipe`` existed only recorded ``seed_recipe``.
+        if self.seed_recipe and self.recipe == "default":
+            self.recipe = "seed"
 
     @classmethod
-    def from_recipe(cls, seed_recipe: bool = False, **overrides: Any) -> "TrainConfig":
-        """The seed or default recipe, with explicitly chosen options on top."""
-        values = dict(SEED_RECIPE if seed_recipe else DEFAULT_RECIPE)
+    def from_recipe(cls, seed_recipe: bool = False, recipe: str | None = None, **overrides: Any) -> "TrainConfig":
+        """A recipe (``RECIPES``; ``seed_recipe=True`` is ``recipe="seed"``), with explicitly
+        chosen options on top."""
+        if recipe is None:
+            recipe = "seed" if seed_recipe else "default"
+        elif seed_recipe and recipe != "seed":
+            raise ValueError(f"--seed-recipe contradicts --recipe {recipe}")
+        if recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
+        values = dict(RECIPES[recipe])
         if overrides.get("learn_tau") and "anneal_rate" not in overrides:
             values["anneal_rate"] = 0.0  # a learned temperature replaces the schedule
         if overrides.get("latent") == "bernoulli":
             # Jang et al.'s Bernoulli VAE: 200 binary (two-class) latents.
             values.update(latent_dim=BERNOULLI_LATENTS, categories=2)
         values.update(overrides)
-        config = cls(seed_recipe=seed_recipe, **values)
+        config = cls(seed_recipe=recipe == "seed", recipe=recipe, **values)
         config.validate()
         return config
 
@@ -127,6 +159,33 @@ class TrainConfig:
             raise ValueError("--limit must be a positive number of images")
         if not self.tau > 0:
             raise ValueError("--tau must be positive")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+        self._validate_estimator()
+
+    def _validate_estimator(self) -> None:
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {self.estimator!r}; choose from {', '.join(ESTIMATORS)}")
+        if self.mc_samples is not None:
+            if self.estimator != "gumbel_rao":
+                raise ValueError("--mc-samples is the number of Gumbel-Rao draws: it needs --estimator gumbel_rao")
+            if self.mc_samples < 1:
+                raise ValueError("--mc-samples must be >= 1")
+        if self.estimator == "st":
+            return
+        if not self.hard:
+            raise ValueError(f"--estimator {self.estimator} is a straight-through estimator (it replaces the "
+                             "backward of hard one-hot samples); this recipe draws soft samples: add --hard, "
+                             "or use --estimator st")
+        if self.latent != "categorical":
+            raise ValueError(f"--estimator {self.estimator} is for categorical latents; "
+                             "--latent bernoulli supports st only")
+        if self.sampler == "torch":
+            raise ValueError(f"--estimator {self.estimator} needs --sampler fused or reference: "
+                             "torch.nn.functional.gumbel_softmax has straight-through only")
+        missing = estimator_support_error(self.sampler)
+        if missing:
+            raise ValueError(f"--estimator {self.estimator}: {missing}")
 
     def make_schedule(self) -> TemperatureSchedule:
         if self.anneal_rate > 0:
@@ -184,6 +243,24 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
+def git_commit() -> str | None:
+    """HEAD of the source checkout this package runs from, with "-dirty" if the package's
+    tracked files differ from it; None outside a git checkout."""
+    import subprocess
+
+    source = Path(__file__).resolve().parents[2]
+    if not (source / "pyproject.toml").is_file():  # an installed copy, not a checkout
+        return None
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True,
+                             check=True, timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "fused_gumbel", "kernels"],
+                               cwd=source, capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sha + ("-dirty" if dirty else "")
+
+
 def resolve_device(requested: str | None, context: DistributedContext) -> torch.device:
     if requested is None:
         requested = f"cuda:{context.local_rank}" if torch.cuda.is_available() else "cpu"
@@ -218,14 +295,14 @@ class Trainer:
             self.model = BernoulliVAE(config.latent_dim, learn_tau=config.learn_tau, initial_tau=config.tau).to(device)
             self.loss_fn = negative_elbo_bernoulli
         else:
-            self.sampler = LatentSampler(config.sampler)
+            self.sampler = LatentSampler(config.sampler, config.estimator, config.mc_samples)
             torch.manual_seed(config.seed)  # identical initial weights on every rank
             self.model = CategoricalVAE(
                 config.latent_dim, config.categories, relu_logits=config.relu_logits,
                 learn_tau=config.learn_tau, initial_tau=config.tau,
             ).to(device)
             self.loss_fn = negative_elbo
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.optimizer = OPTIMIZERS[config.optimizer](self.model.parameters(), lr=config.lr)
         self.schedule = config.make_schedule()
         self.step = 0
         self.epoch = 0
@@ -387,10 +464,12 @@ def _atomic_write_bytes(path: Path, write: Any) -> None:
     os.replace(temporary, path)
 
 
-def write_metrics(out_dir: Path, trainer: Trainer, device: torch.device, finished: bool) -> None:
+def write_metrics(out_dir: Path, trainer: Trainer, device: torch.device, finished: bool,
+                  commit: str | None = None) -> None:
     metrics = {
         "config": dataclasses.asdict(trainer.config),
         "versions": package_versions(),
+        "git_commit": commit,
         "device": str(device),
         "world_size": trainer.context.world_size,
         "train_images": len(trainer.train_dataset),
@@ -411,11 +490,17 @@ def write_images(out_dir: Path, trainer: Trainer) -> None:
 
 
 def _run_title(config: TrainConfig) -> str:
-    recipe = "seed recipe" if config.seed_recipe else "default recipe"
-    mode = "hard ST" if config.hard else "soft"
+    recipe = f"{config.recipe} recipe"
+    mode = f"hard, {_estimator_label(config)}" if config.hard else "soft"
     tau = "learned tau" if config.learn_tau else (
         f"tau {config.tau:g}->{config.min_tau:g}" if config.anneal_rate > 0 else f"tau {config.tau:g}")
     return f"{config.latent} VAE, {recipe}, {mode}, {tau}, sampler {config.sampler}, seed {config.seed}"
+
+
+def _estimator_label(config: TrainConfig) -> str:
+    if config.estimator == "gumbel_rao" and config.mc_samples is not None:
+        return f"gumbel_rao K={config.mc_samples}"
+    return config.estimator
 
 
 def write_loss_curve(path: Path, history: list[dict[str, Any]], title: str = "") -> None:
@@ -528,6 +613,7 @@ def _run(config: TrainConfig, checkpoint: dict[str, Any] | None, out_dir: str | 
         _log(f"{_run_title(config)}; {len(train_images)} training images, {context.world_size} process(es) "
              f"on {device}; step {trainer.step}, output in {out_path}", config.quiet)
 
+    commit = git_commit() if context.is_main else None  # the code this run started on
     steps_per_epoch = math.ceil(math.ceil(len(train_images) / context.world_size) / trainer.rank_batch_size)
     last: dict[str, Any] = {}
     for epoch in _iterate_epochs(trainer):
@@ -543,7 +629,7 @@ def _run(config: TrainConfig, checkpoint: dict[str, Any] | None, out_dir: str | 
         if context.is_main:
             _log(_epoch_line(last, config.epochs), config.quiet)
             save_checkpoint(out_path, trainer)
-            write_metrics(out_path, trainer, device, finished=trainer.epoch >= config.epochs)
+            write_metrics(out_path, trainer, device, finished=trainer.epoch >= config.epochs, commit=commit)
             write_images(out_path, trainer)
         context.barrier()
     if context.is_main and not last:
