@@ -17,8 +17,9 @@ build fails, a warning says why and the package installs on its pure-Python path
 - CUDA: `cuda/*.cu` join the same extension (a CUDAExtension) when they exist, nvcc is found
   (CUDA_HOME) and `FUSED_GUMBEL_BUILD_CUDA` is not `0`; built for sm_90 unless
   `TORCH_CUDA_ARCH_LIST` says otherwise.
-- The torch version the extension was built against is written to `fused_gumbel/_C.build.json`;
-  the loader refuses an extension built for another torch (a C++ ABI mismatch).
+- `fused_gumbel/_C.build.json` records the torch version the extension was built against (the
+  loader refuses an extension built for another torch: a C++ ABI mismatch), or the build's error
+  (the loader then warns once, at the first CPU call, and runs the pure-Python path).
 """
 import glob
 import json
@@ -50,9 +51,10 @@ def _warn(message: str) -> None:
           f"Installing the pure-Python package: fused_gumbel._C is not built.\n{bar}\n", file=sys.stderr)
 
 
-def _write_build_info(torch_version: str, cuda: bool) -> None:
+def _write_build_info(**info) -> None:
+    """What the loader checks: the torch version built against, or the build's error."""
     with open(os.path.join(HERE, BUILD_INFO), "w") as f:
-        json.dump({"torch": torch_version, "cuda": cuda}, f)
+        json.dump(info, f)
 
 
 def _native_build():
@@ -95,9 +97,11 @@ def _native_build():
             try:
                 super().run()
             except Exception as error:  # noqa: BLE001 - no compiler, compile or link errors, ...
-                _warn(f"building the C++ extension failed: {type(error).__name__}: {error}")
+                message = f"building the C++ extension failed: {type(error).__name__}: {error}"
+                _warn(message)
+                _write_build_info(error=message[:2000])
             else:
-                _write_build_info(torch.__version__, build_cuda)
+                _write_build_info(torch=torch.__version__, cuda=build_cuda)
 
         def build_extension(self, ext):
             if ext.name == "fused_gumbel._C" and isa_sources:

@@ -7,14 +7,16 @@ spec's Philox words, tempered softmax, one-hot or argmax; dx = y (dy - sum(dy y)
 temperature gradient), with a CPU kernel (``kernels/csrc/cpu``) and, where built, a CUDA twin
 (``kernels/csrc/cuda``). Importing ``fused_gumbel`` never imports ``_C``; the first call that
 asks does, once. It is refused, with the reason kept for :func:`unavailable_reason`, when it was
-not built, fails to load, or was built against another torch version (its C++ ABI would not
-match: ``_C.build.json``, written by setup.py, records the version).
+not built, fails to load, was built against another torch version (its C++ ABI would not
+match), or its last build failed (then with a warning): ``_C.build.json``, written by setup.py,
+records the torch version or the build error.
 """
 from __future__ import annotations
 
 import importlib
 import json
 import os
+import warnings
 from typing import Optional
 
 import torch
@@ -26,9 +28,14 @@ _state: dict = {}  # "module" (or None) and "reason", once loaded
 def _load():
     try:
         with open(_BUILD_INFO) as f:
-            built_with = json.load(f).get("torch")
+            info = json.load(f)
     except (OSError, ValueError):
-        built_with = None
+        info = {}
+    if info.get("error"):  # setup.py caught a failed build (pip shows its warning only with -v)
+        reason = f"the last build of fused_gumbel._C failed: {info['error']}"
+        warnings.warn(f"{reason}; CPU calls run the PyTorch reference (fused_gumbel.select_backend)", stacklevel=4)
+        return None, reason
+    built_with = info.get("torch")
     if built_with is not None and built_with != torch.__version__:
         return None, (f"fused_gumbel._C was built against torch {built_with} but torch {torch.__version__} is "
                       "installed (C++ ABI mismatch); rebuild it: pip install --no-build-isolation -e .")

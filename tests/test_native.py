@@ -209,6 +209,16 @@ def test_loader_refuses_an_extension_built_for_another_torch(monkeypatch, tmp_pa
     assert "built against torch 1.0.0" in _native.unavailable_reason("cpu")
 
 
+def test_loader_reports_a_failed_build(monkeypatch, tmp_path):
+    info = tmp_path / "_C.build.json"
+    info.write_text(json.dumps({"error": "building the C++ extension failed: no compiler"}))
+    monkeypatch.setattr(_native, "_BUILD_INFO", str(info))
+    monkeypatch.setattr(_native, "_state", {})
+    with pytest.warns(UserWarning, match="no compiler"):
+        assert not _native.available("cpu")
+    assert "last build of fused_gumbel._C failed" in _native.unavailable_reason("cpu")
+
+
 @pytest.mark.parametrize("hard", [False, True])
 def test_compiled_custom_op_runs_native(hard):
     logits = torch.randn(8, 5, requires_grad=True)

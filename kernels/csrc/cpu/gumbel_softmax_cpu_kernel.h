@@ -73,18 +73,59 @@ void philox_words(uint64_t seed, uint64_t offset, uint64_t first_call, int64_t c
   const uint32_t k0 = uint32_t(key), k1 = uint32_t(key >> 32);
   const uint32_t s0 = uint32_t(offset), s1 = uint32_t(offset >> 32);
   int64_t i = 0;
+  // The vector paths take the counters' high word as constant: true unless the low word wraps.
+  const bool high_constant = uint64_t(uint32_t(first_call)) + uint64_t(calls) <= (uint64_t(1) << 32);
+  const uint32_t n_hi = uint32_t(first_call >> 32), n_lo = uint32_t(first_call);
+#if defined(__AVX512F__)
+  if (high_constant) {
+    const __m512i round_a = _mm512_set1_epi32(int(kRoundA)), round_b = _mm512_set1_epi32(int(kRoundB));
+    const __m512i key_a = _mm512_set1_epi32(int(kKeyA)), key_b = _mm512_set1_epi32(int(kKeyB));
+    const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    // Interleave indices: 32-bit pairs (w0 w1), (w2 w3) of calls 0-7 / 8-15, then 64-bit pairs.
+    const __m512i pair_lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i pair_hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    const __m512i quad_lo = _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11);
+    const __m512i quad_hi = _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15);
+    for (; i + 16 <= calls; i += 16) {
+      __m512i c0 = _mm512_add_epi32(_mm512_set1_epi32(int(n_lo + uint32_t(i))), lanes);
+      __m512i c1 = _mm512_set1_epi32(int(n_hi));
+      __m512i c2 = _mm512_set1_epi32(int(s0)), c3 = _mm512_set1_epi32(int(s1));
+      __m512i q0 = _mm512_set1_epi32(int(k0)), q1 = _mm512_set1_epi32(int(k1));
+      for (int round = 0; round < 10; ++round) {
+        const __m512i even_a = _mm512_mul_epu32(c0, round_a);
+        const __m512i odd_a = _mm512_mul_epu32(_mm512_srli_epi64(c0, 32), round_a);
+        const __m512i even_b = _mm512_mul_epu32(c2, round_b);
+        const __m512i odd_b = _mm512_mul_epu32(_mm512_srli_epi64(c2, 32), round_b);
+        const __m512i hi_a = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even_a, 32), odd_a);
+        const __m512i hi_b = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even_b, 32), odd_b);
+        const __m512i lo_a = _mm512_mask_blend_epi32(0xAAAA, even_a, _mm512_slli_epi64(odd_a, 32));
+        const __m512i lo_b = _mm512_mask_blend_epi32(0xAAAA, even_b, _mm512_slli_epi64(odd_b, 32));
+        c0 = _mm512_ternarylogic_epi32(hi_b, c1, q0, 0x96);  // 0x96: a ^ b ^ c
+        c2 = _mm512_ternarylogic_epi32(hi_a, c3, q1, 0x96);
+        c1 = lo_b;
+        c3 = lo_a;
+        q0 = _mm512_add_epi32(q0, key_a);
+        q1 = _mm512_add_epi32(q1, key_b);
+      }
+      const __m512i w01_lo = _mm512_permutex2var_epi32(c0, pair_lo, c1);
+      const __m512i w01_hi = _mm512_permutex2var_epi32(c0, pair_hi, c1);
+      const __m512i w23_lo = _mm512_permutex2var_epi32(c2, pair_lo, c3);
+      const __m512i w23_hi = _mm512_permutex2var_epi32(c2, pair_hi, c3);
+      uint32_t* dst = out + 4 * i;
+      _mm512_storeu_si512(dst + 0, _mm512_permutex2var_epi64(w01_lo, quad_lo, w23_lo));
+      _mm512_storeu_si512(dst + 16, _mm512_permutex2var_epi64(w01_lo, quad_hi, w23_lo));
+      _mm512_storeu_si512(dst + 32, _mm512_permutex2var_epi64(w01_hi, quad_lo, w23_hi));
+      _mm512_storeu_si512(dst + 48, _mm512_permutex2var_epi64(w01_hi, quad_hi, w23_hi));
+    }
+  }
+#endif
 #if defined(__AVX2__)
   const __m256i round_a = _mm256_set1_epi32(int(kRoundA)), round_b = _mm256_set1_epi32(int(kRoundB));
   const __m256i key_a = _mm256_set1_epi32(int(kKeyA)), key_b = _mm256_set1_epi32(int(kKeyB));
-  for (; i + 8 <= calls; i += 8) {
-    alignas(32) uint32_t lo[8], hi[8];
-    for (int j = 0; j < 8; ++j) {
-      const uint64_t n = first_call + uint64_t(i + j);
-      lo[j] = uint32_t(n);
-      hi[j] = uint32_t(n >> 32);
-    }
-    __m256i c0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(lo));
-    __m256i c1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(hi));
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (; high_constant && i + 8 <= calls; i += 8) {
+    __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32(int(n_lo + uint32_t(i))), lanes);
+    __m256i c1 = _mm256_set1_epi32(int(n_hi));
     __m256i c2 = _mm256_set1_epi32(int(s0)), c3 = _mm256_set1_epi32(int(s1));
     __m256i q0 = _mm256_set1_epi32(int(k0)), q1 = _mm256_set1_epi32(int(k1));
     for (int round = 0; round < 10; ++round) {
@@ -293,9 +334,13 @@ void perturbed_block(uint64_t seed, uint64_t offset, const scalar_t* x, const Ro
   gumbel_from_words(words, a, count * K);
   if (dense_rows(layout, K)) {
     const scalar_t* base = x + layout.row_offset(r0);
-    for (int64_t done = 0; done < count * K; done += K) {  // in row-sized pieces: s.row holds K values
-      to_compute(base + done, s.row.data(), K);
-      add_into(a + done, s.row.data(), K);
+    if constexpr (std::is_same_v<scalar_t, acc_t>) {
+      add_into(a, base, count * K);
+    } else {
+      for (int64_t done = 0; done < count * K; done += K) {  // in row-sized pieces: s.row holds K values
+        to_compute(base + done, s.row.data(), K);
+        add_into(a + done, s.row.data(), K);
+      }
     }
   } else {
     for (int64_t j = 0; j < count; ++j) {
