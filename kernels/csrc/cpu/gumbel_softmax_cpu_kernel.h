@@ -425,6 +425,40 @@ void forward_impl(const ForwardArgs& args, int64_t begin, int64_t end) {
   }
 }
 
+// Elementwise over a flat block: out = f(a, b, c) on vectors, the same on the scalar tail.
+template <typename acc_t, typename Op>
+inline void map3(acc_t* out, const acc_t* a, const acc_t* b, const acc_t* c, int64_t n, const Op& op) {
+  using V = Vec<acc_t>;
+  int64_t i = 0;
+  for (; i + V::size() <= n; i += V::size()) op(V::loadu(a + i), V::loadu(b + i), V::loadu(c + i)).store(out + i);
+  for (; i < n; ++i) out[i] = op(a[i], b[i], c[i]);
+}
+
+// Copy rows [r0, r0 + count) of a strided view into a flat [count, K] compute-dtype block.
+template <typename scalar_t, typename acc_t>
+inline void load_block(const scalar_t* p, const RowLayout& layout, int64_t r0, int64_t count, int64_t K, acc_t* out) {
+  if (dense_rows(layout, K)) {
+    to_compute(p + layout.row_offset(r0), out, count * K);
+  } else {
+    for (int64_t j = 0; j < count; ++j) load_row(p + layout.row_offset(r0 + j), layout.s_k, K, out + j * K);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+inline void store_block(const acc_t* in, int64_t r0, int64_t count, int64_t K, scalar_t* p, const RowLayout& layout) {
+  if (dense_rows(layout, K)) {
+    from_compute(in, p + layout.row_offset(r0), count * K);
+  } else {
+    for (int64_t j = 0; j < count; ++j) store_row(in + j * K, K, p + layout.row_offset(r0 + j), layout.s_k);
+  }
+}
+
+// Each row's value repeated over its K classes, so that row-dependent terms run as flat vector passes.
+template <typename acc_t>
+inline void expand_rows(const acc_t* per_row, int64_t count, int64_t K, acc_t* out) {
+  for (int64_t j = 0; j < count; ++j) std::fill(out + j * K, out + (j + 1) * K, per_row[j]);
+}
+
 template <typename scalar_t, typename acc_t>
 void backward_impl(const BackwardArgs& args, int64_t begin, int64_t end) {
   const int64_t K = args.classes, per_block = block_rows(K);
@@ -433,50 +467,49 @@ void backward_impl(const BackwardArgs& args, int64_t begin, int64_t end) {
   auto* grad_x = static_cast<scalar_t*>(args.grad_x);
   auto* tau_grad = static_cast<acc_t*>(args.tau_grad_rows);
   Scratch<acc_t> s(per_block, K);
-  std::vector<acc_t> t(tau_grad ? per_block * K : 0);
+  const int64_t size = per_block * 4 * ((K + 3) / 4);
+  std::vector<acc_t> dy(size), prod(size), row_value(size), inv_tau(size), t(tau_grad ? size : 0);
+  std::vector<acc_t> dot(per_block), tau_inv(per_block), sum_a(per_block), sum_b(per_block);
+  using V = Vec<acc_t>;
   for (int64_t r0 = begin; r0 < end; r0 += per_block) {
-    const int64_t count = std::min(per_block, end - r0);
+    const int64_t count = std::min(per_block, end - r0), n = count * K;
+    for (int64_t j = 0; j < count; ++j) tau_inv[j] = acc_t(1) / row_tau<acc_t>(args.tau_rows, args.tau, r0 + j);
+    acc_t* y = s.a.data();
     if (args.regenerate) {
       perturbed_block(args.seed, args.offset, src, args.src_layout, r0, count, K, s);
       if (tau_grad) {  // t = (x + g - M) / tau before soft_block overwrites x + g with y
-        for (int64_t j = 0; j < count; ++j) {
-          const acc_t m = s.row_max[j];
-          const acc_t shift = finite_max(m) ? m : acc_t(0);
-          const acc_t inv_tau = acc_t(1) / row_tau<acc_t>(args.tau_rows, args.tau, r0 + j);
-          for (int64_t k = 0; k < K; ++k) t[j * K + k] = (s.a[j * K + k] - shift) * inv_tau;
-        }
+        for (int64_t j = 0; j < count; ++j) sum_a[j] = finite_max(s.row_max[j]) ? s.row_max[j] : acc_t(0);
+        expand_rows(sum_a.data(), count, K, row_value.data());
+        expand_rows(tau_inv.data(), count, K, inv_tau.data());
+        map3(t.data(), y, row_value.data(), inv_tau.data(), n, [](auto a, auto m, auto it) { return (a - m) * it; });
       }
       soft_block(s, r0, count, K, args.tau_rows, args.tau);
     } else {
+      load_block(src, args.src_layout, r0, count, K, y);
+      if (tau_grad) {  // log y stands in for t: they differ by log S per row, which sum(s) = 0 cancels
+        for (int64_t i = 0; i < n; ++i) t[i] = y[i] > 0 ? std::log(y[i]) : acc_t(0);
+      }
+    }
+    load_block(grad_y, args.g_layout, r0, count, K, dy.data());
+    map3(prod.data(), dy.data(), y, y, n, [](auto d, auto v, auto) { return d * v; });
+    for (int64_t j = 0; j < count; ++j) dot[j] = row_sum(prod.data() + j * K, K);
+    expand_rows(dot.data(), count, K, row_value.data());
+    if (!(args.regenerate && tau_grad)) expand_rows(tau_inv.data(), count, K, inv_tau.data());
+    // dx = y (dy - dot) / tau, written over dy (no longer needed after the tau-gradient sums below)
+    if (tau_grad) {
+      // Zero-probability classes add nothing (not 0 * -inf): t is zeroed where y == 0.
+      for (int64_t i = 0; i < n; ++i) t[i] = y[i] > 0 ? t[i] : acc_t(0);
+      map3(prod.data(), prod.data(), t.data(), t.data(), n, [](auto p, auto tk, auto) { return p * tk; });
+      map3(t.data(), t.data(), y, y, n, [](auto tk, auto v, auto) { return tk * v; });
       for (int64_t j = 0; j < count; ++j) {
-        acc_t* y = s.a.data() + j * K;
-        load_row(src + args.src_layout.row_offset(r0 + j), args.src_layout.s_k, K, y);
-        if (tau_grad) {  // log y stands in for t: they differ by log S per row, which sum(s) = 0 cancels
-          for (int64_t k = 0; k < K; ++k) t[j * K + k] = y[k] > 0 ? std::log(y[k]) : acc_t(0);
-        }
+        sum_a[j] = row_sum(prod.data() + j * K, K);  // sum(dy y t)
+        sum_b[j] = row_sum(t.data() + j * K, K);     // sum(y t)
+        tau_grad[r0 + j] = -(sum_a[j] - dot[j] * sum_b[j]) * tau_inv[j];
       }
     }
-    for (int64_t j = 0; j < count; ++j) {
-      const int64_t r = r0 + j;
-      const acc_t inv_tau = acc_t(1) / row_tau<acc_t>(args.tau_rows, args.tau, r);
-      const acc_t* y = s.a.data() + j * K;
-      acc_t* dy = s.row.data();
-      load_row(grad_y + args.g_layout.row_offset(r), args.g_layout.s_k, K, dy);
-      acc_t dot = 0;
-      for (int64_t k = 0; k < K; ++k) dot += dy[k] * y[k];
-      for (int64_t k = 0; k < K; ++k) s.row2[k] = y[k] * (dy[k] - dot) * inv_tau;
-      store_row(s.row2.data(), K, grad_x + args.gx_layout.row_offset(r), args.gx_layout.s_k);
-      if (tau_grad) {
-        // Zero-probability classes add nothing (not 0 * -inf).
-        acc_t dy_y_t = 0, y_t = 0;
-        for (int64_t k = 0; k < K; ++k) {
-          const acc_t tk = y[k] > 0 ? t[j * K + k] : acc_t(0);
-          dy_y_t += dy[k] * y[k] * tk;
-          y_t += y[k] * tk;
-        }
-        tau_grad[r] = -(dy_y_t - dot * y_t) * inv_tau;
-      }
-    }
+    map3(dy.data(), dy.data(), row_value.data(), inv_tau.data(), n, [](auto d, auto dt, auto it) { return (d - dt) * it; });
+    map3(dy.data(), dy.data(), y, y, n, [](auto g, auto v, auto) { return g * v; });
+    store_block(dy.data(), r0, count, K, grad_x, args.gx_layout);
   }
 }
 
