@@ -100,18 +100,29 @@ def _key_offset(seed, offset):
     return _as_int64(seed), _as_int64(offset)
 
 
-def forward(logits: torch.Tensor, tau, mode: int, dim: int, seed, offset) -> torch.Tensor:
-    """``kernel_forward``: the sample (contiguous, logits' shape and dtype) or int64 indices (mode 2).
+# The CPU kernel's mode beyond the shared contract: hard, plus the soft sample of the same noise.
+MODE_HARD_KEEP_SOFT = 3
+
+
+def forward(logits: torch.Tensor, tau, mode: int, dim: int, seed, offset, keep_soft: bool = False):
+    """``kernel_forward``: (the sample (contiguous, logits' shape and dtype) or int64 indices (mode 2),
+    None or, for a hard CPU sample with ``keep_soft``, the soft sample its backward reads).
     ``tau`` is a float, a 0-dim tensor or a [rows] tensor in RNG-spec row order (compute dtype)."""
     key, offset = _key_offset(seed, offset)
+    if keep_soft and mode == 1 and logits.device.type == "cpu":
+        mode = MODE_HARD_KEEP_SOFT
     if isinstance(tau, torch.Tensor):
-        return torch.ops.fused_gumbel.kernel_forward(logits, tau, 1.0, mode, dim, key, offset)[0]
-    return torch.ops.fused_gumbel.kernel_forward(logits, None, float(tau), mode, dim, key, offset)[0]
+        return torch.ops.fused_gumbel.kernel_forward(logits, tau, 1.0, mode, dim, key, offset)
+    return torch.ops.fused_gumbel.kernel_forward(logits, None, float(tau), mode, dim, key, offset)
 
 
-def backward(grad_y: torch.Tensor, src: torch.Tensor, tau, dim: int, seed, offset, hard: bool, tau_grad: bool):
+def backward(grad_y: torch.Tensor, src: torch.Tensor, tau, dim: int, seed, offset, hard: bool, tau_grad: bool,
+             soft: Optional[torch.Tensor] = None):
     """``kernel_backward``: (grad_logits, per-row temperature gradients or None). ``src`` is the soft
-    output, or the logits when ``hard`` (the kernel regenerates the noise)."""
+    output, or the logits when ``hard`` (the kernel regenerates the noise, unless the forward kept
+    the ``soft`` sample: then that is read, as in soft mode)."""
+    if hard and soft is not None:
+        src, hard = soft, False
     key, offset = _key_offset(seed, offset)
     tau_tensor = tau if isinstance(tau, torch.Tensor) else None
     tau_value = 1.0 if tau_tensor is not None else float(tau)
@@ -124,7 +135,7 @@ def _register_fakes() -> None:
     def forward_fake(logits, tau_tensor, tau, mode, dim, key, offset):
         if mode == 2:
             return logits.new_empty(logits.shape[:dim] + logits.shape[dim + 1:], dtype=torch.int64), None
-        return logits.new_empty(logits.shape), None
+        return logits.new_empty(logits.shape), (logits.new_empty(logits.shape) if mode == MODE_HARD_KEEP_SOFT else None)
 
     def backward_fake(grad_y, src, tau_tensor, tau, hard, dim, key, offset, tau_grad, stats):
         grad_tau = None

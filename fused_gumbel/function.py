@@ -65,9 +65,11 @@ def sample_forward(logits, tau, mode, dim, seed, offset, rng_out=None, save_stat
     the sample (same shape and dtype as the logits) or, for MODE_INDEX, int64 indices with
     ``dim`` removed; the [outer, K, inner] view of the logits the kernel read; and, for rows
     too long for registers, the row maxima that the hard backward reads (else None).
-    ``native`` (default: ``runs_native``) launches the native op instead (no stats, no rng_out)."""
+    ``native`` (default: ``runs_native``) launches the native op instead (no rng_out); its hard CPU
+    forward with ``save_stats`` returns the soft sample as the stats (the backward reads it)."""
     if native if native is not None else runs_native(logits.device):
-        return _native.forward(logits, tau, mode, dim, seed, offset), logits, None, None
+        out, soft = _native.forward(logits, tau, mode, dim, seed, offset, keep_soft=save_stats)
+        return out, logits, None, soft
     shape = RowShape.of(logits.shape, dim)
     x, x_strides = as_rows(logits, dim)
     stats = _stats_buffer(shape, mode, logits.dtype, logits.device, save_stats)
@@ -100,7 +102,7 @@ def sample_backward(grad_y, src, src_strides, tau, dim, seed, offset, hard, tau_
     needs the forward's ``stats``, recomputed here by an index-mode forward when not given).
     Returns (grad_logits, grad_tau or None). ``native`` as in ``sample_forward``."""
     if native if native is not None else runs_native(src.device):
-        grad_x, grad_tau_rows = _native.backward(grad_y, src, tau, dim, seed, offset, hard, tau_grad)
+        grad_x, grad_tau_rows = _native.backward(grad_y, src, tau, dim, seed, offset, hard, tau_grad, stats)
         return grad_x, None if grad_tau_rows is None else reduce_tau_grad(grad_tau_rows, tau)
     shape = RowShape.of(src.shape, dim)
     if hard and stats is None and kernels.needs_row_stats(shape.rows, shape.classes):

@@ -50,7 +50,7 @@ def test_philox_words_bit_exact(seed, offset, first_call):
 def test_index_matches_reference_on_the_spec_stream():
     logits = torch.randn(513, 37, dtype=torch.float64)  # float64 math: exact-twin noise to the last ulp or two
     for seed, offset in [(1, 0), (2**62 + 3, 2**35)]:
-        drawn = _native.forward(logits, 1.0, 2, 1, seed, offset)
+        drawn = _native.forward(logits, 1.0, 2, 1, seed, offset)[0]
         assert torch.equal(drawn, reference.categorical(logits, seed=seed, offset=offset))
 
 
@@ -162,6 +162,22 @@ def test_hard_gradient_is_the_soft_gradient_of_the_same_noise():
     assert_close(dtau_hard, dtau_soft, torch.float64)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_hard_forward_keeps_the_soft_sample_its_backward_would_regenerate(dtype):
+    """Mode 3 (CPU): the one-hot plus the soft sample of the same noise; the backward reading it
+    equals the backward that regenerates the noise from the logits."""
+    logits = torch.randn(50, 3, 17).to(dtype)
+    tau = torch.rand(150, dtype=torch.float32) + 0.2
+    hard, soft = _native.forward(logits, tau, 1, 2, 21, 4, keep_soft=True)
+    assert torch.equal(hard, _native.forward(logits, tau, 1, 2, 21, 4)[0])
+    assert torch.equal(soft, _native.forward(logits, tau, 0, 2, 21, 4)[0])
+    grad = torch.randn_like(logits)
+    kept = _native.backward(grad, logits, tau, 2, 21, 4, True, True, soft)
+    regenerated = _native.backward(grad, logits, tau, 2, 21, 4, True, True)
+    for a, b in zip(kept, regenerated):
+        assert_close(a, b, dtype)
+
+
 def test_jvp_and_vmap_run_the_native_kernel():
     logits = torch.randn(4, 6, dtype=torch.float64)
     tangent = torch.randn_like(logits)
@@ -238,7 +254,7 @@ def test_every_isa_build_gives_the_same_samples():
     script = ("import torch, fused_gumbel, sys\n"
               "from fused_gumbel import _native\n"
               "x = torch.randn(301, 23, generator=torch.Generator().manual_seed(0))\n"
-              "out = [_native.cpu_isa(), _native.forward(x, 0.7, 2, 1, 5, 6), _native.forward(x, 0.7, 0, 1, 5, 6),\n"
+              "out = [_native.cpu_isa(), _native.forward(x, 0.7, 2, 1, 5, 6)[0], _native.forward(x, 0.7, 0, 1, 5, 6)[0],\n"
               "       torch.ops.fused_gumbel._cpu_philox_words(5, 6, 0, 99)]\n"
               "torch.save(out, sys.argv[1])\n")
     results = {}

@@ -135,7 +135,11 @@ std::tuple<Tensor, std::optional<Tensor>> kernel_forward(const Tensor& logits, c
                                                          double tau, int64_t mode, int64_t dim, int64_t key,
                                                          int64_t offset) {
   TORCH_CHECK(logits.device().is_cpu(), "fused_gumbel::kernel_forward (CPU) got a ", logits.device(), " tensor");
-  TORCH_CHECK(mode >= 0 && mode <= 2, "fused_gumbel: mode must be 0 (soft), 1 (hard) or 2 (index), got ", mode);
+  // Mode 3 (CPU only, beyond the shared contract): hard, and the second output is the soft sample
+  // of the same noise (logits' shape and dtype), which the hard backward then reads instead of
+  // regenerating the noise: N x K memory (as F.gumbel_softmax keeps) for one noise pass fewer.
+  TORCH_CHECK(mode >= 0 && mode <= 3,
+              "fused_gumbel: mode must be 0 (soft), 1 (hard), 2 (index) or 3 (hard + soft sample), got ", mode);
   const Dtype dtype = kernel_dtype(logits);
   const Rows x = as_rows(logits, dim);
   Tensor out;
@@ -146,16 +150,19 @@ std::tuple<Tensor, std::optional<Tensor>> kernel_forward(const Tensor& logits, c
   } else {
     out = at::empty(logits.sizes(), logits.options().memory_format(at::MemoryFormat::Contiguous));
   }
-  if (x.rows() == 0 || x.classes == 0) return {out, std::nullopt};
+  std::optional<Tensor> soft;
+  if (mode == 3) soft = at::empty(logits.sizes(), logits.options().memory_format(at::MemoryFormat::Contiguous));
+  if (x.rows() == 0 || x.classes == 0) return {out, soft};
   Tensor tau_keep;
   const auto [tau_rows, tau_value] = tau_source(tau_tensor, tau, compute_type(logits), x.rows(), tau_keep);
   ForwardArgs args{x.tensor.const_data_ptr(), x.layout,
                    mode == 2 ? nullptr : out.data_ptr(), contiguous_layout(x),
                    mode == 2 ? out.data_ptr<int64_t>() : nullptr,
+                   soft ? soft->data_ptr() : nullptr,
                    x.rows(), x.classes, tau_rows, tau_value, int(mode),
                    uint64_t(key), uint64_t(offset), dtype};
   at::parallel_for(0, x.rows(), grain(x.classes), [&](int64_t begin, int64_t end) { run_forward(args, begin, end); });
-  return {out, std::nullopt};
+  return {out, soft};
 }
 
 std::tuple<Tensor, std::optional<Tensor>> kernel_backward(const Tensor& grad_y, const Tensor& src,

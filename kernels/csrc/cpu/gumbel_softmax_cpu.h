@@ -20,10 +20,11 @@ struct ForwardArgs {
   const void* x; RowLayout x_layout;
   void* y; RowLayout y_layout;  // soft/hard output (null in index mode)
   int64_t* index;               // index mode output (null otherwise)
+  void* soft;                   // mode 3: the soft sample, contiguous like y (null otherwise)
   int64_t rows, classes;
   const void* tau_rows;  // compute-dtype [rows] temperatures, or null (use tau)
   double tau;
-  int mode;              // 0 soft, 1 hard, 2 index
+  int mode;              // 0 soft, 1 hard, 2 index, 3 hard + soft sample
   uint64_t seed, offset; // the call's seed (the Philox key is seed ^ DOMAIN_TAG) and stream offset
   Dtype dtype;
 };

@@ -388,52 +388,6 @@ void soft_block(Scratch<acc_t>& s, int64_t r0, int64_t count, int64_t K, const v
   }
 }
 
-template <typename scalar_t, typename acc_t>
-void forward_impl(const ForwardArgs& args, int64_t begin, int64_t end) {
-  const int64_t K = args.classes, per_block = block_rows(K);
-  const auto* x = static_cast<const scalar_t*>(args.x);
-  auto* y = static_cast<scalar_t*>(args.y);
-  Scratch<acc_t> s(per_block, K);
-  const acc_t nan = std::numeric_limits<acc_t>::quiet_NaN();
-  const bool dense_out = args.mode == 0 && dense_rows(args.y_layout, K);
-  for (int64_t r0 = begin; r0 < end; r0 += per_block) {
-    const int64_t count = std::min(per_block, end - r0);
-    perturbed_block(args.seed, args.offset, x, args.x_layout, r0, count, K, s);
-    if (args.mode == 0) {
-      soft_block(s, r0, count, K, args.tau_rows, args.tau);
-      if (dense_out) {
-        from_compute(s.a.data(), y + args.y_layout.row_offset(r0), count * K);
-      } else {
-        for (int64_t j = 0; j < count; ++j)
-          store_row(s.a.data() + j * K, K, y + args.y_layout.row_offset(r0 + j), args.y_layout.s_k);
-      }
-      continue;
-    }
-    for (int64_t j = 0; j < count; ++j) {
-      const int64_t r = r0 + j;
-      const acc_t m = s.row_max[j];
-      const bool valid = finite_max(m);
-      const int64_t best = valid ? first_index_of(s.a.data() + j * K, K, m) : -1;
-      if (args.mode == 2) {
-        args.index[r] = best;
-        continue;
-      }
-      std::fill(s.row.begin(), s.row.end(), valid ? acc_t(0) : nan);
-      if (valid) s.row[best] = acc_t(1);
-      store_row(s.row.data(), K, y + args.y_layout.row_offset(r), args.y_layout.s_k);
-    }
-  }
-}
-
-// Elementwise over a flat block: out = f(a, b, c) on vectors, the same on the scalar tail.
-template <typename acc_t, typename Op>
-inline void map3(acc_t* out, const acc_t* a, const acc_t* b, const acc_t* c, int64_t n, const Op& op) {
-  using V = Vec<acc_t>;
-  int64_t i = 0;
-  for (; i + V::size() <= n; i += V::size()) op(V::loadu(a + i), V::loadu(b + i), V::loadu(c + i)).store(out + i);
-  for (; i < n; ++i) out[i] = op(a[i], b[i], c[i]);
-}
-
 // Copy rows [r0, r0 + count) of a strided view into a flat [count, K] compute-dtype block.
 template <typename scalar_t, typename acc_t>
 inline void load_block(const scalar_t* p, const RowLayout& layout, int64_t r0, int64_t count, int64_t K, acc_t* out) {
@@ -451,6 +405,50 @@ inline void store_block(const acc_t* in, int64_t r0, int64_t count, int64_t K, s
   } else {
     for (int64_t j = 0; j < count; ++j) store_row(in + j * K, K, p + layout.row_offset(r0 + j), layout.s_k);
   }
+}
+
+template <typename scalar_t, typename acc_t>
+void forward_impl(const ForwardArgs& args, int64_t begin, int64_t end) {
+  const int64_t K = args.classes, per_block = block_rows(K);
+  const auto* x = static_cast<const scalar_t*>(args.x);
+  auto* y = static_cast<scalar_t*>(args.y);
+  Scratch<acc_t> s(per_block, K);
+  const acc_t nan = std::numeric_limits<acc_t>::quiet_NaN();
+  std::vector<int64_t> best(per_block);
+  for (int64_t r0 = begin; r0 < end; r0 += per_block) {
+    const int64_t count = std::min(per_block, end - r0);
+    perturbed_block(args.seed, args.offset, x, args.x_layout, r0, count, K, s);
+    if (args.mode != 0) {
+      for (int64_t j = 0; j < count; ++j) {
+        const acc_t m = s.row_max[j];
+        best[j] = finite_max(m) ? first_index_of(s.a.data() + j * K, K, m) : -1;
+      }
+    }
+    if (args.mode == 2) {
+      std::copy(best.begin(), best.begin() + count, args.index + r0);
+      continue;
+    }
+    if (args.mode == 0 || args.mode == 3) {
+      soft_block(s, r0, count, K, args.tau_rows, args.tau);
+      store_block(s.a.data(), r0, count, K, static_cast<scalar_t*>(args.mode == 0 ? args.y : args.soft),
+                  args.y_layout);
+      if (args.mode == 0) continue;
+    }
+    for (int64_t j = 0; j < count; ++j) {  // the one-hot: exact 0/1, NaN rows where invalid
+      std::fill(s.row.begin(), s.row.end(), best[j] >= 0 ? acc_t(0) : nan);
+      if (best[j] >= 0) s.row[best[j]] = acc_t(1);
+      store_row(s.row.data(), K, y + args.y_layout.row_offset(r0 + j), args.y_layout.s_k);
+    }
+  }
+}
+
+// Elementwise over a flat block: out = f(a, b, c) on vectors, the same on the scalar tail.
+template <typename acc_t, typename Op>
+inline void map3(acc_t* out, const acc_t* a, const acc_t* b, const acc_t* c, int64_t n, const Op& op) {
+  using V = Vec<acc_t>;
+  int64_t i = 0;
+  for (; i + V::size() <= n; i += V::size()) op(V::loadu(a + i), V::loadu(b + i), V::loadu(c + i)).store(out + i);
+  for (; i < n; ++i) out[i] = op(a[i], b[i], c[i]);
 }
 
 // Each row's value repeated over its K classes, so that row-dependent terms run as flat vector passes.
