@@ -73,9 +73,11 @@ void philox_words(uint64_t seed, uint64_t offset, uint64_t first_call, int64_t c
   const uint32_t k0 = uint32_t(key), k1 = uint32_t(key >> 32);
   const uint32_t s0 = uint32_t(offset), s1 = uint32_t(offset >> 32);
   int64_t i = 0;
+#if defined(__AVX2__)
   // The vector paths take the counters' high word as constant: true unless the low word wraps.
   const bool high_constant = uint64_t(uint32_t(first_call)) + uint64_t(calls) <= (uint64_t(1) << 32);
   const uint32_t n_hi = uint32_t(first_call >> 32), n_lo = uint32_t(first_call);
+#endif
 #if defined(__AVX512F__)
   if (high_constant) {
     const __m512i round_a = _mm512_set1_epi32(int(kRoundA)), round_b = _mm512_set1_epi32(int(kRoundB));
@@ -204,8 +206,13 @@ acc_t row_max(const acc_t* a, int64_t n) {
     vm.store(lanes);
     for (int j = 0; j < V::size(); ++j) m = nan_max(m, lanes[j]);
   }
-  for (; k < n; ++k) m = nan_max(m, a[k]);
-  return m;
+  // Short tails (all of a row shorter than a vector) without branches: NaN is tracked apart.
+  bool nan = std::isnan(m);
+  for (; k < n; ++k) {
+    m = a[k] > m ? a[k] : m;
+    nan |= a[k] != a[k];
+  }
+  return nan ? std::numeric_limits<acc_t>::quiet_NaN() : m;
 }
 
 template <typename acc_t>
@@ -290,30 +297,14 @@ inline void add_into(acc_t* a, const acc_t* b, int64_t n) {
   for (; k < n; ++k) a[k] += b[k];
 }
 
-template <typename acc_t>
-inline void scale_into(acc_t* dst, const acc_t* src, int64_t n, acc_t factor) {
-  using V = Vec<acc_t>;
-  int64_t k = 0;
-  for (; k + V::size() <= n; k += V::size()) (V::loadu(src + k) * V(factor)).store(dst + k);
-  for (; k < n; ++k) dst[k] = src[k] * factor;
-}
-
-// e[i] = exp(e[i]) in place over a flat array.
-template <typename acc_t>
-void exp_inplace(acc_t* a, int64_t n) {
-  using V = Vec<acc_t>;
-  int64_t k = 0;
-  for (; k + V::size() <= n; k += V::size()) V::loadu(a + k).exp().store(a + k);
-  if (k < n) V::loadu(a + k, n - k).exp().store(a + k, n - k);
-}
-
 // Per-block scratch of one thread: Philox words, x + g, and one row in the compute dtype.
 template <typename acc_t>
 struct Scratch {
   std::vector<uint32_t> words;
-  std::vector<acc_t> a, row, row2, row_max;
+  std::vector<acc_t> a, expand_a, expand_b, row, row_max;
   Scratch(int64_t per_block, int64_t K)
-      : words(per_block * 4 * ((K + 3) / 4)), a(per_block * 4 * ((K + 3) / 4)), row(K), row2(K), row_max(per_block) {}
+      : words(per_block * 4 * ((K + 3) / 4)), a(words.size()), expand_a(words.size()), expand_b(words.size()),
+        row(K), row_max(per_block) {}
 };
 
 // Rows per block: enough that the block's noise is one flat vectorised pass (short rows), one
@@ -337,10 +328,8 @@ void perturbed_block(uint64_t seed, uint64_t offset, const scalar_t* x, const Ro
     if constexpr (std::is_same_v<scalar_t, acc_t>) {
       add_into(a, base, count * K);
     } else {
-      for (int64_t done = 0; done < count * K; done += K) {  // in row-sized pieces: s.row holds K values
-        to_compute(base + done, s.row.data(), K);
-        add_into(a + done, s.row.data(), K);
-      }
+      to_compute(base, s.expand_a.data(), count * K);
+      add_into(a, s.expand_a.data(), count * K);
     }
   } else {
     for (int64_t j = 0; j < count; ++j) {
@@ -370,22 +359,25 @@ template <typename acc_t>
 void soft_block(Scratch<acc_t>& s, int64_t r0, int64_t count, int64_t K, const void* tau_rows, double tau) {
   acc_t* a = s.a.data();
   const acc_t nan = std::numeric_limits<acc_t>::quiet_NaN();
-  using V = Vec<acc_t>;
-  for (int64_t j = 0; j < count; ++j) {
+  const int64_t n = count * K;
+  acc_t *shift = s.expand_a.data(), *scale = s.expand_b.data();
+  for (int64_t j = 0; j < count; ++j) {  // per-row terms spread over the row: the passes below are flat
     const acc_t m = s.row_max[j];
-    const acc_t inv_tau = acc_t(1) / row_tau<acc_t>(tau_rows, tau, r0 + j);
-    acc_t* row = a + j * K;
-    const acc_t shift = finite_max(m) ? m : acc_t(0);
-    int64_t k = 0;
-    for (; k + V::size() <= K; k += V::size()) ((V::loadu(row + k) - V(shift)) * V(inv_tau)).store(row + k);
-    for (; k < K; ++k) row[k] = (row[k] - shift) * inv_tau;
+    std::fill(shift + j * K, shift + (j + 1) * K, finite_max(m) ? m : acc_t(0));
+    std::fill(scale + j * K, scale + (j + 1) * K, acc_t(1) / row_tau<acc_t>(tau_rows, tau, r0 + j));
   }
-  exp_inplace(a, count * K);
+  using V = Vec<acc_t>;
+  int64_t i = 0;
+  for (; i + V::size() <= n; i += V::size())
+    ((V::loadu(a + i) - V::loadu(shift + i)) * V::loadu(scale + i)).exp().store(a + i);
+  for (; i < n; ++i) a[i] = std::exp((a[i] - shift[i]) * scale[i]);
   for (int64_t j = 0; j < count; ++j) {
-    acc_t* row = a + j * K;
-    const acc_t inv = finite_max(s.row_max[j]) ? acc_t(1) / row_sum(row, K) : nan;
-    scale_into(row, row, K, inv);
+    const acc_t inv = finite_max(s.row_max[j]) ? acc_t(1) / row_sum(a + j * K, K) : nan;
+    std::fill(scale + j * K, scale + (j + 1) * K, inv);
   }
+  i = 0;
+  for (; i + V::size() <= n; i += V::size()) (V::loadu(a + i) * V::loadu(scale + i)).store(a + i);
+  for (; i < n; ++i) a[i] *= scale[i];
 }
 
 // Copy rows [r0, r0 + count) of a strided view into a flat [count, K] compute-dtype block.
@@ -413,8 +405,8 @@ void forward_impl(const ForwardArgs& args, int64_t begin, int64_t end) {
   const auto* x = static_cast<const scalar_t*>(args.x);
   auto* y = static_cast<scalar_t*>(args.y);
   Scratch<acc_t> s(per_block, K);
-  const acc_t nan = std::numeric_limits<acc_t>::quiet_NaN();
   std::vector<int64_t> best(per_block);
+  const scalar_t zero(0.0f), one(1.0f), nan_out(std::numeric_limits<float>::quiet_NaN());
   for (int64_t r0 = begin; r0 < end; r0 += per_block) {
     const int64_t count = std::min(per_block, end - r0);
     perturbed_block(args.seed, args.offset, x, args.x_layout, r0, count, K, s);
@@ -434,10 +426,16 @@ void forward_impl(const ForwardArgs& args, int64_t begin, int64_t end) {
                   args.y_layout);
       if (args.mode == 0) continue;
     }
-    for (int64_t j = 0; j < count; ++j) {  // the one-hot: exact 0/1, NaN rows where invalid
-      std::fill(s.row.begin(), s.row.end(), best[j] >= 0 ? acc_t(0) : nan);
-      if (best[j] >= 0) s.row[best[j]] = acc_t(1);
-      store_row(s.row.data(), K, y + args.y_layout.row_offset(r0 + j), args.y_layout.s_k);
+    for (int64_t j = 0; j < count; ++j) {  // the one-hot, in the output dtype: exact 0/1, NaN rows where invalid
+      scalar_t* out = y + args.y_layout.row_offset(r0 + j);
+      const int64_t s_k = args.y_layout.s_k;
+      const scalar_t fill = best[j] >= 0 ? zero : nan_out;
+      if (s_k == 1) {
+        std::fill(out, out + K, fill);
+      } else {
+        for (int64_t k = 0; k < K; ++k) out[k * s_k] = fill;
+      }
+      if (best[j] >= 0) out[best[j] * s_k] = one;
     }
   }
 }
@@ -468,7 +466,6 @@ void backward_impl(const BackwardArgs& args, int64_t begin, int64_t end) {
   const int64_t size = per_block * 4 * ((K + 3) / 4);
   std::vector<acc_t> dy(size), prod(size), row_value(size), inv_tau(size), t(tau_grad ? size : 0);
   std::vector<acc_t> dot(per_block), tau_inv(per_block), sum_a(per_block), sum_b(per_block);
-  using V = Vec<acc_t>;
   for (int64_t r0 = begin; r0 < end; r0 += per_block) {
     const int64_t count = std::min(per_block, end - r0), n = count * K;
     for (int64_t j = 0; j < count; ++j) tau_inv[j] = acc_t(1) / row_tau<acc_t>(args.tau_rows, args.tau, r0 + j);
