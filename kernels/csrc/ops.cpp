@@ -5,7 +5,9 @@
 //
 // key is the call's seed as fused_gumbel._seeding.draw returns it (what the Triton kernels take as
 // seed_lo/seed_hi): the implementations XOR it with the spec's DOMAIN_TAG to form the Philox key.
-// uint64 values travel as the int64 with the same bits.
+// uint64 values travel as the int64 with the same bits. mode: 0 soft, 1 hard, 2 index; the CPU
+// kernel also takes 3 (hard, with the soft sample of the same noise as the second output, which
+// its hard backward reads instead of drawing the noise again); other devices need not.
 #include <Python.h>
 #include <torch/library.h>
 

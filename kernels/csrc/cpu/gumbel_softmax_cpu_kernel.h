@@ -1,12 +1,14 @@
-// The fused CPU Gumbel-Softmax kernel, compiled once per instruction set (see the *_default.cpp /
-// *_avx2.cpp wrappers, which define KERNEL_ISA and the target before including this file).
+// The fused CPU Gumbel-Softmax kernel, compiled once per instruction set (the *_default.cpp,
+// *_avx2.cpp and *_avx512.cpp wrappers define KERNEL_ISA and are compiled with their own flags).
 //
 // Per block of rows: Philox4x32-10 words for the block's consecutive counters (RNG spec v2,
 // fused_gumbel/rng.py: element (r, k) is word k % 4 of call r * Q + k / 4, key seed ^ DOMAIN_TAG,
-// counter (lo n, hi n, lo offset, hi offset)), the exact twin's noise for all of them
-// (v = min(w | 1, 2^32 - 2^8) 2^-32, E = v log(1 - v) / -v ... Goldberg's log1p, g = -log E),
-// then one pass per row over x + g in registers/L1: row max (NaN-propagating), argmax, or
-// exp((x + g - M) / tau) / S. The backward regenerates the same noise (hard) or reads y (soft):
+// counter (lo n, hi n, lo offset, hi offset)), the exact twin's noise for the words in use
+// (v = min(w | 1, 2^32 - 2^8) 2^-32, a = 1 - v, E = v log(a) / (a - 1) (Goldberg's log1p; v when
+// a rounds to 1), g = -log E), then x + g and each row's max (NaN-propagating), argmax, or
+// exp((x + g - M) / tau) / S, as flat vector passes over the block (which stays in L1).
+// Mode 3 (CPU only) writes the one-hot and the soft sample. The backward regenerates the same
+// noise (hard) or reads y (soft, or the soft sample a mode-3 forward kept):
 //   dx = y (dy - sum(dy y)) / tau,   dtau = -(sum(dy y t) - sum(dy y) sum(y t)) / tau,
 // t = (x + g - M) / tau (log y for the soft backward), 0 where y == 0.
 // Rows with a NaN or no finite max are invalid: NaN outputs (index -1), as the Triton kernels.
