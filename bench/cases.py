@@ -64,10 +64,10 @@ GPU_SHAPES = (
     Shape((64, 512, 1024), dim=1, note="softmax over a middle dim"),
 )
 
-# On CPU the fused op runs the PyTorch reference (Philox in int64 ops), about 1 s per
-# million elements on a shared core, so the default CPU run keeps every class count and the
-# layout but shrinks the rows to at most ~256k elements per tensor. ``--full-shapes`` runs
-# the GPU shapes instead.
+# On CPU the eager, compiled and reference providers take about a second per million
+# elements on a shared core (the fused C++ kernel 5-10x less), so the default CPU run keeps
+# every class count and the layout but shrinks the rows to at most ~256k elements per tensor.
+# ``--full-shapes`` runs the GPU shapes instead.
 CPU_SHAPES = (
     GPU_SHAPES[0],
     Shape((8192, 10), stands_for="65536x10"),

@@ -129,3 +129,63 @@ def peak_memory(call: Callable[[], object], device: torch.device) -> int:
         current += event.nbytes()
         peak = max(peak, current)
     return peak
+
+
+# ---------------------------------------------------------------------- the C++ extension (issue 11)
+
+def native_extension(device: torch.device) -> dict:
+    """Whether ``fused_gumbel._C`` runs for ``device``, why not, and which CPU build it picked."""
+    from fused_gumbel import _native
+
+    kind = device.type
+    return {"available": _native.available(kind), "reason": _native.unavailable_reason(kind),
+            "cpu_isa": _native.cpu_isa()}
+
+
+def native_host_us(calls: int = 300, repeats: int = 5) -> dict:
+    """Host time per eager call through the C++ op on CPU, in us: the same call on a 1x2 tensor,
+    whose kernel work is a few nanoseconds, so what is timed is the Python and dispatcher path.
+    For each quantity the smallest of ``repeats`` medians of ``calls`` calls (rounds interleave
+    the quantities). ``autograd_floor``: forward+backward of a trivial autograd Function with the
+    same inputs (``bench.static``'s); ``bwd_beyond_floor`` = fwd+bwd - autograd_floor - fwd."""
+    import statistics
+
+    import fused_gumbel
+
+    from .static import _autograd_floor_function
+
+    floor_function = _autograd_floor_function()
+    x = torch.randn(1, 2)
+    xg = x.clone().requires_grad_(True)
+    grad = torch.ones(1, 2)
+    functions = {"floor": lambda: torch.autograd.grad(floor_function.apply(xg, 1.0, False, -1, 0, 0), xg, grad)}
+    for mode in ("soft", "hard"):
+        hard = mode == "hard"
+        functions[f"{mode}/fwd"] = lambda hard=hard: fused_gumbel.gumbel_softmax(x, hard=hard, backend="native")
+        functions[f"{mode}/both"] = lambda hard=hard: torch.autograd.grad(
+            fused_gumbel.gumbel_softmax(xg, hard=hard, backend="native"), xg, grad)
+    functions["index/fwd"] = lambda: fused_gumbel.categorical(x, backend="native")
+
+    def median_us(fn):
+        samples = []
+        for _ in range(calls):
+            start = time.perf_counter_ns()
+            fn()
+            samples.append(time.perf_counter_ns() - start)
+        return statistics.median(samples) / 1e3
+
+    for fn in functions.values():
+        for _ in range(max(5, calls // 10)):
+            fn()
+    best = dict.fromkeys(functions, float("inf"))
+    for _ in range(repeats):
+        for key, fn in functions.items():
+            best[key] = min(best[key], median_us(fn))
+    out = {}
+    for mode in ("soft", "hard"):
+        fwd, both, floor = best[f"{mode}/fwd"], best[f"{mode}/both"], best["floor"]
+        out[mode] = {"fwd": round(fwd, 2), "fwd+bwd": round(both, 2), "autograd_floor": round(floor, 2),
+                     "bwd_beyond_floor": round(both - floor - fwd, 2)}
+    out["index"] = {"fwd": round(best["index/fwd"], 2), "fwd+bwd": None, "autograd_floor": None,
+                    "bwd_beyond_floor": None}
+    return out

@@ -2,8 +2,9 @@
 
 Samplers (same logits, same tau = 1, same ``dim``):
   fused      ``fused_gumbel.gumbel_softmax`` / ``fused_gumbel.categorical`` (one Triton kernel
-             each way on CUDA; on CPU the backend ``fused_gumbel.select_backend`` picks, the
-             PyTorch reference unless ``TRITON_INTERPRET=1``, which this suite never sets)
+             each way on CUDA; on CPU the backend ``fused_gumbel.select_backend`` picks: the
+             C++ kernel of ``fused_gumbel._C`` where it is built, else the PyTorch reference;
+             never the Triton interpreter, as this suite never sets ``TRITON_INTERPRET=1``)
   eager      ``torch.nn.functional.gumbel_softmax`` (categorical: its hard sample's argmax)
   compile    ``torch.compile(F.gumbel_softmax, dynamic=False)``, compiled per case
   reference  ``fused_gumbel.reference`` (the readable pure-PyTorch algorithm, same noise)

@@ -78,7 +78,11 @@ def _memory_ratio(record):
     return eager / fused if fused and eager is not None else None
 
 
-def evaluate_goals(results: list[dict], device: str) -> list[dict]:
+# The shapes of the CPU kernel's goals (issue 11).
+CPU_NATIVE_SHAPES = ("3000x10", "256x1024")
+
+
+def evaluate_goals(results: list[dict], device: str, host_us: Optional[dict] = None) -> list[dict]:
     goals = []
 
     def add(goal_id, text, for_device, value_and_case, target, better, unit=""):
@@ -122,6 +126,20 @@ def evaluate_goals(results: list[dict], device: str) -> list[dict]:
     add("cpu_vae", "CPU, VAE shape 3000x10: fused not slower than eager F.gumbel_softmax (worst case)",
         "cpu", _extreme(_select(results, "3000x10", modes=("soft", "hard")),
                         lambda r: r["speedup"].get("eager"), min), 1.0, at_least, "x")
+    # Issue 11: the C++ CPU kernel (one thread), soft and hard, fwd and fwd+bwd, fp32 and bf16.
+    native_cases = [r for shape in CPU_NATIVE_SHAPES
+                    for r in _select(results, shape, modes=("soft", "hard")) if r["dtype"] in ("fp32", "bf16")]
+    add("cpu_native_vs_compile", "CPU 3000x10 and 256x1024: fused >= 2x torch.compile(F.gumbel_softmax) (worst case)",
+        "cpu", _extreme(native_cases, lambda r: r["speedup"].get("compile"), min), 2.0, at_least, "x")
+    add("cpu_native_vs_eager", "CPU 3000x10 and 256x1024: fused >= 4x eager F.gumbel_softmax (worst case)",
+        "cpu", _extreme(native_cases, lambda r: r["speedup"].get("eager"), min), 4.0, at_least, "x")
+    host = host_us or {}
+    add("cpu_host_fwd", "CPU host time per forward call through the C++ op (2 elements: no kernel time)",
+        "cpu", _extreme([{"key": k, "v": v.get("fwd")} for k, v in host.items()], lambda r: r["v"], max),
+        8.0, at_most, "us")
+    add("cpu_host_bwd", "CPU host time of the backward beyond the autograd floor, through the C++ op",
+        "cpu", _extreme([{"key": k, "v": v.get("bwd_beyond_floor")} for k, v in host.items()], lambda r: r["v"], max),
+        20.0, at_most, "us")
     return goals
 
 
@@ -220,13 +238,22 @@ def errors_list(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _native_note(native: Optional[dict]) -> str:
+    if not native:
+        return ""
+    if native.get("available"):
+        return f" (C++ extension, {native.get('cpu_isa')} build)"
+    return f" (C++ extension not available: {native.get('reason')})"
+
+
 def markdown_report(data: dict) -> str:
     env = data["environment"]
     title = (f"## Benchmarks: {env['device_name']} ({data['device']}), {data['date'][:10]}"
              f"{' (--quick)' if data['quick'] else ''}")
     parts = [
         title,
-        f"torch {env['torch']}, triton {env['triton']}, fused backend `{env['fused_backend']}`, "
+        f"torch {env['torch']}, triton {env['triton']}, fused backend `{env['fused_backend']}`"
+        f"{_native_note(env.get('native'))}, "
         f"timer: {env['timer']}, commit {env['git_commit'] or 'unknown'}{' (dirty)' if env.get('git_dirty') else ''}.",
         "Speed-ups are time(provider) / time(fused); GB/s under the minimal-bytes model "
         "(fwd: read logits + write output; fwd+bwd: + read grad_out + read logits + write grad_in); "
@@ -235,6 +262,11 @@ def markdown_report(data: dict) -> str:
         "", "### Goals", "", goals_table(data["goals"]),
         "", "### Cases", "", cases_table(data["results"]),
     ]
+    if data.get("host_us"):
+        parts += ["", "### Host time per call, us (C++ op on 2 elements; floor: a trivial autograd Function)", "",
+                  "| case | fwd | fwd+bwd | autograd floor | bwd beyond floor |", "|---|---|---|---|---|"]
+        parts += [f"| {k} | {v['fwd']} | {v['fwd+bwd']} | {v['autograd_floor']} | {v['bwd_beyond_floor']} |"
+                  for k, v in data["host_us"].items()]
     if data.get("vae"):
         parts += ["", "### VAE training steps/s (soft samples, tau = 1)", "", vae_table(data["vae"])]
     parts += ["", "### Median ms per provider", "", times_table(data["results"], data["providers"])]

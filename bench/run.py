@@ -6,7 +6,8 @@
 
 Prints markdown tables and writes ``<out>/<device>-<YYYY-MM-DD>[-quick].{json,md,png}``
 (default ``bench/results``). The JSON holds the environment (device and GPU name, torch,
-triton, git commit, which backend "fused" ran), every measurement, the goals and the
+triton, git commit, which backend "fused" ran and, for the C++ extension, which build), every
+measurement, the CPU host time per call through the C++ op, the goals and the
 errors: a provider that fails (torch.compile included) is recorded, never fatal. The JSON
 is rewritten after every case, so a run cut short still leaves its results.
 """
@@ -140,6 +141,7 @@ def environment(device: torch.device, timer) -> dict:
         "cpu_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "fused_backend": fused_gumbel.select_backend(device),
+        "native": probes.native_extension(device),
         "kernels_interpreted": type(kernels.gumbel_softmax_fwd_kernel).__name__ == "InterpretedFunction",
         "timer": timer.name,
         "git_commit": _git("rev-parse", "HEAD"),
@@ -342,7 +344,14 @@ def main(argv=None) -> int:
             print("relaxed", {key: value for key, value in record.items() if key != "providers"}, flush=True)
         report.write_json(data, json_path)
 
-    data["goals"] = report.evaluate_goals([r for r in data["results"] if "error" not in r], args.device)
+    if device.type == "cpu" and data["environment"]["fused_backend"] == "native" and not args.no_probes:
+        try:
+            data["host_us"] = probes.native_host_us(calls=100 if args.quick else 300)
+        except Exception as error:
+            data["host_us_error"] = error_record(error)["error"]
+        print("host us per call", data.get("host_us") or data.get("host_us_error"), flush=True)
+    data["goals"] = report.evaluate_goals([r for r in data["results"] if "error" not in r], args.device,
+                                          data.get("host_us"))
     data["wall_s"] = time.perf_counter() - suite.started
     data["compile_s_total"] = suite.compile_spent
     markdown = report.markdown_report({**data, "results": [r for r in data["results"] if "error" not in r]})

@@ -85,7 +85,11 @@ def _sample(logits: torch.Tensor, tau: Optional[torch.Tensor], tau_value: float,
         state, rng_out = key, None
     else:
         state = rng_out = torch.empty(2, dtype=torch.int64, device=logits.device)
-    out = sample_forward(logits, tau_value if tau is None else tau, mode, dim, key, offset, rng_out=rng_out)[0]
+    native = backend == "native"
+    if native and rng_out is not None:  # the native op takes the key and offset as ints: the state is made here
+        state = torch.tensor([_as_int64(key), offset], dtype=torch.int64, device=logits.device)
+    out = sample_forward(logits, tau_value if tau is None else tau, mode, dim, key, offset,
+                         rng_out=None if native else rng_out, native=native)[0]
     return out, state
 
 
@@ -107,7 +111,7 @@ def _sample_backward(grad: torch.Tensor, src: torch.Tensor, tau: Optional[torch.
 
     src, src_strides = as_rows(src, dim)
     grad_x, grad_tau = sample_backward(grad, src, src_strides, tau_value if tau is None else tau, dim, rng_state, None,
-                                       hard, tau_grad)
+                                       hard, tau_grad, native=backend == "native")
     return grad_x, grad_x.new_empty(0) if grad_tau is None else grad_tau
 
 
@@ -143,8 +147,8 @@ def _setup_context(ctx, inputs, output):
     logits, tau, tau_value, mode, dim, seed, backend, call_token = inputs
     out, state = output
     ctx.tau_value, ctx.hard, ctx.dim, ctx.backend = tau_value, mode == MODE_HARD, dim, backend
-    # The Triton soft backward reads only its output; every other case regenerates from the logits.
-    src = out if backend == "triton" and mode == MODE_SOFT else logits
+    # The kernels' soft backward reads only its output; every other case regenerates from the logits.
+    src = out if backend in ("triton", "native") and mode == MODE_SOFT else logits
     ctx.save_for_backward(src, tau, state)
 
 

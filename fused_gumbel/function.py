@@ -9,15 +9,19 @@ Double backward (``create_graph=True``) and forward-mode AD use the same formula
 differentiable PyTorch ops (``_autograd``); ``torch.func.vmap`` has a rule (``_functorch``).
 Eager calls go through ``apply``, which avoids the host cost of a ``setup_context`` Function
 outside torch.func transforms (see ``_EagerGumbelSoftmaxFunction``).
+CPU tensors launch the native op of ``fused_gumbel._C`` instead (``_native``; the same contract,
+one pass per row) unless the caller asks for Triton's interpreter: the choice is made in
+``sample_forward``/``sample_backward``, so every route above serves both (``_cpu_launcher``).
 """
 from __future__ import annotations
 
+import os
 import threading
 
 import torch
 from torch.autograd import forward_ad as _forward_ad
 
-from . import _autograd, _functorch
+from . import _autograd, _functorch, _native
 from ._layout import RowShape, as_rows
 from .reference import compute_dtype
 from .kernels import gumbel_softmax as kernels
@@ -31,11 +35,41 @@ def _stats_buffer(shape, mode, dtype, device, save_stats):
     return torch.empty(size, dtype=compute_dtype(dtype), device=device) if size else None
 
 
-def sample_forward(logits, tau, mode, dim, seed, offset, rng_out=None, save_stats=False):
+class _CpuLauncher(threading.local):
+    """What launches for CPU tensors on this thread: "native" (``fused_gumbel._C``), "triton" (the
+    interpreter), or None for auto (native when ``_C`` loads and TRITON_INTERPRET is unset).
+    ``apply`` sets it for one call; the Function keeps the choice in ``ctx`` for its backward."""
+
+    def __init__(self):
+        self.name = None
+
+
+_cpu_launcher = _CpuLauncher()
+_native_auto = None
+
+
+def runs_native(device: torch.device) -> bool:
+    """Whether a launch for tensors on ``device`` runs the native op on this thread now."""
+    if device.type != "cpu":
+        return False
+    if _cpu_launcher.name is not None:
+        return _cpu_launcher.name == "native"
+    global _native_auto
+    if _native_auto is None:
+        _native_auto = _native.available("cpu") and os.environ.get("TRITON_INTERPRET", "0") != "1"
+    return _native_auto
+
+
+def sample_forward(logits, tau, mode, dim, seed, offset, rng_out=None, save_stats=False, native=None):
     """One forward launch for ``mode`` (kernels.MODE_*). Returns ``(out, x, x_strides, stats)``:
     the sample (same shape and dtype as the logits) or, for MODE_INDEX, int64 indices with
     ``dim`` removed; the [outer, K, inner] view of the logits the kernel read; and, for rows
-    too long for registers, the row maxima that the hard backward reads (else None)."""
+    too long for registers, the row maxima that the hard backward reads (else None).
+    ``native`` (default: ``runs_native``) launches the native op instead (no rng_out); its hard CPU
+    forward with ``save_stats`` returns the soft sample as the stats (the backward reads it)."""
+    if native if native is not None else runs_native(logits.device):
+        out, soft = _native.forward(logits, tau, mode, dim, seed, offset, keep_soft=save_stats)
+        return out, logits, None, soft
     shape = RowShape.of(logits.shape, dim)
     x, x_strides = as_rows(logits, dim)
     stats = _stats_buffer(shape, mode, logits.dtype, logits.device, save_stats)
@@ -62,11 +96,14 @@ def reduce_tau_grad(partial: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
     return (partial.sum() if tau.dim() == 0 else partial).to(tau.dtype)
 
 
-def sample_backward(grad_y, src, src_strides, tau, dim, seed, offset, hard, tau_grad, stats=None):
+def sample_backward(grad_y, src, src_strides, tau, dim, seed, offset, hard, tau_grad, stats=None, native=None):
     """One backward launch. ``src`` is the saved soft output, or the logits' [outer, K, inner]
     view when ``hard`` (the kernel regenerates the noise; for rows too long for registers it also
     needs the forward's ``stats``, recomputed here by an index-mode forward when not given).
-    Returns (grad_logits, grad_tau or None)."""
+    Returns (grad_logits, grad_tau or None). ``native`` as in ``sample_forward``."""
+    if native if native is not None else runs_native(src.device):
+        grad_x, grad_tau_rows = _native.backward(grad_y, src, tau, dim, seed, offset, hard, tau_grad, stats)
+        return grad_x, None if grad_tau_rows is None else reduce_tau_grad(grad_tau_rows, tau)
     shape = RowShape.of(src.shape, dim)
     if hard and stats is None and kernels.needs_row_stats(shape.rows, shape.classes):
         stats = _stats_buffer(shape, kernels.MODE_HARD, src.dtype, src.device, True)
@@ -131,6 +168,7 @@ class GumbelSoftmaxFunction(torch.autograd.Function):
         ctx.save_for_forward(src, tau_tensor)
         ctx.tau_float = None if tau_tensor is not None else tau
         ctx.hard, ctx.dim, ctx.seed, ctx.offset = hard, dim, seed, offset
+        ctx.native = runs_native(logits.device)
 
     @staticmethod
     def backward(ctx, grad_y):
@@ -142,7 +180,7 @@ class GumbelSoftmaxFunction(torch.autograd.Function):
             return grad_x, grad_tau, None, None, None, None
         src, src_strides = as_rows(src, ctx.dim)
         grad_x, grad_tau = sample_backward(grad_y, src, src_strides, tau, ctx.dim, ctx.seed, ctx.offset,
-                                           ctx.hard, ctx.needs_input_grad[1], stats)
+                                           ctx.hard, ctx.needs_input_grad[1], stats, ctx.native)
         return grad_x, grad_tau, None, None, None, None
 
     @staticmethod
@@ -175,9 +213,16 @@ class _EagerGumbelSoftmaxFunction(torch.autograd.Function):
     jvp = GumbelSoftmaxFunction.__dict__["jvp"]
 
 
-def apply(logits, tau, hard, dim, seed, offset):
+def apply(logits, tau, hard, dim, seed, offset, launcher=None):
     """``GumbelSoftmaxFunction.apply`` at the least host cost: the Function itself under a torch.func
-    transform, its old-style twin when autograd records the call, else the forward launch alone."""
+    transform, its old-style twin when autograd records the call, else the forward launch alone.
+    ``launcher`` ("native" or "triton") picks what launches for CPU tensors (``_CpuLauncher``)."""
+    if launcher is not None and launcher != _cpu_launcher.name:
+        previous, _cpu_launcher.name = _cpu_launcher.name, launcher
+        try:
+            return apply(logits, tau, hard, dim, seed, offset)
+        finally:
+            _cpu_launcher.name = previous
     if _functorch.transforms_active():
         return GumbelSoftmaxFunction.apply(logits, tau, hard, dim, seed, offset)
     if _records_autograd(logits, tau):
@@ -203,9 +248,13 @@ def _soft_sample(ctx, src, tau, differentiable: bool):
         return y, _autograd.log_domain(y)
     logits = src
     detached_tau = tau.detach() if isinstance(tau, torch.Tensor) else tau
-    with torch.no_grad():
-        y0 = GumbelSoftmaxFunction.apply(logits.detach().to(compute_dtype(logits.dtype)), detached_tau, False,
-                                         ctx.dim, ctx.seed, ctx.offset)
+    previous, _cpu_launcher.name = _cpu_launcher.name, ("native" if ctx.native else "triton")
+    try:
+        with torch.no_grad():
+            y0 = GumbelSoftmaxFunction.apply(logits.detach().to(compute_dtype(logits.dtype)), detached_tau, False,
+                                             ctx.dim, ctx.seed, ctx.offset)
+    finally:
+        _cpu_launcher.name = previous
     if not differentiable:
         return y0, _autograd.log_domain(y0)
     return _autograd.soft_from_effective_noise(logits, tau, y0, ctx.dim)

@@ -4,8 +4,9 @@
 2017; Maddison, Mnih, Teh 2017): y = softmax((logits + g) / tau) with g ~ Gumbel(0, 1), or,
 with ``hard=True``, the exact one-hot of argmax(logits + g) with the soft sample's gradient.
 Every input error raises here, before any kernel launch. CUDA tensors run the fused Triton
-kernels (through ``GumbelSoftmaxFunction``); CPU tensors run the PyTorch reference with the
-same noise stream, or the Triton kernels under ``TRITON_INTERPRET=1``. While a graph is being
+kernels (through ``GumbelSoftmaxFunction``); CPU tensors run the fused C++ kernel of
+``fused_gumbel._C`` through the same Function when it is built (``_native``), else the PyTorch
+reference with the same noise stream, or the Triton kernels under ``TRITON_INTERPRET=1``. While a graph is being
 recorded (``torch.compile``, ``torch.export``, ``torch.jit.trace``: ``_graph_mode``) both run as
 the custom op ``torch.ops.fused_gumbel.sample`` (``_custom_op``), which draws its seed at run
 time; where seeds come from (generator, ``seed=``, CUDA graphs, ranks) is ``_seeding``.
@@ -21,10 +22,11 @@ from typing import Literal, Optional, Union
 
 import torch
 
-from . import _custom_op, _estimator_op, _functorch, _seeding, reference, reference_estimators
+from . import _custom_op, _estimator_op, _functorch, _native, _seeding, reference, reference_estimators
 from ._layout import RowShape
 
-Backend = Literal["auto", "triton", "reference"]
+Backend = Literal["auto", "triton", "native", "reference"]
+BACKENDS = ("auto", "triton", "native", "reference")
 Estimator = Literal["st", "gumbel_rao", "reinmax"]
 BACKEND_ENV = "FUSED_GUMBEL_BACKEND"
 
@@ -57,24 +59,28 @@ def _interpret_env() -> bool:
 
 
 def select_backend(device: torch.device, backend: Optional[Backend] = None) -> str:
-    """Which implementation runs for tensors on ``device``: "triton" or "reference".
+    """Which implementation runs for tensors on ``device``: "triton", "native" or "reference".
 
     ``backend`` (or the ``FUSED_GUMBEL_BACKEND`` environment variable, read on every call) forces
-    one; "auto" picks Triton for CUDA tensors, and for CPU tensors when ``TRITON_INTERPRET=1``
-    (read once, at the first call). Meta tensors accept either (they only propagate shapes: no
-    kernel runs).
+    one; "auto" picks Triton for CUDA tensors; for CPU tensors Triton when ``TRITON_INTERPRET=1``
+    (read once, at the first call), else the C++ kernel of ``fused_gumbel._C`` ("native") when it
+    is built, else the PyTorch reference. "native" raises (with the reason) where ``_C`` has no
+    kernel for the device. Meta tensors accept any (they only propagate shapes: no kernel runs).
     """
     choice = backend or os.environ.get(BACKEND_ENV, "auto")
-    if choice not in ("auto", "triton", "reference"):
-        raise ValueError(f"backend must be 'auto', 'triton' or 'reference', got {choice!r}")
+    if choice not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {choice!r}")
     kind = device.type
     if kind == "meta":  # shapes only, no kernel launch: every backend agrees
         return "reference" if choice == "auto" else choice
     if choice == "auto":
-        runs_triton = (kind == "cuda" or (kind == "cpu" and _interpret_env())) and _triton_available()
-        return "triton" if runs_triton else "reference"
+        if (kind == "cuda" or (kind == "cpu" and _interpret_env())) and _triton_available():
+            return "triton"
+        return "native" if kind == "cpu" and _native.available("cpu") else "reference"
     if choice == "triton" and not (kind == "cuda" or _interpret_env()):
         raise ValueError(f"the triton backend needs a CUDA tensor or TRITON_INTERPRET=1, got a {kind} tensor")
+    if choice == "native" and not _native.available(kind):
+        raise ValueError(f"the native backend is not available for {kind} tensors: {_native.unavailable_reason(kind)}")
     return choice
 
 
@@ -264,7 +270,7 @@ def gumbel_softmax(
         seed: an int in [0, 2**63): the noise is the RNG spec's stream (key ``seed``, offset 0),
             identical on CPU and CUDA and on every backend and rank; no generator is used or
             advanced. Exclusive with ``generator``.
-        backend: "auto" (default), "triton" or "reference"; see :func:`select_backend`.
+        backend: "auto" (default), "triton", "native" or "reference"; see :func:`select_backend`.
         estimator: the gradient of a ``hard=True`` sample (its value is the same exact one-hot for
             every estimator): "st" (default) straight-through, the soft sample's gradient;
             "gumbel_rao" its Rao-Blackwellisation over ``mc_samples`` noise draws conditioned on
@@ -310,7 +316,7 @@ def gumbel_softmax(
     if chosen == "reference":
         _check_host_seed(key)
         return reference.gumbel_softmax(logits, tau, hard, dim, seed=key, offset=offset)
-    return _function().apply(logits, _tau_for_kernel(tau, logits, dim), bool(hard), dim, key, offset)
+    return _function().apply(logits, _tau_for_kernel(tau, logits, dim), bool(hard), dim, key, offset, chosen)
 
 
 def _sample_with_estimator(logits, tau, dim, generator, seed, chosen, estimator, mc_samples):
@@ -326,7 +332,7 @@ def _sample_with_estimator(logits, tau, dim, generator, seed, chosen, estimator,
     if logits.device.type == "meta":
         return reference.gumbel_softmax(logits, tau, True, dim, noise=torch.zeros_like(logits))
     key, offset = _draw(logits.device, logits, tau, generator, seed)
-    if chosen == "reference":
+    if chosen in ("reference", "native"):  # the C++ extension has no estimator kernels: the reference math
         _check_host_seed(key)
         return reference_estimators.gumbel_softmax(logits, tau, dim, estimator=estimator, mc_samples=mc_samples,
                                                    seed=key, offset=offset)
@@ -379,9 +385,9 @@ def categorical(
         return reference.categorical(logits, dim, one_hot=one_hot, seed=key, offset=offset)
     function = _function()
     if _functorch.in_vmap():  # a kernel cannot read a batched tensor: the Function's vmap rule can
-        drawn = function.GumbelSoftmaxFunction.apply(logits, 1.0, True, dim, key, offset)
+        drawn = function.apply(logits, 1.0, True, dim, key, offset, chosen)
         if one_hot:
             return drawn
         return drawn.argmax(dim).masked_fill(drawn.isnan().any(dim), -1)
     mode = _custom_op.MODE_HARD if one_hot else _custom_op.MODE_INDEX
-    return function.sample_forward(logits, 1.0, mode, dim, key, offset)[0]
+    return function.sample_forward(logits, 1.0, mode, dim, key, offset, native=chosen == "native")[0]

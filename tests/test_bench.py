@@ -38,8 +38,13 @@ def test_quick_run_writes_json_markdown_and_plot(quick_run):
     env = data["environment"]
     for key in ("device_name", "torch", "triton", "git_commit", "source_sha256", "timer", "fused_backend"):
         assert key in env
-    # The suite never times the interpreter: on CPU "fused" is the PyTorch reference path.
-    assert env["fused_backend"] == "reference" and env["kernels_interpreted"] is False
+    # The suite never times the interpreter: on CPU "fused" is the C++ kernel where it is built,
+    # else the PyTorch reference path.
+    native = env["native"]
+    assert env["fused_backend"] == ("native" if native["available"] else "reference")
+    assert env["kernels_interpreted"] is False
+    if native["available"]:
+        assert native["cpu_isa"] in ("avx512", "avx2", "default") and set(data["host_us"]) == {"soft", "hard", "index"}
     stem = next(out.glob("*.json")).stem
     assert (out / f"{stem}.md").read_text().startswith("## Benchmarks")
     assert (out / f"{stem}.png").stat().st_size > 0

@@ -1,0 +1,239 @@
+// CPU implementation of the native op contract (fused_gumbel::kernel_forward / kernel_backward,
+// declared in ../ops.cpp): argument checks, the [outer, K, inner] row view of any strided tensor,
+// and the split of rows over threads (at::parallel_for). The row kernels themselves are built
+// once per instruction set (gumbel_softmax_cpu_kernel.h); the widest build the CPU runs is chosen once
+// (AVX-512, AVX2+FMA, or the baseline); FUSED_GUMBEL_CPU_ISA=avx2|default caps the choice.
+#include <array>
+#include <cstdlib>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <tuple>
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include "gumbel_softmax_cpu.h"
+
+namespace fused_gumbel {
+namespace cpu {
+namespace {
+
+using at::Tensor;
+
+enum class Isa { Default, Avx2, Avx512 };
+
+// The widest kernel build this CPU runs; FUSED_GUMBEL_CPU_ISA=default|avx2 caps it.
+Isa chosen_isa() {
+#if defined(FUSED_GUMBEL_HAVE_AVX2)
+  static const Isa chosen = [] {
+    const char* env = std::getenv("FUSED_GUMBEL_CPU_ISA");
+    const std::string cap = env ? env : "";
+    __builtin_cpu_init();
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    if (cap == "default") return Isa::Default;
+    if (avx512 && cap != "avx2") return Isa::Avx512;
+    return avx2 ? Isa::Avx2 : Isa::Default;
+  }();
+  return chosen;
+#else
+  return Isa::Default;
+#endif
+}
+
+void run_forward(const ForwardArgs& args, int64_t begin, int64_t end) {
+#if defined(FUSED_GUMBEL_HAVE_AVX2)
+  if (chosen_isa() == Isa::Avx512) return AVX512::forward_rows(args, begin, end);
+  if (chosen_isa() == Isa::Avx2) return AVX2::forward_rows(args, begin, end);
+#endif
+  DEFAULT::forward_rows(args, begin, end);
+}
+
+void run_backward(const BackwardArgs& args, int64_t begin, int64_t end) {
+#if defined(FUSED_GUMBEL_HAVE_AVX2)
+  if (chosen_isa() == Isa::Avx512) return AVX512::backward_rows(args, begin, end);
+  if (chosen_isa() == Isa::Avx2) return AVX2::backward_rows(args, begin, end);
+#endif
+  DEFAULT::backward_rows(args, begin, end);
+}
+
+Dtype kernel_dtype(const Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return Dtype::Float;
+    case at::kDouble: return Dtype::Double;
+    case at::kHalf: return Dtype::Half;
+    case at::kBFloat16: return Dtype::BFloat16;
+    default: TORCH_CHECK(false, "fused_gumbel: logits must be float16, bfloat16, float32 or float64, got ", t.scalar_type());
+  }
+}
+
+at::ScalarType compute_type(const Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+
+// Stride of sizes flattened into one dim, or nullopt (as fused_gumbel/_layout.py's _merged_stride).
+std::optional<int64_t> merged_stride(at::IntArrayRef sizes, at::IntArrayRef strides) {
+  int64_t merged = 0;
+  std::optional<int64_t> expected;
+  for (int64_t d = int64_t(sizes.size()) - 1; d >= 0; --d) {
+    if (sizes[d] == 1) continue;
+    if (!expected) {
+      merged = strides[d];
+    } else if (strides[d] != *expected) {
+      return std::nullopt;
+    }
+    expected = strides[d] * sizes[d];
+  }
+  return merged;
+}
+
+struct Rows {
+  Tensor tensor;  // the input, or a contiguous copy when it has no [outer, K, inner] view
+  RowLayout layout;
+  int64_t outer, classes, inner;
+  int64_t rows() const { return outer * inner; }
+};
+
+Rows as_rows(const Tensor& input, int64_t dim) {
+  Tensor t = input.dim() == 0 ? input.reshape({1}) : input;
+  TORCH_CHECK(dim >= 0 && dim < t.dim(), "fused_gumbel: dim ", dim, " out of range for a ", t.dim(), "-d tensor");
+  const auto sizes = t.sizes();
+  int64_t outer = 1, inner = 1;
+  for (int64_t d = 0; d < dim; ++d) outer *= sizes[d];
+  for (int64_t d = dim + 1; d < t.dim(); ++d) inner *= sizes[d];
+  auto outer_stride = merged_stride(sizes.slice(0, dim), t.strides().slice(0, dim));
+  auto inner_stride = merged_stride(sizes.slice(dim + 1), t.strides().slice(dim + 1));
+  if (!outer_stride || !inner_stride) {
+    t = t.contiguous();
+    outer_stride = merged_stride(sizes.slice(0, dim), t.strides().slice(0, dim));
+    inner_stride = merged_stride(sizes.slice(dim + 1), t.strides().slice(dim + 1));
+  }
+  return Rows{t, RowLayout{inner, *outer_stride, t.stride(dim), *inner_stride}, outer, sizes[dim], inner};
+}
+
+RowLayout contiguous_layout(const Rows& rows) {
+  return RowLayout{rows.inner, rows.classes * rows.inner, rows.inner, 1};
+}
+
+// The tau argument: (pointer to [rows] compute-dtype values or null, scalar value) and the tensor kept alive.
+std::pair<const void*, double> tau_source(const std::optional<Tensor>& tau_tensor, double tau, at::ScalarType compute,
+                                          int64_t rows, Tensor& keep) {
+  if (!tau_tensor.has_value() || !tau_tensor->defined()) return {nullptr, tau};
+  TORCH_CHECK(tau_tensor->device().is_cpu(), "fused_gumbel: tau_tensor must be a CPU tensor here");
+  keep = tau_tensor->to(compute).contiguous();
+  if (keep.dim() == 0) return {nullptr, keep.item<double>()};
+  TORCH_CHECK(keep.numel() == rows, "fused_gumbel: tau_tensor must be 0-dim or hold one value per row (", rows,
+              "), got ", keep.numel());
+  return {keep.data_ptr(), tau};
+}
+
+int64_t grain(int64_t classes) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(classes, 1)); }
+
+std::tuple<Tensor, std::optional<Tensor>> kernel_forward(const Tensor& logits, const std::optional<Tensor>& tau_tensor,
+                                                         double tau, int64_t mode, int64_t dim, int64_t key,
+                                                         int64_t offset) {
+  TORCH_CHECK(logits.device().is_cpu(), "fused_gumbel::kernel_forward (CPU) got a ", logits.device(), " tensor");
+  // Mode 3 (CPU only, beyond the shared contract): hard, and the second output is the soft sample
+  // of the same noise (logits' shape and dtype), which the hard backward then reads instead of
+  // regenerating the noise: N x K memory (as F.gumbel_softmax keeps) for one noise pass fewer.
+  TORCH_CHECK(mode >= 0 && mode <= 3,
+              "fused_gumbel: mode must be 0 (soft), 1 (hard), 2 (index) or 3 (hard + soft sample), got ", mode);
+  const Dtype dtype = kernel_dtype(logits);
+  const Rows x = as_rows(logits, dim);
+  Tensor out;
+  if (mode == 2) {
+    std::vector<int64_t> shape(logits.sizes().begin(), logits.sizes().end());
+    if (!shape.empty()) shape.erase(shape.begin() + dim);
+    out = at::empty(shape, logits.options().dtype(at::kLong));
+  } else {
+    out = at::empty(logits.sizes(), logits.options().memory_format(at::MemoryFormat::Contiguous));
+  }
+  std::optional<Tensor> soft;
+  if (mode == 3) soft = at::empty(logits.sizes(), logits.options().memory_format(at::MemoryFormat::Contiguous));
+  if (x.rows() == 0 || x.classes == 0) return {out, soft};
+  Tensor tau_keep;
+  const auto [tau_rows, tau_value] = tau_source(tau_tensor, tau, compute_type(logits), x.rows(), tau_keep);
+  ForwardArgs args{x.tensor.const_data_ptr(), x.layout,
+                   mode == 2 ? nullptr : out.data_ptr(), contiguous_layout(x),
+                   mode == 2 ? out.data_ptr<int64_t>() : nullptr,
+                   soft ? soft->data_ptr() : nullptr,
+                   x.rows(), x.classes, tau_rows, tau_value, int(mode),
+                   uint64_t(key), uint64_t(offset), dtype};
+  at::parallel_for(0, x.rows(), grain(x.classes), [&](int64_t begin, int64_t end) { run_forward(args, begin, end); });
+  return {out, soft};
+}
+
+std::tuple<Tensor, std::optional<Tensor>> kernel_backward(const Tensor& grad_y, const Tensor& src,
+                                                          const std::optional<Tensor>& tau_tensor, double tau,
+                                                          bool hard, int64_t dim, int64_t key, int64_t offset,
+                                                          bool tau_grad, const std::optional<Tensor>& stats) {
+  (void)stats;  // the CPU kernel regenerates a whole row in one pass: it needs no forward statistics
+  TORCH_CHECK(src.device().is_cpu() && grad_y.device().is_cpu(), "fused_gumbel::kernel_backward (CPU) got ",
+              src.device(), " / ", grad_y.device(), " tensors");
+  TORCH_CHECK(grad_y.sizes() == src.sizes(), "fused_gumbel: grad_y of shape ", grad_y.sizes(),
+              " does not match src of shape ", src.sizes());
+  const Dtype dtype = kernel_dtype(src);
+  const Rows s = as_rows(src, dim);
+  const Rows g = as_rows(grad_y.scalar_type() == src.scalar_type() ? grad_y : grad_y.to(src.scalar_type()), dim);
+  Tensor grad_x = at::empty(src.sizes(), src.options().memory_format(at::MemoryFormat::Contiguous));
+  const bool has_tau_tensor = tau_tensor.has_value() && tau_tensor->defined();
+  std::optional<Tensor> grad_tau;
+  if (tau_grad && has_tau_tensor) grad_tau = at::empty({s.rows()}, src.options().dtype(compute_type(src)));
+  if (s.rows() == 0 || s.classes == 0) {
+    if (grad_tau) grad_tau->zero_();
+    return {grad_x, grad_tau};
+  }
+  Tensor tau_keep;
+  const auto [tau_rows, tau_value] = tau_source(tau_tensor, tau, compute_type(src), s.rows(), tau_keep);
+  BackwardArgs args{g.tensor.const_data_ptr(), g.layout, s.tensor.const_data_ptr(), s.layout,
+                    grad_x.data_ptr(), contiguous_layout(s), grad_tau ? grad_tau->data_ptr() : nullptr,
+                    s.rows(), s.classes, tau_rows, tau_value, hard, uint64_t(key), uint64_t(offset), dtype};
+  at::parallel_for(0, s.rows(), grain(s.classes), [&](int64_t begin, int64_t end) { run_backward(args, begin, end); });
+  return {grad_x, grad_tau};
+}
+
+// Test hooks: the Philox words of calls [first_call, first_call + calls) ([calls, 4] int64) and the
+// exact twin's noise of the same words ([calls * 4], float32 or float64), on the kernel's own code path.
+Tensor philox_words_cpu(int64_t seed, int64_t offset, int64_t first_call, int64_t calls) {
+  TORCH_CHECK(calls >= 0, "calls must be >= 0");
+  std::vector<uint32_t> words(4 * calls);
+#if defined(FUSED_GUMBEL_HAVE_AVX2)
+  if (chosen_isa() == Isa::Avx512) {
+    AVX512::philox_words(uint64_t(seed), uint64_t(offset), uint64_t(first_call), calls, words.data());
+  } else if (chosen_isa() == Isa::Avx2) {
+    AVX2::philox_words(uint64_t(seed), uint64_t(offset), uint64_t(first_call), calls, words.data());
+  } else
+#endif
+  {
+    DEFAULT::philox_words(uint64_t(seed), uint64_t(offset), uint64_t(first_call), calls, words.data());
+  }
+  Tensor out = at::empty({calls, 4}, at::TensorOptions().dtype(at::kLong));
+  int64_t* p = out.data_ptr<int64_t>();
+  for (int64_t i = 0; i < 4 * calls; ++i) p[i] = int64_t(words[i]);
+  return out;
+}
+
+std::string isa() {
+  switch (chosen_isa()) {
+    case Isa::Avx512: return "avx512";
+    case Isa::Avx2: return "avx2";
+    default: return "default";
+  }
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fused_gumbel, CPU, m) {
+  m.impl("kernel_forward", &kernel_forward);
+  m.impl("kernel_backward", &kernel_backward);
+}
+
+TORCH_LIBRARY_FRAGMENT(fused_gumbel, m) {
+  m.def("_cpu_philox_words(int seed, int offset, int first_call, int calls) -> Tensor", &philox_words_cpu);
+  m.def("_cpu_isa() -> str", &isa);
+}
+
+}  // namespace cpu
+}  // namespace fused_gumbel

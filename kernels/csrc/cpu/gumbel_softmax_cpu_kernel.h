@@ -1,0 +1,535 @@
+// The fused CPU Gumbel-Softmax kernel, compiled once per instruction set (the *_default.cpp,
+// *_avx2.cpp and *_avx512.cpp wrappers define KERNEL_ISA and are compiled with their own flags).
+//
+// Per block of rows: Philox4x32-10 words for the block's consecutive counters (RNG spec v2,
+// fused_gumbel/rng.py: element (r, k) is word k % 4 of call r * Q + k / 4, key seed ^ DOMAIN_TAG,
+// counter (lo n, hi n, lo offset, hi offset)), the exact twin's noise for the words in use
+// (v = min(w | 1, 2^32 - 2^8) 2^-32, a = 1 - v, E = v log(a) / (a - 1) (Goldberg's log1p; v when
+// a rounds to 1), g = -log E), then x + g and each row's max (NaN-propagating), argmax, or
+// exp((x + g - M) / tau) / S, as flat vector passes over the block (which stays in L1).
+// Mode 3 (CPU only) writes the one-hot and the soft sample. The backward regenerates the same
+// noise (hard) or reads y (soft, or the soft sample a mode-3 forward kept):
+//   dx = y (dy - sum(dy y)) / tau,   dtau = -(sum(dy y t) - sum(dy y) sum(y t)) / tau,
+// t = (x + g - M) / tau (log y for the soft backward), 0 where y == 0.
+// Rows with a NaN or no finite max are invalid: NaN outputs (index -1), as the Triton kernels.
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include <ATen/cpu/vec/vec.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include "gumbel_softmax_cpu.h"
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+namespace fused_gumbel {
+namespace cpu {
+namespace KERNEL_ISA {
+
+namespace {
+
+constexpr uint32_t kRoundA = 0xD2511F53u, kRoundB = 0xCD9E8D57u;
+constexpr uint32_t kKeyA = 0x9E3779B9u, kKeyB = 0xBB67AE85u;
+constexpr uint64_t kDomainTag = 0x2545F4914F6CDD1Dull;
+constexpr uint32_t kTopNumerator = 4294967040u;  // 2^32 - 2^8
+// Words (4 per Philox call) one block of rows aims for: the block's noise stays in L1.
+constexpr int64_t kBlockWords = 1024;
+
+inline void philox_scalar(uint32_t k0, uint32_t k1, uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
+                          uint32_t* out) {
+  for (int round = 0; round < 10; ++round) {
+    const uint64_t pa = uint64_t(c0) * kRoundA, pb = uint64_t(c2) * kRoundB;
+    c0 = uint32_t(pb >> 32) ^ c1 ^ k0;
+    c2 = uint32_t(pa >> 32) ^ c3 ^ k1;
+    c1 = uint32_t(pb);
+    c3 = uint32_t(pa);
+    k0 += kKeyA;
+    k1 += kKeyB;
+  }
+  out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
+}
+
+#if defined(__AVX2__)
+// 32x32 -> 64-bit products of eight lanes, split into high and low words.
+inline void mul_wide(__m256i a, __m256i b, __m256i& hi, __m256i& lo) {
+  const __m256i even = _mm256_mul_epu32(a, b);
+  const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), b);
+  hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+  lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+}
+#endif
+
+}  // namespace
+
+// Words of Philox calls first_call .. first_call + calls - 1, four per call, in call order.
+void philox_words(uint64_t seed, uint64_t offset, uint64_t first_call, int64_t calls, uint32_t* out) {
+  const uint64_t key = seed ^ kDomainTag;
+  const uint32_t k0 = uint32_t(key), k1 = uint32_t(key >> 32);
+  const uint32_t s0 = uint32_t(offset), s1 = uint32_t(offset >> 32);
+  int64_t i = 0;
+#if defined(__AVX2__)
+  // The vector paths take the counters' high word as constant: true unless the low word wraps.
+  const bool high_constant = uint64_t(uint32_t(first_call)) + uint64_t(calls) <= (uint64_t(1) << 32);
+  const uint32_t n_hi = uint32_t(first_call >> 32), n_lo = uint32_t(first_call);
+#endif
+#if defined(__AVX512F__)
+  if (high_constant) {
+    const __m512i round_a = _mm512_set1_epi32(int(kRoundA)), round_b = _mm512_set1_epi32(int(kRoundB));
+    const __m512i key_a = _mm512_set1_epi32(int(kKeyA)), key_b = _mm512_set1_epi32(int(kKeyB));
+    const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    // Interleave indices: 32-bit pairs (w0 w1), (w2 w3) of calls 0-7 / 8-15, then 64-bit pairs.
+    const __m512i pair_lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i pair_hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    const __m512i quad_lo = _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11);
+    const __m512i quad_hi = _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15);
+    for (; i + 16 <= calls; i += 16) {
+      __m512i c0 = _mm512_add_epi32(_mm512_set1_epi32(int(n_lo + uint32_t(i))), lanes);
+      __m512i c1 = _mm512_set1_epi32(int(n_hi));
+      __m512i c2 = _mm512_set1_epi32(int(s0)), c3 = _mm512_set1_epi32(int(s1));
+      __m512i q0 = _mm512_set1_epi32(int(k0)), q1 = _mm512_set1_epi32(int(k1));
+      for (int round = 0; round < 10; ++round) {
+        const __m512i even_a = _mm512_mul_epu32(c0, round_a);
+        const __m512i odd_a = _mm512_mul_epu32(_mm512_srli_epi64(c0, 32), round_a);
+        const __m512i even_b = _mm512_mul_epu32(c2, round_b);
+        const __m512i odd_b = _mm512_mul_epu32(_mm512_srli_epi64(c2, 32), round_b);
+        const __m512i hi_a = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even_a, 32), odd_a);
+        const __m512i hi_b = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even_b, 32), odd_b);
+        const __m512i lo_a = _mm512_mask_blend_epi32(0xAAAA, even_a, _mm512_slli_epi64(odd_a, 32));
+        const __m512i lo_b = _mm512_mask_blend_epi32(0xAAAA, even_b, _mm512_slli_epi64(odd_b, 32));
+        c0 = _mm512_ternarylogic_epi32(hi_b, c1, q0, 0x96);  // 0x96: a ^ b ^ c
+        c2 = _mm512_ternarylogic_epi32(hi_a, c3, q1, 0x96);
+        c1 = lo_b;
+        c3 = lo_a;
+        q0 = _mm512_add_epi32(q0, key_a);
+        q1 = _mm512_add_epi32(q1, key_b);
+      }
+      const __m512i w01_lo = _mm512_permutex2var_epi32(c0, pair_lo, c1);
+      const __m512i w01_hi = _mm512_permutex2var_epi32(c0, pair_hi, c1);
+      const __m512i w23_lo = _mm512_permutex2var_epi32(c2, pair_lo, c3);
+      const __m512i w23_hi = _mm512_permutex2var_epi32(c2, pair_hi, c3);
+      uint32_t* dst = out + 4 * i;
+      _mm512_storeu_si512(dst + 0, _mm512_permutex2var_epi64(w01_lo, quad_lo, w23_lo));
+      _mm512_storeu_si512(dst + 16, _mm512_permutex2var_epi64(w01_lo, quad_hi, w23_lo));
+      _mm512_storeu_si512(dst + 32, _mm512_permutex2var_epi64(w01_hi, quad_lo, w23_hi));
+      _mm512_storeu_si512(dst + 48, _mm512_permutex2var_epi64(w01_hi, quad_hi, w23_hi));
+    }
+  }
+#endif
+#if defined(__AVX2__)
+  const __m256i round_a = _mm256_set1_epi32(int(kRoundA)), round_b = _mm256_set1_epi32(int(kRoundB));
+  const __m256i key_a = _mm256_set1_epi32(int(kKeyA)), key_b = _mm256_set1_epi32(int(kKeyB));
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (; high_constant && i + 8 <= calls; i += 8) {
+    __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32(int(n_lo + uint32_t(i))), lanes);
+    __m256i c1 = _mm256_set1_epi32(int(n_hi));
+    __m256i c2 = _mm256_set1_epi32(int(s0)), c3 = _mm256_set1_epi32(int(s1));
+    __m256i q0 = _mm256_set1_epi32(int(k0)), q1 = _mm256_set1_epi32(int(k1));
+    for (int round = 0; round < 10; ++round) {
+      __m256i hi_a, lo_a, hi_b, lo_b;
+      mul_wide(c0, round_a, hi_a, lo_a);
+      mul_wide(c2, round_b, hi_b, lo_b);
+      c0 = _mm256_xor_si256(_mm256_xor_si256(hi_b, c1), q0);
+      c2 = _mm256_xor_si256(_mm256_xor_si256(hi_a, c3), q1);
+      c1 = lo_b;
+      c3 = lo_a;
+      q0 = _mm256_add_epi32(q0, key_a);
+      q1 = _mm256_add_epi32(q1, key_b);
+    }
+    // Transpose the four word planes of eight calls into call order (w0 w1 w2 w3 per call).
+    const __m256i t0 = _mm256_unpacklo_epi32(c0, c1), t1 = _mm256_unpacklo_epi32(c2, c3);
+    const __m256i t2 = _mm256_unpackhi_epi32(c0, c1), t3 = _mm256_unpackhi_epi32(c2, c3);
+    const __m256i r0 = _mm256_unpacklo_epi64(t0, t1), r1 = _mm256_unpackhi_epi64(t0, t1);
+    const __m256i r2 = _mm256_unpacklo_epi64(t2, t3), r3 = _mm256_unpackhi_epi64(t2, t3);
+    __m256i* dst = reinterpret_cast<__m256i*>(out + 4 * i);
+    _mm256_storeu_si256(dst + 0, _mm256_permute2x128_si256(r0, r1, 0x20));
+    _mm256_storeu_si256(dst + 1, _mm256_permute2x128_si256(r2, r3, 0x20));
+    _mm256_storeu_si256(dst + 2, _mm256_permute2x128_si256(r0, r1, 0x31));
+    _mm256_storeu_si256(dst + 3, _mm256_permute2x128_si256(r2, r3, 0x31));
+  }
+#endif
+  for (; i < calls; ++i) {
+    const uint64_t n = first_call + uint64_t(i);
+    philox_scalar(k0, k1, uint32_t(n), uint32_t(n >> 32), s0, s1, out + 4 * i);
+  }
+}
+
+namespace {
+
+template <typename acc_t>
+using Vec = at::vec::Vectorized<acc_t>;
+
+// Spec steps 3-5, exact twin: g[i] = -log(E), E = -log1p(-v) by Goldberg's v log(a) / (a - 1).
+template <typename acc_t>
+void gumbel_from_words(const uint32_t* words, acc_t* g, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t u = std::min(words[i] | 1u, kTopNumerator);
+    // Both halves convert exactly and the sum rounds once: u rounded to acc_t, as the spec says.
+    g[i] = acc_t(u >> 16) * acc_t(65536) + acc_t(u & 0xFFFFu);
+  }
+  const Vec<acc_t> scale(acc_t(2.3283064365386963e-10)), one(acc_t(1));
+  int64_t i = 0;
+  for (; i + Vec<acc_t>::size() <= n; i += Vec<acc_t>::size()) {
+    const Vec<acc_t> v = Vec<acc_t>::loadu(g + i) * scale;
+    const Vec<acc_t> a = one - v;
+    const Vec<acc_t> goldberg = v * a.log() / (a - one);
+    const Vec<acc_t> e = Vec<acc_t>::blendv(goldberg, v, a == one);
+    (-e.log()).store(g + i);
+  }
+  for (; i < n; ++i) {
+    const acc_t v = g[i] * acc_t(2.3283064365386963e-10);
+    const acc_t a = acc_t(1) - v;
+    const acc_t e = a == acc_t(1) ? v : v * std::log(a) / (a - acc_t(1));
+    g[i] = -std::log(e);
+  }
+}
+
+template <typename acc_t>
+inline acc_t nan_max(acc_t a, acc_t b) {
+  return (std::isnan(a) || std::isnan(b)) ? std::numeric_limits<acc_t>::quiet_NaN() : std::max(a, b);
+}
+
+template <typename acc_t>
+acc_t row_max(const acc_t* a, int64_t n) {
+  using V = Vec<acc_t>;
+  int64_t k = 0;
+  acc_t m = -std::numeric_limits<acc_t>::infinity();
+  if (n >= V::size()) {
+    V vm = V::loadu(a);
+    for (k = V::size(); k + V::size() <= n; k += V::size()) vm = at::vec::maximum(vm, V::loadu(a + k));
+    alignas(64) acc_t lanes[V::size()];
+    vm.store(lanes);
+    for (int j = 0; j < V::size(); ++j) m = nan_max(m, lanes[j]);
+  }
+  // Short tails (all of a row shorter than a vector) without branches: NaN is tracked apart.
+  bool nan = std::isnan(m);
+  for (; k < n; ++k) {
+    m = a[k] > m ? a[k] : m;
+    nan |= a[k] != a[k];
+  }
+  return nan ? std::numeric_limits<acc_t>::quiet_NaN() : m;
+}
+
+template <typename acc_t>
+acc_t row_sum(const acc_t* a, int64_t n) {
+  using V = Vec<acc_t>;
+  int64_t k = 0;
+  acc_t s = 0;
+  if (n >= V::size()) {
+    V vs = V::loadu(a);
+    for (k = V::size(); k + V::size() <= n; k += V::size()) vs = vs + V::loadu(a + k);
+    alignas(64) acc_t lanes[V::size()];
+    vs.store(lanes);
+    for (int j = 0; j < V::size(); ++j) s += lanes[j];
+  }
+  for (; k < n; ++k) s += a[k];
+  return s;
+}
+
+// Element conversions between the tensor dtype and the compute dtype (vectorised for bf16/fp16).
+template <typename scalar_t, typename acc_t>
+inline void to_compute(const scalar_t* src, acc_t* dst, int64_t n) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    std::memcpy(dst, src, n * sizeof(acc_t));
+  } else {
+    using V = Vec<float>;
+    int64_t i = 0;
+    for (; i + V::size() <= n; i += V::size()) {
+      V v;
+      if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+        at::vec::load_fp32_from_bf16(src + i, v);
+      } else {
+        at::vec::load_fp32_from_fp16(src + i, v);
+      }
+      v.store(dst + i);
+    }
+    for (; i < n; ++i) dst[i] = acc_t(src[i]);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+inline void from_compute(const acc_t* src, scalar_t* dst, int64_t n) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    std::memcpy(dst, src, n * sizeof(acc_t));
+  } else {
+    at::vec::convert(src, dst, n);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+inline void load_row(const scalar_t* p, int64_t s_k, int64_t n, acc_t* out) {
+  if (s_k == 1) {
+    to_compute(p, out, n);
+  } else {
+    for (int64_t k = 0; k < n; ++k) out[k] = acc_t(p[k * s_k]);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+inline void store_row(const acc_t* in, int64_t n, scalar_t* p, int64_t s_k) {
+  if (s_k == 1) {
+    from_compute(in, p, n);
+  } else {
+    for (int64_t k = 0; k < n; ++k) p[k * s_k] = scalar_t(in[k]);
+  }
+}
+
+// Rows that follow each other densely: a block of them is one flat [count, K] array.
+inline bool dense_rows(const RowLayout& layout, int64_t K) {
+  return layout.inner == 1 && layout.s_k == 1 && layout.s_outer == K;
+}
+
+template <typename acc_t>
+inline acc_t row_tau(const void* tau_rows, double tau, int64_t r) {
+  return tau_rows ? static_cast<const acc_t*>(tau_rows)[r] : acc_t(tau);
+}
+
+template <typename acc_t>
+inline void add_into(acc_t* a, const acc_t* b, int64_t n) {
+  using V = Vec<acc_t>;
+  int64_t k = 0;
+  for (; k + V::size() <= n; k += V::size()) (V::loadu(a + k) + V::loadu(b + k)).store(a + k);
+  for (; k < n; ++k) a[k] += b[k];
+}
+
+// Per-block scratch of one thread: Philox words, x + g, and one row in the compute dtype.
+template <typename acc_t>
+struct Scratch {
+  std::vector<uint32_t> words;
+  std::vector<acc_t> a, expand_a, expand_b, row, row_max;
+  Scratch(int64_t per_block, int64_t K)
+      : words(per_block * 4 * ((K + 3) / 4)), a(words.size()), expand_a(words.size()), expand_b(words.size()),
+        row(K), row_max(per_block) {}
+};
+
+// Rows per block: enough that the block's noise is one flat vectorised pass (short rows), one
+// row at a time for long rows.
+inline int64_t block_rows(int64_t K) { return std::max<int64_t>(1, kBlockWords / (4 * ((K + 3) / 4))); }
+
+// x + g for rows [r0, r0 + count) into s.a ([count, K]) and each row's max (NaN if it holds a NaN).
+template <typename scalar_t, typename acc_t>
+void perturbed_block(uint64_t seed, uint64_t offset, const scalar_t* x, const RowLayout& layout, int64_t r0,
+                     int64_t count, int64_t K, Scratch<acc_t>& s) {
+  const int64_t Q = (K + 3) / 4, padded = 4 * Q;
+  uint32_t* words = s.words.data();
+  philox_words(seed, offset, uint64_t(r0) * uint64_t(Q), count * Q, words);
+  if (padded != K) {  // drop the padding words of each row: no noise is computed for them
+    for (int64_t j = 1; j < count; ++j) std::memmove(words + j * K, words + j * padded, K * sizeof(uint32_t));
+  }
+  acc_t* a = s.a.data();
+  gumbel_from_words(words, a, count * K);
+  if (dense_rows(layout, K)) {
+    const scalar_t* base = x + layout.row_offset(r0);
+    if constexpr (std::is_same_v<scalar_t, acc_t>) {
+      add_into(a, base, count * K);
+    } else {
+      to_compute(base, s.expand_a.data(), count * K);
+      add_into(a, s.expand_a.data(), count * K);
+    }
+  } else {
+    for (int64_t j = 0; j < count; ++j) {
+      load_row(x + layout.row_offset(r0 + j), layout.s_k, K, s.row.data());
+      add_into(a + j * K, s.row.data(), K);
+    }
+  }
+  for (int64_t j = 0; j < count; ++j) s.row_max[j] = row_max(a + j * K, K);
+}
+
+template <typename acc_t>
+inline bool finite_max(acc_t m) {
+  return std::abs(m) < std::numeric_limits<acc_t>::infinity();  // false for NaN too
+}
+
+template <typename acc_t>
+inline int64_t first_index_of(const acc_t* a, int64_t n, acc_t value) {
+  for (int64_t k = 0; k < n; ++k) {
+    if (a[k] == value) return k;
+  }
+  return 0;
+}
+
+// The soft sample of a perturbed block in place: a[j, k] = exp((a - M_j) / tau_j) / S_j (NaN rows
+// for invalid rows). The exponentials run as one flat pass over the block.
+template <typename acc_t>
+void soft_block(Scratch<acc_t>& s, int64_t r0, int64_t count, int64_t K, const void* tau_rows, double tau) {
+  acc_t* a = s.a.data();
+  const acc_t nan = std::numeric_limits<acc_t>::quiet_NaN();
+  const int64_t n = count * K;
+  acc_t *shift = s.expand_a.data(), *scale = s.expand_b.data();
+  for (int64_t j = 0; j < count; ++j) {  // per-row terms spread over the row: the passes below are flat
+    const acc_t m = s.row_max[j];
+    std::fill(shift + j * K, shift + (j + 1) * K, finite_max(m) ? m : acc_t(0));
+    std::fill(scale + j * K, scale + (j + 1) * K, acc_t(1) / row_tau<acc_t>(tau_rows, tau, r0 + j));
+  }
+  using V = Vec<acc_t>;
+  int64_t i = 0;
+  for (; i + V::size() <= n; i += V::size())
+    ((V::loadu(a + i) - V::loadu(shift + i)) * V::loadu(scale + i)).exp().store(a + i);
+  for (; i < n; ++i) a[i] = std::exp((a[i] - shift[i]) * scale[i]);
+  for (int64_t j = 0; j < count; ++j) {
+    const acc_t inv = finite_max(s.row_max[j]) ? acc_t(1) / row_sum(a + j * K, K) : nan;
+    std::fill(scale + j * K, scale + (j + 1) * K, inv);
+  }
+  i = 0;
+  for (; i + V::size() <= n; i += V::size()) (V::loadu(a + i) * V::loadu(scale + i)).store(a + i);
+  for (; i < n; ++i) a[i] *= scale[i];
+}
+
+// Copy rows [r0, r0 + count) of a strided view into a flat [count, K] compute-dtype block.
+template <typename scalar_t, typename acc_t>
+inline void load_block(const scalar_t* p, const RowLayout& layout, int64_t r0, int64_t count, int64_t K, acc_t* out) {
+  if (dense_rows(layout, K)) {
+    to_compute(p + layout.row_offset(r0), out, count * K);
+  } else {
+    for (int64_t j = 0; j < count; ++j) load_row(p + layout.row_offset(r0 + j), layout.s_k, K, out + j * K);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+inline void store_block(const acc_t* in, int64_t r0, int64_t count, int64_t K, scalar_t* p, const RowLayout& layout) {
+  if (dense_rows(layout, K)) {
+    from_compute(in, p + layout.row_offset(r0), count * K);
+  } else {
+    for (int64_t j = 0; j < count; ++j) store_row(in + j * K, K, p + layout.row_offset(r0 + j), layout.s_k);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+void forward_impl(const ForwardArgs& args, int64_t begin, int64_t end) {
+  const int64_t K = args.classes, per_block = block_rows(K);
+  const auto* x = static_cast<const scalar_t*>(args.x);
+  auto* y = static_cast<scalar_t*>(args.y);
+  Scratch<acc_t> s(per_block, K);
+  std::vector<int64_t> best(per_block);
+  const scalar_t zero(0.0f), one(1.0f), nan_out(std::numeric_limits<float>::quiet_NaN());
+  for (int64_t r0 = begin; r0 < end; r0 += per_block) {
+    const int64_t count = std::min(per_block, end - r0);
+    perturbed_block(args.seed, args.offset, x, args.x_layout, r0, count, K, s);
+    if (args.mode != 0) {
+      for (int64_t j = 0; j < count; ++j) {
+        const acc_t m = s.row_max[j];
+        best[j] = finite_max(m) ? first_index_of(s.a.data() + j * K, K, m) : -1;
+      }
+    }
+    if (args.mode == 2) {
+      std::copy(best.begin(), best.begin() + count, args.index + r0);
+      continue;
+    }
+    if (args.mode == 0 || args.mode == 3) {
+      soft_block(s, r0, count, K, args.tau_rows, args.tau);
+      store_block(s.a.data(), r0, count, K, static_cast<scalar_t*>(args.mode == 0 ? args.y : args.soft),
+                  args.y_layout);
+      if (args.mode == 0) continue;
+    }
+    for (int64_t j = 0; j < count; ++j) {  // the one-hot, in the output dtype: exact 0/1, NaN rows where invalid
+      scalar_t* out = y + args.y_layout.row_offset(r0 + j);
+      const int64_t s_k = args.y_layout.s_k;
+      const scalar_t fill = best[j] >= 0 ? zero : nan_out;
+      if (s_k == 1) {
+        std::fill(out, out + K, fill);
+      } else {
+        for (int64_t k = 0; k < K; ++k) out[k * s_k] = fill;
+      }
+      if (best[j] >= 0) out[best[j] * s_k] = one;
+    }
+  }
+}
+
+// Elementwise over a flat block: out = f(a, b, c) on vectors, the same on the scalar tail.
+template <typename acc_t, typename Op>
+inline void map3(acc_t* out, const acc_t* a, const acc_t* b, const acc_t* c, int64_t n, const Op& op) {
+  using V = Vec<acc_t>;
+  int64_t i = 0;
+  for (; i + V::size() <= n; i += V::size()) op(V::loadu(a + i), V::loadu(b + i), V::loadu(c + i)).store(out + i);
+  for (; i < n; ++i) out[i] = op(a[i], b[i], c[i]);
+}
+
+// Each row's value repeated over its K classes, so that row-dependent terms run as flat vector passes.
+template <typename acc_t>
+inline void expand_rows(const acc_t* per_row, int64_t count, int64_t K, acc_t* out) {
+  for (int64_t j = 0; j < count; ++j) std::fill(out + j * K, out + (j + 1) * K, per_row[j]);
+}
+
+template <typename scalar_t, typename acc_t>
+void backward_impl(const BackwardArgs& args, int64_t begin, int64_t end) {
+  const int64_t K = args.classes, per_block = block_rows(K);
+  const auto* src = static_cast<const scalar_t*>(args.src);
+  const auto* grad_y = static_cast<const scalar_t*>(args.grad_y);
+  auto* grad_x = static_cast<scalar_t*>(args.grad_x);
+  auto* tau_grad = static_cast<acc_t*>(args.tau_grad_rows);
+  Scratch<acc_t> s(per_block, K);
+  const int64_t size = per_block * 4 * ((K + 3) / 4);
+  std::vector<acc_t> dy(size), prod(size), row_value(size), inv_tau(size), t(tau_grad ? size : 0);
+  std::vector<acc_t> dot(per_block), tau_inv(per_block), sum_a(per_block), sum_b(per_block);
+  for (int64_t r0 = begin; r0 < end; r0 += per_block) {
+    const int64_t count = std::min(per_block, end - r0), n = count * K;
+    for (int64_t j = 0; j < count; ++j) tau_inv[j] = acc_t(1) / row_tau<acc_t>(args.tau_rows, args.tau, r0 + j);
+    acc_t* y = s.a.data();
+    if (args.regenerate) {
+      perturbed_block(args.seed, args.offset, src, args.src_layout, r0, count, K, s);
+      if (tau_grad) {  // t = (x + g - M) / tau before soft_block overwrites x + g with y
+        for (int64_t j = 0; j < count; ++j) sum_a[j] = finite_max(s.row_max[j]) ? s.row_max[j] : acc_t(0);
+        expand_rows(sum_a.data(), count, K, row_value.data());
+        expand_rows(tau_inv.data(), count, K, inv_tau.data());
+        map3(t.data(), y, row_value.data(), inv_tau.data(), n, [](auto a, auto m, auto it) { return (a - m) * it; });
+      }
+      soft_block(s, r0, count, K, args.tau_rows, args.tau);
+    } else {
+      load_block(src, args.src_layout, r0, count, K, y);
+      if (tau_grad) {  // log y stands in for t: they differ by log S per row, which sum(s) = 0 cancels
+        for (int64_t i = 0; i < n; ++i) t[i] = y[i] > 0 ? std::log(y[i]) : acc_t(0);
+      }
+    }
+    load_block(grad_y, args.g_layout, r0, count, K, dy.data());
+    map3(prod.data(), dy.data(), y, y, n, [](auto d, auto v, auto) { return d * v; });
+    for (int64_t j = 0; j < count; ++j) dot[j] = row_sum(prod.data() + j * K, K);
+    expand_rows(dot.data(), count, K, row_value.data());
+    if (!(args.regenerate && tau_grad)) expand_rows(tau_inv.data(), count, K, inv_tau.data());
+    // dx = y (dy - dot) / tau, written over dy (no longer needed after the tau-gradient sums below)
+    if (tau_grad) {
+      // Zero-probability classes add nothing (not 0 * -inf): t is zeroed where y == 0.
+      for (int64_t i = 0; i < n; ++i) t[i] = y[i] > 0 ? t[i] : acc_t(0);
+      map3(prod.data(), prod.data(), t.data(), t.data(), n, [](auto p, auto tk, auto) { return p * tk; });
+      map3(t.data(), t.data(), y, y, n, [](auto tk, auto v, auto) { return tk * v; });
+      for (int64_t j = 0; j < count; ++j) {
+        sum_a[j] = row_sum(prod.data() + j * K, K);  // sum(dy y t)
+        sum_b[j] = row_sum(t.data() + j * K, K);     // sum(y t)
+        tau_grad[r0 + j] = -(sum_a[j] - dot[j] * sum_b[j]) * tau_inv[j];
+      }
+    }
+    map3(dy.data(), dy.data(), row_value.data(), inv_tau.data(), n, [](auto d, auto dt, auto it) { return (d - dt) * it; });
+    map3(dy.data(), dy.data(), y, y, n, [](auto g, auto v, auto) { return g * v; });
+    store_block(dy.data(), r0, count, K, grad_x, args.gx_layout);
+  }
+}
+
+}  // namespace
+
+void forward_rows(const ForwardArgs& args, int64_t begin, int64_t end) {
+  switch (args.dtype) {
+    case Dtype::Float: return forward_impl<float, float>(args, begin, end);
+    case Dtype::Double: return forward_impl<double, double>(args, begin, end);
+    case Dtype::Half: return forward_impl<c10::Half, float>(args, begin, end);
+    case Dtype::BFloat16: return forward_impl<c10::BFloat16, float>(args, begin, end);
+  }
+}
+
+void backward_rows(const BackwardArgs& args, int64_t begin, int64_t end) {
+  switch (args.dtype) {
+    case Dtype::Float: return backward_impl<float, float>(args, begin, end);
+    case Dtype::Double: return backward_impl<double, double>(args, begin, end);
+    case Dtype::Half: return backward_impl<c10::Half, float>(args, begin, end);
+    case Dtype::BFloat16: return backward_impl<c10::BFloat16, float>(args, begin, end);
+  }
+}
+
+}  // namespace KERNEL_ISA
+}  // namespace cpu
+}  // namespace fused_gumbel
