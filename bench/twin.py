@@ -36,14 +36,14 @@ QUICK_SOURCE = """
 namespace fused_gumbel {
 namespace twin {
 #define FG_QUICK(T)                                                                   \\
-  template __global__ void small_fwd_kernel<T, 10, MODE_SOFT>(FwdParams<ComputeOf<T>::type>);     \\
-  template __global__ void small_fwd_kernel<T, 10, MODE_HARD>(FwdParams<ComputeOf<T>::type>);     \\
-  template __global__ void small_bwd_kernel<T, 10, true>(BwdParams<ComputeOf<T>::type>);          \\
-  template __global__ void resident_fwd_kernel<T, 64, MODE_SOFT, true>(FwdParams<ComputeOf<T>::type>); \\
+  template __global__ void small_fwd_kernel<T, 10, MODE_SOFT, true>(FwdParams<ComputeOf<T>::type>);     \\
+  template __global__ void small_fwd_kernel<T, 10, MODE_HARD, false>(FwdParams<ComputeOf<T>::type>);     \\
+  template __global__ void small_bwd_kernel<T, 10, true, true, false>(BwdParams<ComputeOf<T>::type>);          \\
+  template __global__ void resident_fwd_kernel<T, 32, MODE_SOFT, true>(FwdParams<ComputeOf<T>::type>); \\
   template __global__ void resident_fwd_kernel<T, 8, MODE_INDEX, false>(FwdParams<ComputeOf<T>::type>); \\
-  template __global__ void resident_bwd_kernel<T, 64, true, true>(BwdParams<ComputeOf<T>::type>);  \\
+  template __global__ void resident_bwd_kernel<T, 32, true, true, false>(BwdParams<ComputeOf<T>::type>);  \\
   template __global__ void streamed_fwd_kernel<T, MODE_SOFT, true>(FwdParams<ComputeOf<T>::type>);  \\
-  template __global__ void streamed_bwd_kernel<T, true, true>(BwdParams<ComputeOf<T>::type>);
+  template __global__ void streamed_bwd_kernel<T, true, true, false>(BwdParams<ComputeOf<T>::type>);
 FG_QUICK(float)
 FG_QUICK(__nv_bfloat16)
 }  // namespace twin
@@ -212,19 +212,25 @@ def config(rows: int, classes: int, compute_bytes: int = 4) -> dict:
     return cfg
 
 
-def kernel_name(dtype: str, mode: str, pass_: str, classes: int, cfg: dict, vec: bool) -> str:
-    """Demangled name (up to the argument list) of the kernel the launch layer launches."""
+def kernel_name(dtype: str, mode: str, pass_: str, classes: int, cfg: dict, vec: bool, unit: bool = True,
+                tau_grad: bool = False) -> str:
+    """Demangled name (up to the argument list) of the kernel the launch layer launches
+    (``vec``: vector access; ``unit``: every class stride is 1; ``tau_grad``: the backward
+    writes the temperature gradient)."""
     t = CPP_TYPE[dtype]
     flag = "true" if vec else "false"
+    unit = "true" if unit else "false"
     shape = cfg["shape_name"]
     if pass_ == "fwd":
         m = MODES[mode]
-        args = {"small": f"{t}, {classes}, {m}", "resident": f"{t}, {cfg['threads_per_row']}, {m}, {flag}",
+        args = {"small": f"{t}, {classes}, {m}, {unit}", "resident": f"{t}, {cfg['threads_per_row']}, {m}, {flag}",
                 "streamed": f"{t}, {m}, {flag}"}[shape]
         return f"void fused_gumbel::twin::{shape}_fwd_kernel<{args}>"
     regen = "true" if mode == "hard" else "false"
-    args = {"small": f"{t}, {classes}, {regen}", "resident": f"{t}, {cfg['threads_per_row']}, {regen}, {flag}",
-            "streamed": f"{t}, {regen}, {flag}"}[shape]
+    tau = "true" if tau_grad else "false"
+    args = {"small": f"{t}, {classes}, {regen}, {unit}, {tau}",
+            "resident": f"{t}, {cfg['threads_per_row']}, {regen}, {flag}, {tau}",
+            "streamed": f"{t}, {regen}, {flag}, {tau}"}[shape]
     return f"void fused_gumbel::twin::{shape}_bwd_kernel<{args}>"
 
 

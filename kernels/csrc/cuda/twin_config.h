@@ -12,10 +12,12 @@ namespace twin {
 // Rows of at most SMALL_K classes: one row per thread, K a template parameter.
 constexpr int SMALL_K = 16;
 constexpr int SMALL_THREADS = 128;
-// Rows up to MAX_RESIDENT classes: TPR threads per row (a power of two, 2..512) each hold
-// calls_per_thread(TPR) = 4 Philox calls (16 classes) in registers: one load, one noise draw, one
-// store. (Eight calls at TPR = 512 spilled in the backward: 16 KiB rows stream instead.)
+// Rows up to MAX_RESIDENT classes: TPR threads per row (a power of two, 2..256) each hold
+// calls_per_thread(TPR) Philox calls (4 classes each) in registers: one load, one noise draw, one
+// store. Eight calls (32 classes) a thread spread its fixed costs (addresses, reductions) thin;
+// rows of at most 64 classes take four, so short rows pad less.
 constexpr int MAX_RESIDENT = 8192;
+constexpr int MAX_THREADS_PER_ROW = 256;
 constexpr int RESIDENT_MIN_THREADS = 128;  // block size when several rows share a block
 // Longer rows: one block of STREAM_THREADS per row, streamed in chunks of 4 * STREAM_CALLS *
 // STREAM_THREADS classes; the chunk maxima live in shared memory (4 or 8 bytes per chunk).
@@ -26,14 +28,14 @@ constexpr int STREAM_MAX_SHARED_BYTES = 48 * 1024;
 
 enum Shape : int { SHAPE_SMALL = 0, SHAPE_RESIDENT = 1, SHAPE_STREAMED = 2 };
 
-constexpr int calls_per_thread(int) { return 4; }
+constexpr int calls_per_thread(int threads_per_row) { return threads_per_row <= 4 ? 4 : 8; }
 constexpr int block_threads(int threads_per_row) {
   return threads_per_row < RESIDENT_MIN_THREADS ? RESIDENT_MIN_THREADS : threads_per_row;
 }
 
 struct Config {
   int shape;             // Shape
-  int threads_per_row;   // SMALL: 1; RESIDENT: 2..512; STREAMED: STREAM_THREADS
+  int threads_per_row;   // SMALL: 1; RESIDENT: 2..256; STREAMED: STREAM_THREADS
   int calls_per_thread;  // Philox calls (4 classes each) a thread holds per chunk (SMALL: Q)
   int block;             // threads per block
   int64_t grid;          // blocks

@@ -44,6 +44,20 @@ struct View {  // (outer, class, inner) strides of a [outer, K, inner] view, in 
   int64_t s_outer, s_k, s_inner;
 };
 
+// Row r = o * inner + i split into (o, i) by a multiply-high (Granlund & Montgomery 1994, as
+// PyTorch's IntDivider): o = (umulhi(r, magic) + r) >> shift, exact for r < 2**31 (the launch
+// layer refuses more rows). inner == 1 gives magic 1, shift 0: o = r.
+struct RowDivider {
+  uint32_t divisor, magic, shift;
+};
+
+inline RowDivider make_row_divider(uint32_t divisor) {
+  uint32_t shift = 0;
+  while (shift < 32 && (uint64_t(1) << shift) < divisor) ++shift;
+  const uint64_t magic = ((uint64_t(1) << 32) * ((uint64_t(1) << shift) - divisor)) / divisor + 1;
+  return RowDivider{divisor, static_cast<uint32_t>(magic), shift};
+}
+
 template <typename C>
 struct Tau {  // a float, a 0-dim tensor (s_row = 0) or a [rows] tensor (s_row = its stride)
   const C* ptr;
@@ -59,6 +73,7 @@ struct FwdParams {
   int64_t* index;  // index mode
   Tau<C> tau;
   int64_t rows, K, Q, inner, chunks;
+  RowDivider div;  // by inner (the launch layer fills it)
   View xv, yv;
   uint64_t key, offset;  // key = seed ^ DOMAIN_TAG
 };
@@ -71,6 +86,7 @@ struct BwdParams {
   C* grad_tau;      // [rows] partial temperature gradients, or null
   Tau<C> tau;
   int64_t rows, K, Q, inner, chunks;
+  RowDivider div;  // by inner (the launch layer fills it)
   View gv, sv, xv;
   uint64_t key, offset;
 };
@@ -141,13 +157,22 @@ template <typename C> __device__ __forceinline__ C inf() { return C(CUDART_INF);
 template <typename C> __device__ __forceinline__ C nan() { return C(CUDART_NAN); }
 template <typename C> __device__ __forceinline__ bool finite(C m) { return fabs(m) < inf<C>(); }  // NaN: false
 
-__device__ __forceinline__ int64_t row_base(int64_t r, int64_t inner, const View& v) {
-  if (inner == 1) return r * v.s_outer;  // the common case skips two 64-bit divisions
-  return (r / inner) * v.s_outer + (r % inner) * v.s_inner;
+__device__ __forceinline__ int64_t row_base(int64_t r, const RowDivider& d, const View& v) {
+  const uint32_t r32 = static_cast<uint32_t>(r);
+  const uint32_t o = (__umulhi(r32, d.magic) + r32) >> d.shift;
+  return static_cast<int64_t>(o) * v.s_outer + static_cast<int64_t>(r32 - o * d.divisor) * v.s_inner;
 }
 
-__device__ __forceinline__ Words call_words(uint64_t key, uint64_t offset, int64_t row, int64_t Q, int64_t q) {
-  return philox_words(key, offset, static_cast<uint64_t>(row * Q + q));
+// 1 / x: div.full.f32 in float32 (2 ulp, no slow path, as Triton's division), IEEE in float64.
+__device__ __forceinline__ float recip(float x) {
+  float y;
+  asm("div.full.f32 %0, %1, %2;" : "=f"(y) : "f"(1.0f), "f"(x));
+  return y;
+}
+__device__ __forceinline__ double recip(double x) { return 1.0 / x; }
+
+__device__ __forceinline__ Words call_words(const RoundKeys& keys, uint64_t offset, int64_t row, int64_t Q, int64_t q) {
+  return philox_words(keys, offset, static_cast<uint64_t>(row * Q + q));
 }
 
 template <typename C>
@@ -204,15 +229,30 @@ __device__ __forceinline__ int first_max(const C (&a)[CALLS][4], const int (&k0)
   return best;
 }
 
+// t = log2(e), 0 where e == 0 (zero-probability classes add nothing, not 0 * -inf). For the
+// regenerated e = 2^((a - M) c) this is (a - M) / tau in log2 units; for a saved y it is log2 y,
+// which differs by the row's log2 S, cancelled by sum(s) = 0.
+template <typename C>
+__device__ __forceinline__ C log2_or_zero(C e) {
+  return e > C(0) ? lg2c(e > C(0) ? e : C(1)) : C(0);
+}
+
+// dtau = -sum(s t) / tau, s = y (dy - dot), t in nats; sums over e with y = e * scale, t in log2 units.
+template <typename C>
+__device__ __forceinline__ C tau_gradient(C dy_e_t, C e_t, C dot, C scale, C inv_tau) {
+  return -(dy_e_t - dot * e_t) * (scale * ln2<C>() * inv_tau);
+}
+
 // ================================ short rows: one row per thread ================================
 // a = x + g of a row's K classes (x at `x` with stride s_k); returns the row max (NaN sticks).
 template <typename T, typename C, int K>
 __device__ __forceinline__ C small_perturbed(const T* x, int64_t s_k, int64_t r, uint64_t key, uint64_t offset,
                                              C (&a)[K]) {
   constexpr int Q = (K + 3) / 4;
+  const RoundKeys keys = round_keys(key);
 #pragma unroll
   for (int q = 0; q < Q; ++q) {
-    const Words w = call_words(key, offset, r, Q, q);
+    const Words w = call_words(keys, offset, r, Q, q);
     const uint32_t words[4] = {w.w0, w.w1, w.w2, w.w3};
 #pragma unroll
     for (int j = 0; j < 4; ++j)
@@ -224,17 +264,19 @@ __device__ __forceinline__ C small_perturbed(const T* x, int64_t s_k, int64_t r,
   return m;
 }
 
-template <typename T, int K, int MODE>
+// UNIT: the class stride of every view is 1 (contiguous classes, inner == 1), so addresses are
+// constant offsets from the row start.
+template <typename T, int K, int MODE, bool UNIT>
 __global__ void __launch_bounds__(SMALL_THREADS) small_fwd_kernel(FwdParams<typename ComputeOf<T>::type> p) {
   using C = typename ComputeOf<T>::type;
   const int64_t r = static_cast<int64_t>(blockIdx.x) * SMALL_THREADS + threadIdx.x;
   if (r >= p.rows) return;
   C a[K];
-  const C m = small_perturbed<T, C, K>(static_cast<const T*>(p.x) + row_base(r, p.inner, p.xv), p.xv.s_k, r,
+  const C m = small_perturbed<T, C, K>(static_cast<const T*>(p.x) + row_base(r, p.div, p.xv), (UNIT ? 1 : p.xv.s_k), r,
                                        p.key, p.offset, a);
   const bool valid = finite(m);
   if (MODE == MODE_SOFT) {
-    const C c = log2e<C>() / p.tau.of(r);
+    const C c = log2e<C>() * recip(p.tau.of(r));
     const C shift = valid ? m * c : C(0);
     C sum = 0;
 #pragma unroll
@@ -242,10 +284,10 @@ __global__ void __launch_bounds__(SMALL_THREADS) small_fwd_kernel(FwdParams<type
       a[k] = ex2c(a[k] * c - shift);
       sum += a[k];
     }
-    const C inv = valid ? C(1) / sum : nan<C>();
-    T* y = static_cast<T*>(p.y) + row_base(r, p.inner, p.yv);
+    const C inv = valid ? recip(sum) : nan<C>();
+    T* y = static_cast<T*>(p.y) + row_base(r, p.div, p.yv);
 #pragma unroll
-    for (int k = 0; k < K; ++k) y[k * p.yv.s_k] = to_store<T, C>(a[k] * inv);
+    for (int k = 0; k < K; ++k) y[k * (UNIT ? 1 : p.yv.s_k)] = to_store<T, C>(a[k] * inv);
   } else {
     int best = 0;
 #pragma unroll
@@ -254,60 +296,61 @@ __global__ void __launch_bounds__(SMALL_THREADS) small_fwd_kernel(FwdParams<type
       p.index[r] = valid ? best : -1;
     } else {
       const C one = valid ? C(1) : nan<C>(), zero = valid ? C(0) : nan<C>();
-      T* y = static_cast<T*>(p.y) + row_base(r, p.inner, p.yv);
+      T* y = static_cast<T*>(p.y) + row_base(r, p.div, p.yv);
 #pragma unroll
-      for (int k = 0; k < K; ++k) y[k * p.yv.s_k] = to_store<T, C>(k == best ? one : zero);
+      for (int k = 0; k < K; ++k) y[k * (UNIT ? 1 : p.yv.s_k)] = to_store<T, C>(k == best ? one : zero);
     }
   }
 }
 
-template <typename T, int K, bool REGEN>
+// TAU: write the per-row temperature gradient (a template flag, so calls without it carry no code for it).
+template <typename T, int K, bool REGEN, bool UNIT, bool TAU>
 __global__ void __launch_bounds__(SMALL_THREADS) small_bwd_kernel(BwdParams<typename ComputeOf<T>::type> p) {
   using C = typename ComputeOf<T>::type;
   const int64_t r = static_cast<int64_t>(blockIdx.x) * SMALL_THREADS + threadIdx.x;
   if (r >= p.rows) return;
-  const T* src = static_cast<const T*>(p.src) + row_base(r, p.inner, p.sv);
-  const T* dyp = static_cast<const T*>(p.grad_y) + row_base(r, p.inner, p.gv);
-  const C tau = p.tau.of(r);
-  const C inv_tau = C(1) / tau;
-  C y[K], t[K];
+  const T* src = static_cast<const T*>(p.src) + row_base(r, p.div, p.sv);
+  const T* dyp = static_cast<const T*>(p.grad_y) + row_base(r, p.div, p.gv);
+  const C inv_tau = recip(p.tau.of(r));
+  // e: the regenerated unnormalised 2^((a - M) c) (y = e * scale), or the saved y (scale 1).
+  C e[K], scale = C(1);
   if (REGEN) {
-    const C m = small_perturbed<T, C, K>(src, p.sv.s_k, r, p.key, p.offset, y);
+    const C m = small_perturbed<T, C, K>(src, (UNIT ? 1 : p.sv.s_k), r, p.key, p.offset, e);
     const bool valid = finite(m);
     const C c = log2e<C>() * inv_tau;
     const C shift = valid ? m * c : C(0);
     C sum = 0;
 #pragma unroll
     for (int k = 0; k < K; ++k) {
-      t[k] = y[k] * c - shift;  // log2 units until scaled below
-      y[k] = ex2c(t[k]);
-      sum += y[k];
+      e[k] = ex2c(e[k] * c - shift);
+      sum += e[k];
     }
-    const C inv = valid ? C(1) / sum : nan<C>();
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-      y[k] *= inv;
-      t[k] = y[k] > C(0) ? t[k] * ln2<C>() : C(0);  // zero-probability classes add nothing
-    }
+    scale = valid ? recip(sum) : nan<C>();
   } else {
 #pragma unroll
-    for (int k = 0; k < K; ++k) {
-      y[k] = load_c<T, C>(src + k * p.sv.s_k);
-      t[k] = y[k] > C(0) ? lg2c(y[k] > C(0) ? y[k] : C(1)) * ln2<C>() : C(0);
-    }
+    for (int k = 0; k < K; ++k) e[k] = load_c<T, C>(src + k * (UNIT ? 1 : p.sv.s_k));
   }
-  C dy[K], dot = 0, dy_y_t = 0, y_t = 0;
+  C dy[K], dot = 0;
 #pragma unroll
   for (int k = 0; k < K; ++k) {
-    dy[k] = load_c<T, C>(dyp + k * p.gv.s_k);
-    dot += dy[k] * y[k];
-    dy_y_t += dy[k] * y[k] * t[k];
-    y_t += y[k] * t[k];
+    dy[k] = load_c<T, C>(dyp + k * (UNIT ? 1 : p.gv.s_k));
+    dot += dy[k] * e[k];
   }
-  T* gx = static_cast<T*>(p.grad_x) + row_base(r, p.inner, p.xv);
+  dot *= scale;
+  const C out_scale = scale * inv_tau;
+  T* gx = static_cast<T*>(p.grad_x) + row_base(r, p.div, p.xv);
 #pragma unroll
-  for (int k = 0; k < K; ++k) gx[k * p.xv.s_k] = to_store<T, C>(y[k] * (dy[k] - dot) * inv_tau);
-  if (p.grad_tau) p.grad_tau[r] = -(dy_y_t - dot * y_t) * inv_tau;
+  for (int k = 0; k < K; ++k) gx[k * (UNIT ? 1 : p.xv.s_k)] = to_store<T, C>(e[k] * (dy[k] - dot) * out_scale);
+  if (TAU) {
+    C dy_e_t = 0, e_t = 0;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const C t = log2_or_zero(e[k]);
+      dy_e_t += dy[k] * e[k] * t;
+      e_t += e[k] * t;
+    }
+    p.grad_tau[r] = tau_gradient(dy_e_t, e_t, dot, scale, inv_tau);
+  }
 }
 
 // ================================ resident rows: TPR threads per row =============================
@@ -327,17 +370,17 @@ template <typename T, typename C, int TPR, int CALLS, bool VEC>
 __device__ __forceinline__ void perturbed_row(const T* x, int64_t s_k, int64_t r, bool ok, int64_t K, int64_t Q,
                                               int lane, int64_t first_call, uint64_t key, uint64_t offset,
                                               C (&a)[CALLS][4], int (&k0)[CALLS]) {
+  const RoundKeys keys = round_keys(key);
 #pragma unroll
   for (int i = 0; i < CALLS; ++i) {
     const int64_t q = first_call + lane + static_cast<int64_t>(i) * TPR;
     k0[i] = static_cast<int>(4 * q);
     load4<T, C, VEC>(x, s_k, k0[i], K, ok && q < Q, -inf<C>(), a[i]);
-    if (ok && q < Q) {
-      C g[4];
-      noise4(call_words(key, offset, r, Q, q), g);
+    // Padding lanes draw noise too (-inf + g stays -inf): no branch around the Philox rounds.
+    C g[4];
+    noise4(call_words(keys, offset, r, Q, q), g);
 #pragma unroll
-      for (int j = 0; j < 4; ++j) a[i][j] += g[j];
-    }
+    for (int j = 0; j < 4; ++j) a[i][j] += g[j];
   }
 }
 
@@ -353,12 +396,12 @@ __global__ void __launch_bounds__(block_threads(TPR)) resident_fwd_kernel(FwdPar
   const int lane = R::lane();
   C a[CALLS][4];
   int k0[CALLS];
-  perturbed_row<T, C, TPR, CALLS, VEC>(static_cast<const T*>(p.x) + (ok ? row_base(r, p.inner, p.xv) : 0), p.xv.s_k,
+  perturbed_row<T, C, TPR, CALLS, VEC>(static_cast<const T*>(p.x) + (ok ? row_base(r, p.div, p.xv) : 0), p.xv.s_k,
                                        r, ok, p.K, p.Q, lane, 0, p.key, p.offset, a, k0);
   const C m = row_reduce<TPR>(thread_max(a), MaxNanOp(), scratch);
   const bool valid = finite(m);
   if (MODE == MODE_SOFT) {
-    const C c = log2e<C>() / (ok ? p.tau.of(r) : C(1));
+    const C c = log2e<C>() * recip(ok ? p.tau.of(r) : C(1));
     const C shift = valid ? m * c : C(0);
     C sum = 0;
 #pragma unroll
@@ -369,8 +412,8 @@ __global__ void __launch_bounds__(block_threads(TPR)) resident_fwd_kernel(FwdPar
         sum += a[i][j];
       }
     sum = row_reduce<TPR>(sum, SumOp(), scratch);
-    const C inv = valid ? C(1) / sum : nan<C>();
-    T* y = static_cast<T*>(p.y) + (ok ? row_base(r, p.inner, p.yv) : 0);
+    const C inv = valid ? recip(sum) : nan<C>();
+    T* y = static_cast<T*>(p.y) + (ok ? row_base(r, p.div, p.yv) : 0);
 #pragma unroll
     for (int i = 0; i < CALLS; ++i) {
       C v[4];
@@ -384,7 +427,7 @@ __global__ void __launch_bounds__(block_threads(TPR)) resident_fwd_kernel(FwdPar
       if (ok && lane == 0) p.index[r] = valid ? best : -1;
     } else {
       const C one = valid ? C(1) : nan<C>(), zero = valid ? C(0) : nan<C>();
-      T* y = static_cast<T*>(p.y) + (ok ? row_base(r, p.inner, p.yv) : 0);
+      T* y = static_cast<T*>(p.y) + (ok ? row_base(r, p.div, p.yv) : 0);
 #pragma unroll
       for (int i = 0; i < CALLS; ++i) {
         C v[4];
@@ -396,7 +439,7 @@ __global__ void __launch_bounds__(block_threads(TPR)) resident_fwd_kernel(FwdPar
   }
 }
 
-template <typename T, int TPR, bool REGEN, bool VEC>
+template <typename T, int TPR, bool REGEN, bool VEC, bool TAU>
 __global__ void __launch_bounds__(block_threads(TPR)) resident_bwd_kernel(BwdParams<typename ComputeOf<T>::type> p) {
   using C = typename ComputeOf<T>::type;
   using R = RowThreads<TPR>;
@@ -405,14 +448,14 @@ __global__ void __launch_bounds__(block_threads(TPR)) resident_bwd_kernel(BwdPar
   const int64_t r = R::row();
   const bool ok = r < p.rows;
   const int lane = R::lane();
-  const T* src = static_cast<const T*>(p.src) + (ok ? row_base(r, p.inner, p.sv) : 0);
-  const C tau = ok ? p.tau.of(r) : C(1);
-  const C inv_tau = C(1) / tau;
-  C y[CALLS][4], t[CALLS][4];
+  const T* src = static_cast<const T*>(p.src) + (ok ? row_base(r, p.div, p.sv) : 0);
+  const C inv_tau = recip(ok ? p.tau.of(r) : C(1));
+  // e: the regenerated unnormalised 2^((a - M) c) (y = e * scale), or the saved y (scale 1).
+  C e[CALLS][4], scale = C(1);
   int k0[CALLS];
   if (REGEN) {
-    perturbed_row<T, C, TPR, CALLS, VEC>(src, p.sv.s_k, r, ok, p.K, p.Q, lane, 0, p.key, p.offset, y, k0);
-    const C m = row_reduce<TPR>(thread_max(y), MaxNanOp(), scratch);
+    perturbed_row<T, C, TPR, CALLS, VEC>(src, p.sv.s_k, r, ok, p.K, p.Q, lane, 0, p.key, p.offset, e, k0);
+    const C m = row_reduce<TPR>(thread_max(e), MaxNanOp(), scratch);
     const bool valid = finite(m);
     const C c = log2e<C>() * inv_tau;
     const C shift = valid ? m * c : C(0);
@@ -421,61 +464,50 @@ __global__ void __launch_bounds__(block_threads(TPR)) resident_bwd_kernel(BwdPar
     for (int i = 0; i < CALLS; ++i)
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        t[i][j] = y[i][j] * c - shift;
-        y[i][j] = ex2c(t[i][j]);
-        sum += y[i][j];
+        e[i][j] = ex2c(e[i][j] * c - shift);
+        sum += e[i][j];
       }
     sum = row_reduce<TPR>(sum, SumOp(), scratch);
-    const C inv = valid ? C(1) / sum : nan<C>();
-#pragma unroll
-    for (int i = 0; i < CALLS; ++i)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        y[i][j] *= inv;
-        t[i][j] = y[i][j] > C(0) ? t[i][j] * ln2<C>() : C(0);
-      }
+    scale = valid ? recip(sum) : nan<C>();
   } else {
 #pragma unroll
     for (int i = 0; i < CALLS; ++i) {
       const int64_t q = lane + static_cast<int64_t>(i) * TPR;
       k0[i] = static_cast<int>(4 * q);
-      load4<T, C, VEC>(src, p.sv.s_k, k0[i], p.K, ok && q < p.Q, C(0), y[i]);
-      if (p.grad_tau) {
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-          t[i][j] = y[i][j] > C(0) ? lg2c(y[i][j] > C(0) ? y[i][j] : C(1)) * ln2<C>() : C(0);
-      }
+      load4<T, C, VEC>(src, p.sv.s_k, k0[i], p.K, ok && q < p.Q, C(0), e[i]);
     }
   }
-  const T* dyp = static_cast<const T*>(p.grad_y) + (ok ? row_base(r, p.inner, p.gv) : 0);
+  const T* dyp = static_cast<const T*>(p.grad_y) + (ok ? row_base(r, p.div, p.gv) : 0);
   C dy[CALLS][4], dot = 0;
 #pragma unroll
   for (int i = 0; i < CALLS; ++i) {
-    load4<T, C, VEC>(dyp, p.gv.s_k, k0[i], p.K, ok && k0[i] < p.K, C(0), dy[i]);
+    load4<T, C, VEC>(dyp, p.gv.s_k, k0[i], p.K, ok, C(0), dy[i]);
 #pragma unroll
-    for (int j = 0; j < 4; ++j) dot += dy[i][j] * y[i][j];
+    for (int j = 0; j < 4; ++j) dot += dy[i][j] * e[i][j];
   }
-  dot = row_reduce<TPR>(dot, SumOp(), scratch);
-  T* gx = static_cast<T*>(p.grad_x) + (ok ? row_base(r, p.inner, p.xv) : 0);
+  dot = row_reduce<TPR>(dot, SumOp(), scratch) * scale;
+  const C out_scale = scale * inv_tau;
+  T* gx = static_cast<T*>(p.grad_x) + (ok ? row_base(r, p.div, p.xv) : 0);
 #pragma unroll
   for (int i = 0; i < CALLS; ++i) {
     C v[4];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) v[j] = y[i][j] * (dy[i][j] - dot) * inv_tau;
+    for (int j = 0; j < 4; ++j) v[j] = e[i][j] * (dy[i][j] - dot) * out_scale;
     store4<T, C, VEC>(gx, p.xv.s_k, k0[i], p.K, ok, v);
   }
-  if (p.grad_tau) {  // uniform branch: only calls that need the temperature gradient pay for it
-    C dy_y_t = 0, y_t = 0;
+  if (TAU) {
+    C dy_e_t = 0, e_t = 0;
 #pragma unroll
     for (int i = 0; i < CALLS; ++i)
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        dy_y_t += dy[i][j] * y[i][j] * t[i][j];
-        y_t += y[i][j] * t[i][j];
+        const C t = log2_or_zero(e[i][j]);
+        dy_e_t += dy[i][j] * e[i][j] * t;
+        e_t += e[i][j] * t;
       }
-    dy_y_t = row_reduce<TPR>(dy_y_t, SumOp(), scratch);
-    y_t = row_reduce<TPR>(y_t, SumOp(), scratch);
-    if (ok && lane == 0) p.grad_tau[r] = -(dy_y_t - dot * y_t) * inv_tau;
+    dy_e_t = row_reduce<TPR>(dy_e_t, SumOp(), scratch);
+    e_t = row_reduce<TPR>(e_t, SumOp(), scratch);
+    if (ok && lane == 0) p.grad_tau[r] = tau_gradient(dy_e_t, e_t, dot, scale, inv_tau);
   }
 }
 
@@ -490,9 +522,9 @@ __global__ void __launch_bounds__(STREAM_THREADS) streamed_fwd_kernel(FwdParams<
   __shared__ int scratch_i[32];
   const int64_t r = blockIdx.x;
   const int lane = threadIdx.x;
-  const T* x = static_cast<const T*>(p.x) + row_base(r, p.inner, p.xv);
-  T* y = MODE == MODE_INDEX ? nullptr : static_cast<T*>(p.y) + row_base(r, p.inner, p.yv);
-  const C c = MODE == MODE_SOFT ? log2e<C>() / p.tau.of(r) : C(1);
+  const T* x = static_cast<const T*>(p.x) + row_base(r, p.div, p.xv);
+  T* y = MODE == MODE_INDEX ? nullptr : static_cast<T*>(p.y) + row_base(r, p.div, p.yv);
+  const C c = MODE == MODE_SOFT ? log2e<C>() * recip(p.tau.of(r)) : C(1);
   // Soft: the running row max (block-uniform) and this thread's share of the sum at that max.
   // Hard/index: this thread's running max (NaN sticks) and its first maximal class.
   C m = -inf<C>(), sum = 0;
@@ -541,7 +573,7 @@ __global__ void __launch_bounds__(STREAM_THREADS) streamed_fwd_kernel(FwdParams<
   if (MODE == MODE_SOFT) {
     sum = row_reduce<TPR>(sum, SumOp(), scratch);
     const bool valid = finite(m);
-    const C inv = valid ? C(1) / sum : nan<C>();
+    const C inv = valid ? recip(sum) : nan<C>();
     __syncthreads();  // chunk_max written by thread 0
     for (int64_t chunk = 0; chunk < p.chunks; ++chunk) {
       const C cm = chunk_max[chunk];
@@ -572,7 +604,7 @@ __global__ void __launch_bounds__(STREAM_THREADS) streamed_fwd_kernel(FwdParams<
   }
 }
 
-template <typename T, bool REGEN, bool VEC>
+template <typename T, bool REGEN, bool VEC, bool TAU>
 __global__ void __launch_bounds__(STREAM_THREADS) streamed_bwd_kernel(BwdParams<typename ComputeOf<T>::type> p) {
   using C = typename ComputeOf<T>::type;
   constexpr int CALLS = STREAM_CALLS, TPR = STREAM_THREADS;
@@ -581,15 +613,15 @@ __global__ void __launch_bounds__(STREAM_THREADS) streamed_bwd_kernel(BwdParams<
   __shared__ C scratch[32];
   const int64_t r = blockIdx.x;
   const int lane = threadIdx.x;
-  const T* src = static_cast<const T*>(p.src) + row_base(r, p.inner, p.sv);
-  const T* dyp = static_cast<const T*>(p.grad_y) + row_base(r, p.inner, p.gv);
-  T* gx = static_cast<T*>(p.grad_x) + row_base(r, p.inner, p.xv);
-  const C inv_tau = C(1) / p.tau.of(r);
+  const T* src = static_cast<const T*>(p.src) + row_base(r, p.div, p.sv);
+  const T* dyp = static_cast<const T*>(p.grad_y) + row_base(r, p.div, p.gv);
+  T* gx = static_cast<T*>(p.grad_x) + row_base(r, p.div, p.xv);
+  const C inv_tau = recip(p.tau.of(r));
   const C c = log2e<C>() * inv_tau;
   // This thread's sums: dot = sum(dy y), dy_y_t = sum(dy y t), y_t = sum(y t); REGEN: also
   // sum = sum(y), all relative to the running row max m (t in log2 units until the end).
   C m = -inf<C>(), sum = 0, dot = 0, dy_y_t = 0, y_t = 0;
-  const bool tau_grad = p.grad_tau != nullptr;
+  constexpr bool tau_grad = TAU;
   for (int64_t chunk = 0; chunk < p.chunks; ++chunk) {
     C y[CALLS][4], dy[CALLS][4];
     int k0[CALLS];
@@ -652,7 +684,7 @@ __global__ void __launch_bounds__(STREAM_THREADS) streamed_bwd_kernel(BwdParams<
   C norm = 1;
   if (REGEN) {
     sum = row_reduce<TPR>(sum, SumOp(), scratch);
-    norm = finite(m) ? C(1) / sum : nan<C>();
+    norm = finite(m) ? recip(sum) : nan<C>();
   }
   dot = row_reduce<TPR>(dot, SumOp(), scratch) * norm;
   if (REGEN) __syncthreads();  // chunk_max written by thread 0

@@ -25,6 +25,12 @@ inline bool vector_ok(int64_t K, int64_t rows, int64_t inner, const View* views,
   return true;
 }
 
+inline bool unit_strides(const View* views, int n) {
+  for (int i = 0; i < n; ++i)
+    if (views[i].s_k != 1) return false;
+  return true;
+}
+
 template <typename Kernel, typename P>
 inline cudaError_t launch(Kernel kernel, const Config& cfg, const P& p, cudaStream_t stream) {
   if (cfg.grid == 0) return cudaSuccess;
@@ -48,13 +54,17 @@ inline cudaError_t with_small_k(int64_t K, F&& f) {
 
 template <typename F>
 inline cudaError_t with_threads_per_row(int tpr, F&& f) {
-  return with_value<2, 4, 8, 16, 32, 64, 128, 256, 512>(tpr, f);
+  return with_value<2, 4, 8, 16, 32, 64, 128, 256>(tpr, f);
 }
 
 // ---- forward ----------------------------------------------------------------------------------
 template <typename T, int MODE>
-inline cudaError_t forward_small(const Config& cfg, const FwdParams<typename ComputeOf<T>::type>& p, cudaStream_t s) {
-  return with_small_k(p.K, [&](auto k) { return launch(small_fwd_kernel<T, decltype(k)::value, MODE>, cfg, p, s); });
+inline cudaError_t forward_small(const Config& cfg, bool unit, const FwdParams<typename ComputeOf<T>::type>& p,
+                                 cudaStream_t s) {
+  return with_small_k(p.K, [&](auto k) {
+    return unit ? launch(small_fwd_kernel<T, decltype(k)::value, MODE, true>, cfg, p, s)
+                : launch(small_fwd_kernel<T, decltype(k)::value, MODE, false>, cfg, p, s);
+  });
 }
 
 template <typename T, int MODE, bool VEC>
@@ -66,9 +76,9 @@ inline cudaError_t forward_resident(const Config& cfg, const FwdParams<typename 
 }
 
 template <typename T, int MODE>
-inline cudaError_t forward_mode(const Config& cfg, bool vec, const FwdParams<typename ComputeOf<T>::type>& p,
-                                cudaStream_t s) {
-  if (cfg.shape == SHAPE_SMALL) return forward_small<T, MODE>(cfg, p, s);
+inline cudaError_t forward_mode(const Config& cfg, bool unit, bool vec,
+                                const FwdParams<typename ComputeOf<T>::type>& p, cudaStream_t s) {
+  if (cfg.shape == SHAPE_SMALL) return forward_small<T, MODE>(cfg, unit, p, s);
   if (cfg.shape == SHAPE_RESIDENT)
     return vec ? forward_resident<T, MODE, true>(cfg, p, s) : forward_resident<T, MODE, false>(cfg, p, s);
   Config streamed = cfg;
@@ -81,54 +91,72 @@ inline cudaError_t forward_mode(const Config& cfg, bool vec, const FwdParams<typ
 template <typename T>
 inline cudaError_t forward(int mode, FwdParams<typename ComputeOf<T>::type> p, cudaStream_t s) {
   using C = typename ComputeOf<T>::type;
+  if (p.rows >= (int64_t(1) << 31) || p.K >= (int64_t(1) << 31) - 16) return cudaErrorInvalidValue;
+  if (p.rows >= (int64_t(1) << 31) || p.K >= (int64_t(1) << 31) - 16) return cudaErrorInvalidValue;
   const Config cfg = choose_config(p.rows, p.K, sizeof(C));
   p.Q = (p.K + 3) / 4;
   p.chunks = cfg.chunks;
+  p.div = make_row_divider(static_cast<uint32_t>(p.inner));
+  p.div = make_row_divider(static_cast<uint32_t>(p.inner));
   const View views[2] = {p.xv, p.yv};
   const void* ptrs[2] = {p.x, p.y};
-  const bool vec = vector_ok(p.K, p.rows, p.inner, views, ptrs, mode == MODE_INDEX ? 1 : 2, sizeof(T));
-  if (mode == MODE_SOFT) return forward_mode<T, MODE_SOFT>(cfg, vec, p, s);
-  if (mode == MODE_HARD) return forward_mode<T, MODE_HARD>(cfg, vec, p, s);
-  return forward_mode<T, MODE_INDEX>(cfg, vec, p, s);
+  const int n = mode == MODE_INDEX ? 1 : 2;
+  const bool vec = vector_ok(p.K, p.rows, p.inner, views, ptrs, n, sizeof(T));
+  const bool unit = unit_strides(views, n);
+  if (mode == MODE_SOFT) return forward_mode<T, MODE_SOFT>(cfg, unit, vec, p, s);
+  if (mode == MODE_HARD) return forward_mode<T, MODE_HARD>(cfg, unit, vec, p, s);
+  return forward_mode<T, MODE_INDEX>(cfg, unit, vec, p, s);
 }
 
 // ---- backward ---------------------------------------------------------------------------------
-template <typename T, bool REGEN>
-inline cudaError_t backward_small(const Config& cfg, const BwdParams<typename ComputeOf<T>::type>& p,
+template <typename T, bool REGEN, bool TAU>
+inline cudaError_t backward_small(const Config& cfg, bool unit, const BwdParams<typename ComputeOf<T>::type>& p,
                                   cudaStream_t s) {
-  return with_small_k(p.K, [&](auto k) { return launch(small_bwd_kernel<T, decltype(k)::value, REGEN>, cfg, p, s); });
-}
-
-template <typename T, bool REGEN, bool VEC>
-inline cudaError_t backward_resident(const Config& cfg, const BwdParams<typename ComputeOf<T>::type>& p,
-                                     cudaStream_t s) {
-  return with_threads_per_row(cfg.threads_per_row, [&](auto tpr) {
-    return launch(resident_bwd_kernel<T, decltype(tpr)::value, REGEN, VEC>, cfg, p, s);
+  return with_small_k(p.K, [&](auto k) {
+    return unit ? launch(small_bwd_kernel<T, decltype(k)::value, REGEN, true, TAU>, cfg, p, s)
+                : launch(small_bwd_kernel<T, decltype(k)::value, REGEN, false, TAU>, cfg, p, s);
   });
 }
 
-template <typename T, bool REGEN>
-inline cudaError_t backward_regen(const Config& cfg, bool vec, const BwdParams<typename ComputeOf<T>::type>& p,
-                                  cudaStream_t s) {
-  if (cfg.shape == SHAPE_SMALL) return backward_small<T, REGEN>(cfg, p, s);
+template <typename T, bool REGEN, bool VEC, bool TAU>
+inline cudaError_t backward_resident(const Config& cfg, const BwdParams<typename ComputeOf<T>::type>& p,
+                                     cudaStream_t s) {
+  return with_threads_per_row(cfg.threads_per_row, [&](auto tpr) {
+    return launch(resident_bwd_kernel<T, decltype(tpr)::value, REGEN, VEC, TAU>, cfg, p, s);
+  });
+}
+
+template <typename T, bool REGEN, bool TAU>
+inline cudaError_t backward_variant(const Config& cfg, bool unit, bool vec,
+                                    const BwdParams<typename ComputeOf<T>::type>& p, cudaStream_t s) {
+  if (cfg.shape == SHAPE_SMALL) return backward_small<T, REGEN, TAU>(cfg, unit, p, s);
   if (cfg.shape == SHAPE_RESIDENT)
-    return vec ? backward_resident<T, REGEN, true>(cfg, p, s) : backward_resident<T, REGEN, false>(cfg, p, s);
+    return vec ? backward_resident<T, REGEN, true, TAU>(cfg, p, s) : backward_resident<T, REGEN, false, TAU>(cfg, p, s);
   Config streamed = cfg;
   if (!REGEN) streamed.shared_bytes = 0;  // the chunk maxima are the regenerating pass's
-  return vec ? launch(streamed_bwd_kernel<T, REGEN, true>, streamed, p, s)
-             : launch(streamed_bwd_kernel<T, REGEN, false>, streamed, p, s);
+  return vec ? launch(streamed_bwd_kernel<T, REGEN, true, TAU>, streamed, p, s)
+             : launch(streamed_bwd_kernel<T, REGEN, false, TAU>, streamed, p, s);
 }
 
 template <typename T>
 inline cudaError_t backward(bool regenerate, BwdParams<typename ComputeOf<T>::type> p, cudaStream_t s) {
   using C = typename ComputeOf<T>::type;
+  if (p.rows >= (int64_t(1) << 31) || p.K >= (int64_t(1) << 31) - 16) return cudaErrorInvalidValue;
+  if (p.rows >= (int64_t(1) << 31) || p.K >= (int64_t(1) << 31) - 16) return cudaErrorInvalidValue;
   const Config cfg = choose_config(p.rows, p.K, sizeof(C));
   p.Q = (p.K + 3) / 4;
   p.chunks = cfg.chunks;
+  p.div = make_row_divider(static_cast<uint32_t>(p.inner));
+  p.div = make_row_divider(static_cast<uint32_t>(p.inner));
   const View views[3] = {p.gv, p.sv, p.xv};
   const void* ptrs[3] = {p.grad_y, p.src, p.grad_x};
   const bool vec = vector_ok(p.K, p.rows, p.inner, views, ptrs, 3, sizeof(T));
-  return regenerate ? backward_regen<T, true>(cfg, vec, p, s) : backward_regen<T, false>(cfg, vec, p, s);
+  const bool unit = unit_strides(views, 3);
+  if (p.grad_tau)
+    return regenerate ? backward_variant<T, true, true>(cfg, unit, vec, p, s)
+                      : backward_variant<T, false, true>(cfg, unit, vec, p, s);
+  return regenerate ? backward_variant<T, true, false>(cfg, unit, vec, p, s)
+                    : backward_variant<T, false, false>(cfg, unit, vec, p, s);
 }
 
 // One translation unit per storage dtype (twin_f32.cu, ...) defines these, so the extension's

@@ -59,8 +59,29 @@ FG_HD void mul_wide(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
 #endif
 }
 
-// Philox4x32-10 of (c0, c1, c2, c3) under (k0, k1).
-FG_HD Words philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1) {
+// The ten round keys of a Philox key: computed once per thread, so the calls a thread makes do
+// not each redo the key schedule.
+struct RoundKeys {
+  uint32_t k0[10], k1[10];
+};
+
+FG_HD RoundKeys round_keys(uint64_t key) {
+  RoundKeys keys;
+  uint32_t k0 = static_cast<uint32_t>(key), k1 = static_cast<uint32_t>(key >> 32);
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int round = 0; round < 10; ++round) {
+    keys.k0[round] = k0;
+    keys.k1[round] = k1;
+    k0 += PHILOX_KEY_A;
+    k1 += PHILOX_KEY_B;
+  }
+  return keys;
+}
+
+// Philox4x32-10 of (c0, c1, c2, c3) under the round keys of (k0, k1).
+FG_HD Words philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, const RoundKeys& keys) {
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
@@ -68,21 +89,22 @@ FG_HD Words philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, ui
     uint32_t hi_a, lo_a, hi_b, lo_b;
     mul_wide(c0, PHILOX_ROUND_A, hi_a, lo_a);
     mul_wide(c2, PHILOX_ROUND_B, hi_b, lo_b);
-    c0 = hi_b ^ c1 ^ k0;
-    c2 = hi_a ^ c3 ^ k1;
+    c0 = hi_b ^ c1 ^ keys.k0[round];
+    c2 = hi_a ^ c3 ^ keys.k1[round];
     c1 = lo_b;
     c3 = lo_a;
-    k0 += PHILOX_KEY_A;
-    k1 += PHILOX_KEY_B;
   }
   return Words{c0, c1, c2, c3};
 }
 
 // Spec step 2: the words of Philox call `counter` (64-bit n = row * Q + class / 4).
-FG_HD Words philox_words(uint64_t key, uint64_t offset, uint64_t counter) {
+FG_HD Words philox_words(const RoundKeys& keys, uint64_t offset, uint64_t counter) {
   return philox4x32_10(static_cast<uint32_t>(counter), static_cast<uint32_t>(counter >> 32),
-                       static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32),
-                       static_cast<uint32_t>(key), static_cast<uint32_t>(key >> 32));
+                       static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32), keys);
+}
+
+FG_HD Words philox_words(uint64_t key, uint64_t offset, uint64_t counter) {
+  return philox_words(round_keys(key), offset, counter);
 }
 
 FG_HD uint32_t word_numerator(uint32_t word) {  // spec step 3: min(w | 1, 2**32 - 2**8)
