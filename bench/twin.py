@@ -239,3 +239,57 @@ def find_function(functions: dict, prefix: str) -> tuple[str, dict]:
         if name.startswith(prefix + "("):
             return name, info
     raise KeyError(f"no kernel {prefix} in the cubin")
+
+
+# --- the torch op on a GPU -----------------------------------------------------------------------
+SCHEMA_SOURCE = os.path.join(REPO, "tests", "gpu", "twin_schema.cpp")
+TORCH_SOURCES = ["gumbel_softmax_cuda.cu", "twin_f32.cu", "twin_f64.cu", "twin_f16.cu", "twin_bf16.cu"]
+# What the extension build needs for the twin (setup.py's hook): these sources, this include
+# dir, these nvcc flags. No --use_fast_math: the noise series keeps a float32 subnormal constant.
+EXTENSION_NVCC_FLAGS = ["-O3", "-gencode=arch=compute_90,code=sm_90", "-std=c++20"]
+
+
+def _has_cuda_kernel(op: str) -> bool:
+    import torch
+
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA")
+    except RuntimeError:  # the op is not defined
+        return False
+
+
+def cuda_op(verbose: bool = False, build: bool | None = None):
+    """``torch.ops.fused_gumbel`` with the twin's CUDA kernels registered: the installed
+    extension's (``fused_gumbel._C``) when it has them, else built here with
+    ``torch.utils.cpp_extension.load`` (minutes; the schema from ``tests/gpu/twin_schema.cpp``
+    when no extension defined it). ``build=False`` (default: unless FUSED_GUMBEL_TWIN_NO_BUILD=1)
+    raises RuntimeError instead of building."""
+    import torch
+
+    if build is None:
+        build = os.environ.get("FUSED_GUMBEL_TWIN_NO_BUILD") != "1"
+
+    try:
+        import fused_gumbel._C  # noqa: F401  (the extension, where setup.py built one)
+    except ImportError:
+        pass
+    if not _has_cuda_kernel("fused_gumbel::kernel_forward"):
+        if not build:
+            raise RuntimeError("no CUDA kernel for fused_gumbel::kernel_forward and building is off")
+        from torch.utils.cpp_extension import load
+
+        sources = [os.path.join(SOURCE_DIR, name) for name in TORCH_SOURCES]
+        try:
+            torch._C._dispatch_find_schema_or_throw("fused_gumbel::kernel_forward", "")
+        except RuntimeError:
+            sources.append(SCHEMA_SOURCE)
+        load(name="fused_gumbel_twin", sources=sources, extra_include_paths=[SOURCE_DIR],
+             extra_cuda_cflags=EXTENSION_NVCC_FLAGS, extra_cflags=["-O2", "-std=c++20"], with_cuda=True,
+             verbose=verbose, is_python_module=False)
+    return torch.ops.fused_gumbel
+
+
+def signed64(value: int) -> int:
+    """A uint64 as the int64 with the same bits (the op schema's ``int``)."""
+    value &= 2**64 - 1
+    return value - 2**64 if value >= 2**63 else value

@@ -196,12 +196,13 @@ __device__ __forceinline__ V row_reduce(V v, Op op, V* scratch) {
 #pragma unroll
   for (int off = WIDTH / 2; off > 0; off /= 2) v = op(v, __shfl_xor_sync(0xffffffffu, v, off));
   if constexpr (TPR > 32) {
-    const int warp = threadIdx.x / 32;
-    if (threadIdx.x % 32 == 0) scratch[warp] = v;
+    // The block may hold several rows (TPR = 64 in a 128-thread block): each reads its own warps.
+    const int first = (threadIdx.x / TPR) * (TPR / 32);
+    if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
     __syncthreads();
-    v = scratch[0];
+    v = scratch[first];
 #pragma unroll
-    for (int w = 1; w < TPR / 32; ++w) v = op(v, scratch[w]);
+    for (int w = 1; w < TPR / 32; ++w) v = op(v, scratch[first + w]);
     __syncthreads();
   }
   return v;
