@@ -156,7 +156,7 @@ def write_dispatch_module(report: dict, path: str = DISPATCH_MODULE) -> None:
         "instructions per element) in every modelled case; ties keep Triton. Keys:",
         "``<shape class>/<dtype>/<mode>/<pass>``, shape classes as ``kernels/csrc/cuda/twin_config.h``",
         f"chooses them: small (K <= 16), resident (K <= 8192), streamed. fp16 follows bf16; fp64 and",
-        "anything not listed use Triton. See docs/benchmarks.md, \"The CUDA twin in the static model\".",
+        "anything not listed use Triton. See docs/benchmarks.md, \"The CUDA C++ twin in the static model\".",
         '"""',
         "",
         "SMALL_K = 16",

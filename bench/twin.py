@@ -13,6 +13,7 @@ Everything is cached under the static model's cache folder by a hash of the sour
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import shutil
@@ -127,6 +128,7 @@ def demangle(names: list[str]) -> list[str]:
     return done.stdout.splitlines()
 
 
+@functools.lru_cache(maxsize=16)
 def cubin_functions(cubin: str) -> dict[str, dict]:
     """{demangled kernel name: {"mangled", "regs", "stack", "local", "shared"}} of a cubin."""
     import re
@@ -143,6 +145,7 @@ def cubin_functions(cubin: str) -> dict[str, dict]:
     return out
 
 
+@functools.lru_cache(maxsize=4)
 def sass_text(cubin: str) -> str:
     path = cubin[:-len(".cubin")] + ".sass"
     if not os.path.exists(path):
