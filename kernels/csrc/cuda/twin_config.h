@@ -9,9 +9,10 @@
 namespace fused_gumbel {
 namespace twin {
 
-// Rows of at most SMALL_K classes: one row per thread, K a template parameter.
+// Rows of at most SMALL_K classes: one row per thread (SMALL_ROWS_PER_THREAD of them), K a template parameter.
 constexpr int SMALL_K = 16;
 constexpr int SMALL_THREADS = 128;
+constexpr int SMALL_ROWS_PER_THREAD = 1;  // 2 measured no better in the static model (ptxas reloads the keys)
 // Rows up to MAX_RESIDENT classes: TPR threads per row (a power of two, 2..256) each hold
 // calls_per_thread(TPR) Philox calls (4 classes each) in registers: one load, one noise draw, one
 // store. Eight calls (32 classes) a thread spread its fixed costs (addresses, reductions) thin;
@@ -47,7 +48,8 @@ inline Config choose_config(int64_t rows, int64_t classes, int compute_bytes) {
   const int64_t calls = (classes + 3) / 4;
   Config cfg{};
   if (classes <= SMALL_K) {
-    cfg = Config{SHAPE_SMALL, 1, static_cast<int>(calls), SMALL_THREADS, (rows + SMALL_THREADS - 1) / SMALL_THREADS, 1, 0};
+    const int64_t rows_per_block = SMALL_THREADS * SMALL_ROWS_PER_THREAD;
+    cfg = Config{SHAPE_SMALL, 1, static_cast<int>(calls), SMALL_THREADS, (rows + rows_per_block - 1) / rows_per_block, 1, 0};
     return cfg;
   }
   if (classes <= MAX_RESIDENT) {

@@ -76,6 +76,7 @@ struct FwdParams {
   RowDivider div;  // by inner (the launch layer fills it)
   View xv, yv;
   uint64_t key, offset;  // key = seed ^ DOMAIN_TAG
+  RoundKeys keys;        // of `key` (the launch layer fills them): the short-row kernels read them as operands
 };
 
 template <typename C>
@@ -89,6 +90,7 @@ struct BwdParams {
   RowDivider div;  // by inner (the launch layer fills it)
   View gv, sv, xv;
   uint64_t key, offset;
+  RoundKeys keys;
 };
 
 // ---- scalar helpers ---------------------------------------------------------------------------
@@ -110,7 +112,7 @@ template <typename T> struct alignas(4 * sizeof(T)) Pack4 { T v[4]; };
 template <typename T, typename C, bool VEC>
 __device__ __forceinline__ void load4(const T* p, int64_t s_k, int k0, int64_t K, bool ok, C fill, C out[4]) {
   if (VEC) {
-    if (ok && k0 < K) {
+    if (ok && k0 < static_cast<int>(K)) {  // K < 2**31: a 32-bit compare
       const Pack4<T> pk = *reinterpret_cast<const Pack4<T>*>(p + k0);
 #pragma unroll
       for (int j = 0; j < 4; ++j) out[j] = load_c<T, C>(&pk.v[j]);
@@ -120,14 +122,14 @@ __device__ __forceinline__ void load4(const T* p, int64_t s_k, int k0, int64_t K
     }
   } else {
 #pragma unroll
-    for (int j = 0; j < 4; ++j) out[j] = (ok && k0 + j < K) ? load_c<T, C>(p + (k0 + j) * s_k) : fill;
+    for (int j = 0; j < 4; ++j) out[j] = (ok && k0 + j < static_cast<int>(K)) ? load_c<T, C>(p + (k0 + j) * s_k) : fill;
   }
 }
 
 template <typename T, typename C, bool VEC>
 __device__ __forceinline__ void store4(T* p, int64_t s_k, int k0, int64_t K, bool ok, const C v[4]) {
   if (VEC) {
-    if (ok && k0 < K) {
+    if (ok && k0 < static_cast<int>(K)) {  // K < 2**31: a 32-bit compare
       Pack4<T> pk;
 #pragma unroll
       for (int j = 0; j < 4; ++j) pk.v[j] = to_store<T, C>(v[j]);
@@ -136,7 +138,7 @@ __device__ __forceinline__ void store4(T* p, int64_t s_k, int k0, int64_t K, boo
   } else {
 #pragma unroll
     for (int j = 0; j < 4; ++j)
-      if (ok && k0 + j < K) p[(k0 + j) * s_k] = to_store<T, C>(v[j]);
+      if (ok && k0 + j < static_cast<int>(K)) p[(k0 + j) * s_k] = to_store<T, C>(v[j]);
   }
 }
 
@@ -247,10 +249,9 @@ __device__ __forceinline__ C tau_gradient(C dy_e_t, C e_t, C dot, C scale, C inv
 // ================================ short rows: one row per thread ================================
 // a = x + g of a row's K classes (x at `x` with stride s_k); returns the row max (NaN sticks).
 template <typename T, typename C, int K>
-__device__ __forceinline__ C small_perturbed(const T* x, int64_t s_k, int64_t r, uint64_t key, uint64_t offset,
+__device__ __forceinline__ C small_perturbed(const T* x, int64_t s_k, int64_t r, const RoundKeys& keys, uint64_t offset,
                                              C (&a)[K]) {
   constexpr int Q = (K + 3) / 4;
-  const RoundKeys keys = round_keys(key);
 #pragma unroll
   for (int q = 0; q < Q; ++q) {
     const Words w = call_words(keys, offset, r, Q, q);
@@ -268,13 +269,12 @@ __device__ __forceinline__ C small_perturbed(const T* x, int64_t s_k, int64_t r,
 // UNIT: the class stride of every view is 1 (contiguous classes, inner == 1), so addresses are
 // constant offsets from the row start.
 template <typename T, int K, int MODE, bool UNIT>
-__global__ void __launch_bounds__(SMALL_THREADS) small_fwd_kernel(FwdParams<typename ComputeOf<T>::type> p) {
+__device__ __forceinline__ void small_fwd_row(const FwdParams<typename ComputeOf<T>::type>& p, int64_t r,
+                                              const RoundKeys& keys) {
   using C = typename ComputeOf<T>::type;
-  const int64_t r = static_cast<int64_t>(blockIdx.x) * SMALL_THREADS + threadIdx.x;
-  if (r >= p.rows) return;
   C a[K];
   const C m = small_perturbed<T, C, K>(static_cast<const T*>(p.x) + row_base(r, p.div, p.xv), (UNIT ? 1 : p.xv.s_k), r,
-                                       p.key, p.offset, a);
+                                       keys, p.offset, a);
   const bool valid = finite(m);
   if (MODE == MODE_SOFT) {
     const C c = log2e<C>() * recip(p.tau.of(r));
@@ -304,19 +304,28 @@ __global__ void __launch_bounds__(SMALL_THREADS) small_fwd_kernel(FwdParams<type
   }
 }
 
-// TAU: write the per-row temperature gradient (a template flag, so calls without it carry no code for it).
+// Each thread takes SMALL_ROWS_PER_THREAD rows (r, r + SMALL_THREADS, ...): its fixed costs
+// (the key schedule, parameters, the row divider) are spread over that many rows.
+template <typename T, int K, int MODE, bool UNIT>
+__global__ void __launch_bounds__(SMALL_THREADS) small_fwd_kernel(FwdParams<typename ComputeOf<T>::type> p) {
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * (SMALL_THREADS * SMALL_ROWS_PER_THREAD) + threadIdx.x;
+  const RoundKeys& keys = p.keys;
+#pragma unroll
+  for (int h = 0; h < SMALL_ROWS_PER_THREAD; ++h)
+    if (first + h * SMALL_THREADS < p.rows) small_fwd_row<T, K, MODE, UNIT>(p, first + h * SMALL_THREADS, keys);
+}
+
 template <typename T, int K, bool REGEN, bool UNIT, bool TAU>
-__global__ void __launch_bounds__(SMALL_THREADS) small_bwd_kernel(BwdParams<typename ComputeOf<T>::type> p) {
+__device__ __forceinline__ void small_bwd_row(const BwdParams<typename ComputeOf<T>::type>& p, int64_t r,
+                                              const RoundKeys& keys) {
   using C = typename ComputeOf<T>::type;
-  const int64_t r = static_cast<int64_t>(blockIdx.x) * SMALL_THREADS + threadIdx.x;
-  if (r >= p.rows) return;
   const T* src = static_cast<const T*>(p.src) + row_base(r, p.div, p.sv);
   const T* dyp = static_cast<const T*>(p.grad_y) + row_base(r, p.div, p.gv);
   const C inv_tau = recip(p.tau.of(r));
   // e: the regenerated unnormalised 2^((a - M) c) (y = e * scale), or the saved y (scale 1).
   C e[K], scale = C(1);
   if (REGEN) {
-    const C m = small_perturbed<T, C, K>(src, (UNIT ? 1 : p.sv.s_k), r, p.key, p.offset, e);
+    const C m = small_perturbed<T, C, K>(src, (UNIT ? 1 : p.sv.s_k), r, keys, p.offset, e);
     const bool valid = finite(m);
     const C c = log2e<C>() * inv_tau;
     const C shift = valid ? m * c : C(0);
@@ -354,6 +363,16 @@ __global__ void __launch_bounds__(SMALL_THREADS) small_bwd_kernel(BwdParams<type
   }
 }
 
+// TAU: write the per-row temperature gradient (a template flag, so calls without it carry no code for it).
+template <typename T, int K, bool REGEN, bool UNIT, bool TAU>
+__global__ void __launch_bounds__(SMALL_THREADS) small_bwd_kernel(BwdParams<typename ComputeOf<T>::type> p) {
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * (SMALL_THREADS * SMALL_ROWS_PER_THREAD) + threadIdx.x;
+  const RoundKeys& keys = p.keys;
+#pragma unroll
+  for (int h = 0; h < SMALL_ROWS_PER_THREAD; ++h)
+    if (first + h * SMALL_THREADS < p.rows) small_bwd_row<T, K, REGEN, UNIT, TAU>(p, first + h * SMALL_THREADS, keys);
+}
+
 // ================================ resident rows: TPR threads per row =============================
 // Thread `lane` of a row holds Philox calls q = lane + i * TPR (i < CALLS): classes 4q .. 4q + 3.
 template <int TPR>
@@ -372,14 +391,15 @@ __device__ __forceinline__ void perturbed_row(const T* x, int64_t s_k, int64_t r
                                               int lane, int64_t first_call, uint64_t key, uint64_t offset,
                                               C (&a)[CALLS][4], int (&k0)[CALLS]) {
   const RoundKeys keys = round_keys(key);
+  const int q0 = static_cast<int>(first_call) + lane;          // calls < 2**29 per row
+  const uint64_t counter0 = static_cast<uint64_t>(r * Q + q0);  // one 64-bit product per thread
 #pragma unroll
   for (int i = 0; i < CALLS; ++i) {
-    const int64_t q = first_call + lane + static_cast<int64_t>(i) * TPR;
-    k0[i] = static_cast<int>(4 * q);
-    load4<T, C, VEC>(x, s_k, k0[i], K, ok && q < Q, -inf<C>(), a[i]);
+    k0[i] = 4 * (q0 + i * TPR);
+    load4<T, C, VEC>(x, s_k, k0[i], K, ok, -inf<C>(), a[i]);
     // Padding lanes draw noise too (-inf + g stays -inf): no branch around the Philox rounds.
     C g[4];
-    noise4(call_words(keys, offset, r, Q, q), g);
+    noise4(philox_words(keys, offset, counter0 + static_cast<uint64_t>(i * TPR)), g);
 #pragma unroll
     for (int j = 0; j < 4; ++j) a[i][j] += g[j];
   }
@@ -475,7 +495,7 @@ __global__ void __launch_bounds__(block_threads(TPR)) resident_bwd_kernel(BwdPar
     for (int i = 0; i < CALLS; ++i) {
       const int64_t q = lane + static_cast<int64_t>(i) * TPR;
       k0[i] = static_cast<int>(4 * q);
-      load4<T, C, VEC>(src, p.sv.s_k, k0[i], p.K, ok && q < p.Q, C(0), e[i]);
+      load4<T, C, VEC>(src, p.sv.s_k, k0[i], p.K, ok, C(0), e[i]);
     }
   }
   const T* dyp = static_cast<const T*>(p.grad_y) + (ok ? row_base(r, p.div, p.gv) : 0);

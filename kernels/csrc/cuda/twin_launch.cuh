@@ -97,7 +97,9 @@ inline cudaError_t forward(int mode, FwdParams<typename ComputeOf<T>::type> p, c
   p.Q = (p.K + 3) / 4;
   p.chunks = cfg.chunks;
   p.div = make_row_divider(static_cast<uint32_t>(p.inner));
+  p.keys = round_keys(p.key);
   p.div = make_row_divider(static_cast<uint32_t>(p.inner));
+  p.keys = round_keys(p.key);
   const View views[2] = {p.xv, p.yv};
   const void* ptrs[2] = {p.x, p.y};
   const int n = mode == MODE_INDEX ? 1 : 2;
@@ -147,7 +149,9 @@ inline cudaError_t backward(bool regenerate, BwdParams<typename ComputeOf<T>::ty
   p.Q = (p.K + 3) / 4;
   p.chunks = cfg.chunks;
   p.div = make_row_divider(static_cast<uint32_t>(p.inner));
+  p.keys = round_keys(p.key);
   p.div = make_row_divider(static_cast<uint32_t>(p.inner));
+  p.keys = round_keys(p.key);
   const View views[3] = {p.gv, p.sv, p.xv};
   const void* ptrs[3] = {p.grad_y, p.src, p.grad_x};
   const bool vec = vector_ok(p.K, p.rows, p.inner, views, ptrs, 3, sizeof(T));
