@@ -40,9 +40,9 @@ namespace twin {
   template __global__ void small_fwd_kernel<T, 10, MODE_SOFT, true>(FwdParams<ComputeOf<T>::type>);     \\
   template __global__ void small_fwd_kernel<T, 10, MODE_HARD, false>(FwdParams<ComputeOf<T>::type>);     \\
   template __global__ void small_bwd_kernel<T, 10, true, true, false>(BwdParams<ComputeOf<T>::type>);          \\
-  template __global__ void resident_fwd_kernel<T, 32, MODE_SOFT, true>(FwdParams<ComputeOf<T>::type>); \\
-  template __global__ void resident_fwd_kernel<T, 8, MODE_INDEX, false>(FwdParams<ComputeOf<T>::type>); \\
-  template __global__ void resident_bwd_kernel<T, 32, true, true, false>(BwdParams<ComputeOf<T>::type>);  \\
+  template __global__ void resident_fwd_kernel<T, 5, MODE_SOFT, true>(FwdParams<ComputeOf<T>::type>); \\
+  template __global__ void resident_fwd_kernel<T, 2, MODE_INDEX, false>(FwdParams<ComputeOf<T>::type>); \\
+  template __global__ void resident_bwd_kernel<T, 5, true, true, false>(BwdParams<ComputeOf<T>::type>);  \\
   template __global__ void streamed_fwd_kernel<T, MODE_SOFT, true>(FwdParams<ComputeOf<T>::type>);  \\
   template __global__ void streamed_bwd_kernel<T, true, true, false>(BwdParams<ComputeOf<T>::type>);
 FG_QUICK(float)
@@ -207,9 +207,9 @@ def gumbel(words, twin: str) -> np.ndarray:
 
 def config(rows: int, classes: int, compute_bytes: int = 4) -> dict:
     """The launch layer's kernel shape for a [rows, classes] call (twin_config.h)."""
-    out = np.zeros(7, dtype=np.int64)
+    out = np.zeros(8, dtype=np.int64)
     host_library().fg_twin_choose_config(rows, classes, compute_bytes, out.ctypes.data)
-    keys = ("shape", "threads_per_row", "calls_per_thread", "block", "grid", "chunks", "shared_bytes")
+    keys = ("shape", "threads_per_row", "calls_per_thread", "block", "grid", "chunks", "shared_bytes", "width")
     cfg = dict(zip(keys, (int(v) for v in out)))
     cfg["shape_name"] = SHAPE_NAMES[cfg["shape"]]
     return cfg
@@ -226,13 +226,13 @@ def kernel_name(dtype: str, mode: str, pass_: str, classes: int, cfg: dict, vec:
     shape = cfg["shape_name"]
     if pass_ == "fwd":
         m = MODES[mode]
-        args = {"small": f"{t}, {classes}, {m}, {unit}", "resident": f"{t}, {cfg['threads_per_row']}, {m}, {flag}",
+        args = {"small": f"{t}, {classes}, {m}, {unit}", "resident": f"{t}, {cfg['width']}, {m}, {flag}",
                 "streamed": f"{t}, {m}, {flag}"}[shape]
         return f"void fused_gumbel::twin::{shape}_fwd_kernel<{args}>"
     regen = "true" if mode == "hard" else "false"
     tau = "true" if tau_grad else "false"
     args = {"small": f"{t}, {classes}, {regen}, {unit}, {tau}",
-            "resident": f"{t}, {cfg['threads_per_row']}, {regen}, {flag}, {tau}",
+            "resident": f"{t}, {cfg['width']}, {regen}, {flag}, {tau}",
             "streamed": f"{t}, {regen}, {flag}, {tau}"}[shape]
     return f"void fused_gumbel::twin::{shape}_bwd_kernel<{args}>"
 

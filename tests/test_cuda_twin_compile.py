@@ -63,9 +63,9 @@ def test_quick_cubin_has_sass_the_static_model_reads():
 @pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16", "fp64"])
 def test_every_instance_builds_without_spills(dtype):
     functions = twin.cubin_functions(twin.build_cubin(dtype))
-    # forward: 3 modes x (16 K x 2 UNIT + 8 widths x 2 VEC + 2 VEC);
-    # backward: 2 (soft, hard) x 2 TAU x (16 K x 2 UNIT + 8 widths x 2 VEC + 2 VEC)
-    assert len(functions) == (3 + 4) * (16 * 2 + 8 * 2 + 2)
+    # forward: 3 modes x (16 K x 2 UNIT + 9 widths x 2 VEC + 2 VEC);
+    # backward: 2 (soft, hard) x 2 TAU x (16 K x 2 UNIT + 9 widths x 2 VEC + 2 VEC)
+    assert len(functions) == (3 + 4) * (16 * 2 + 9 * 2 + 2)
     if dtype != "fp64":
         _no_spills(functions)
 

@@ -13,35 +13,40 @@ namespace twin {
 constexpr int SMALL_K = 16;
 constexpr int SMALL_THREADS = 128;
 constexpr int SMALL_ROWS_PER_THREAD = 1;  // 2 measured no better in the static model (ptxas reloads the keys)
-// Rows up to MAX_RESIDENT classes: TPR threads per row (a power of two, 2..256) each hold
-// calls_per_thread(TPR) Philox calls (4 classes each) in registers: one load, one noise draw, one
-// store. Eight calls (32 classes) a thread spread its fixed costs (addresses, reductions) thin;
-// rows of at most 64 classes take four, so short rows pad less.
-constexpr int MAX_RESIDENT = 8192;
-constexpr int MAX_THREADS_PER_ROW = 256;
+// Rows up to MAX_RESIDENT classes stay in registers: `threads` threads per row each hold `calls`
+// Philox calls (4 classes each): one load, one noise draw, one store. RESIDENT_WIDTHS[w] is width
+// w; each holds twice the classes of the one before (so a row pads to less than twice its length)
+// and the wide ones give a thread 64 classes, which spreads its fixed costs (addresses, key
+// schedule, reductions) thin, as Triton's 32 to 128 elements per thread do.
+struct RowWidth {
+  int threads, calls;
+};
+constexpr RowWidth RESIDENT_WIDTHS[] = {{2, 4}, {4, 4}, {4, 8}, {4, 16}, {8, 16}, {16, 16}, {32, 16}, {64, 16}, {128, 16}};
+constexpr int RESIDENT_WIDTH_COUNT = sizeof(RESIDENT_WIDTHS) / sizeof(RESIDENT_WIDTHS[0]);
+constexpr int MAX_RESIDENT = 4 * 128 * 16;  // the widest: 8192 classes
 constexpr int RESIDENT_MIN_THREADS = 128;  // block size when several rows share a block
 // Longer rows: one block of STREAM_THREADS per row, streamed in chunks of 4 * STREAM_CALLS *
 // STREAM_THREADS classes; the chunk maxima live in shared memory (4 or 8 bytes per chunk).
 constexpr int STREAM_THREADS = 512;
-constexpr int STREAM_CALLS = 4;
+constexpr int STREAM_CALLS = 8;
 constexpr int STREAM_CHUNK = 4 * STREAM_CALLS * STREAM_THREADS;
 constexpr int STREAM_MAX_SHARED_BYTES = 48 * 1024;
 
 enum Shape : int { SHAPE_SMALL = 0, SHAPE_RESIDENT = 1, SHAPE_STREAMED = 2 };
 
-constexpr int calls_per_thread(int threads_per_row) { return threads_per_row <= 4 ? 4 : 8; }
 constexpr int block_threads(int threads_per_row) {
   return threads_per_row < RESIDENT_MIN_THREADS ? RESIDENT_MIN_THREADS : threads_per_row;
 }
 
 struct Config {
   int shape;             // Shape
-  int threads_per_row;   // SMALL: 1; RESIDENT: 2..256; STREAMED: STREAM_THREADS
+  int threads_per_row;   // SMALL: 1; RESIDENT: 2..128; STREAMED: STREAM_THREADS
   int calls_per_thread;  // Philox calls (4 classes each) a thread holds per chunk (SMALL: Q)
   int block;             // threads per block
   int64_t grid;          // blocks
   int64_t chunks;        // chunks per row (1 unless STREAMED)
   int64_t shared_bytes;  // dynamic shared memory per block (STREAMED: chunk maxima)
+  int width;             // RESIDENT: the index into RESIDENT_WIDTHS
 };
 
 inline Config choose_config(int64_t rows, int64_t classes, int compute_bytes) {
@@ -49,19 +54,20 @@ inline Config choose_config(int64_t rows, int64_t classes, int compute_bytes) {
   Config cfg{};
   if (classes <= SMALL_K) {
     const int64_t rows_per_block = SMALL_THREADS * SMALL_ROWS_PER_THREAD;
-    cfg = Config{SHAPE_SMALL, 1, static_cast<int>(calls), SMALL_THREADS, (rows + rows_per_block - 1) / rows_per_block, 1, 0};
+    cfg = Config{SHAPE_SMALL, 1, static_cast<int>(calls), SMALL_THREADS, (rows + rows_per_block - 1) / rows_per_block, 1, 0, 0};
     return cfg;
   }
   if (classes <= MAX_RESIDENT) {
-    int tpr = 2;
-    while (static_cast<int64_t>(tpr) * calls_per_thread(tpr) < calls) tpr *= 2;
-    const int block = block_threads(tpr);
-    const int rows_per_block = block / tpr;
-    cfg = Config{SHAPE_RESIDENT, tpr, calls_per_thread(tpr), block, (rows + rows_per_block - 1) / rows_per_block, 1, 0};
+    int w = 0;
+    while (static_cast<int64_t>(RESIDENT_WIDTHS[w].threads) * RESIDENT_WIDTHS[w].calls < calls) ++w;
+    const RowWidth width = RESIDENT_WIDTHS[w];
+    const int block = block_threads(width.threads);
+    const int rows_per_block = block / width.threads;
+    cfg = Config{SHAPE_RESIDENT, width.threads, width.calls, block, (rows + rows_per_block - 1) / rows_per_block, 1, 0, w};
     return cfg;
   }
   const int64_t chunks = (classes + STREAM_CHUNK - 1) / STREAM_CHUNK;
-  cfg = Config{SHAPE_STREAMED, STREAM_THREADS, STREAM_CALLS, STREAM_THREADS, rows, chunks, chunks * compute_bytes};
+  cfg = Config{SHAPE_STREAMED, STREAM_THREADS, STREAM_CALLS, STREAM_THREADS, rows, chunks, chunks * compute_bytes, 0};
   return cfg;
 }
 

@@ -35,7 +35,7 @@ void fg_twin_gumbel_fast(const uint32_t* words, int64_t n, float* out) {
   for (int64_t i = 0; i < n; ++i) out[i] = gumbel_fast(words[i]);
 }
 
-// (shape, threads_per_row, calls_per_thread, block, grid, chunks, shared_bytes) of choose_config.
+// (shape, threads_per_row, calls_per_thread, block, grid, chunks, shared_bytes, width) of choose_config.
 void fg_twin_choose_config(int64_t rows, int64_t classes, int compute_bytes, int64_t* out) {
   const Config c = choose_config(rows, classes, compute_bytes);
   out[0] = c.shape;
@@ -45,6 +45,7 @@ void fg_twin_choose_config(int64_t rows, int64_t classes, int compute_bytes, int
   out[4] = c.grid;
   out[5] = c.chunks;
   out[6] = c.shared_bytes;
+  out[7] = c.width;
 }
 
 int fg_twin_max_resident() { return MAX_RESIDENT; }

@@ -12,8 +12,9 @@
 //
 // Three kernel shapes (twin_config.h chooses):
 // - small_*:    K <= 16, one row per thread, K a template parameter (padding classes compile away);
-// - resident_*: K <= 16384, TPR threads per row hold the row in registers (4 classes per Philox
-//               call, CALLS calls each); row reductions by warp shuffles (TPR <= 32) or shared memory;
+// - resident_*: K <= 8192, TPR threads per row hold the row in registers (4 classes per Philox
+//               call, CALLS calls each; width W of RESIDENT_WIDTHS); row reductions by warp shuffles
+//               (TPR <= 32) or shared memory;
 // - streamed_*: longer rows, one block per row in chunks. Every reduction except the chunk max is
 //               kept per thread and reduced once per row: the soft forward writes each chunk scaled
 //               by its block-wide chunk max (kept in shared memory) and rescales it in a second,
@@ -375,10 +376,11 @@ __global__ void __launch_bounds__(SMALL_THREADS) small_bwd_kernel(BwdParams<type
 
 // ================================ resident rows: TPR threads per row =============================
 // Thread `lane` of a row holds Philox calls q = lane + i * TPR (i < CALLS): classes 4q .. 4q + 3.
-template <int TPR>
+template <int W>  // RESIDENT_WIDTHS[W]
 struct RowThreads {
+  static constexpr int TPR = RESIDENT_WIDTHS[W].threads;
   static constexpr int BLOCK = block_threads(TPR);
-  static constexpr int CALLS = calls_per_thread(TPR);
+  static constexpr int CALLS = RESIDENT_WIDTHS[W].calls;
   static constexpr int ROWS_PER_BLOCK = BLOCK / TPR;
   __device__ __forceinline__ static int64_t row() {
     return static_cast<int64_t>(blockIdx.x) * ROWS_PER_BLOCK + threadIdx.x / TPR;
@@ -405,11 +407,12 @@ __device__ __forceinline__ void perturbed_row(const T* x, int64_t s_k, int64_t r
   }
 }
 
-template <typename T, int TPR, int MODE, bool VEC>
-__global__ void __launch_bounds__(block_threads(TPR)) resident_fwd_kernel(FwdParams<typename ComputeOf<T>::type> p) {
+template <typename T, int W, int MODE, bool VEC>
+__global__ void __launch_bounds__(block_threads(RESIDENT_WIDTHS[W].threads))
+    resident_fwd_kernel(FwdParams<typename ComputeOf<T>::type> p) {
   using C = typename ComputeOf<T>::type;
-  using R = RowThreads<TPR>;
-  constexpr int CALLS = R::CALLS;
+  using R = RowThreads<W>;
+  constexpr int CALLS = R::CALLS, TPR = R::TPR;
   __shared__ C scratch[32];
   __shared__ int scratch_i[32];
   const int64_t r = R::row();
@@ -460,11 +463,12 @@ __global__ void __launch_bounds__(block_threads(TPR)) resident_fwd_kernel(FwdPar
   }
 }
 
-template <typename T, int TPR, bool REGEN, bool VEC, bool TAU>
-__global__ void __launch_bounds__(block_threads(TPR)) resident_bwd_kernel(BwdParams<typename ComputeOf<T>::type> p) {
+template <typename T, int W, bool REGEN, bool VEC, bool TAU>
+__global__ void __launch_bounds__(block_threads(RESIDENT_WIDTHS[W].threads))
+    resident_bwd_kernel(BwdParams<typename ComputeOf<T>::type> p) {
   using C = typename ComputeOf<T>::type;
-  using R = RowThreads<TPR>;
-  constexpr int CALLS = R::CALLS;
+  using R = RowThreads<W>;
+  constexpr int CALLS = R::CALLS, TPR = R::TPR;
   __shared__ C scratch[32];
   const int64_t r = R::row();
   const bool ok = r < p.rows;

@@ -53,8 +53,9 @@ inline cudaError_t with_small_k(int64_t K, F&& f) {
 }
 
 template <typename F>
-inline cudaError_t with_threads_per_row(int tpr, F&& f) {
-  return with_value<2, 4, 8, 16, 32, 64, 128, 256>(tpr, f);
+inline cudaError_t with_width(int width, F&& f) {
+  static_assert(RESIDENT_WIDTH_COUNT == 9, "with_width lists every resident width");
+  return with_value<0, 1, 2, 3, 4, 5, 6, 7, 8>(width, f);
 }
 
 // ---- forward ----------------------------------------------------------------------------------
@@ -70,8 +71,8 @@ inline cudaError_t forward_small(const Config& cfg, bool unit, const FwdParams<t
 template <typename T, int MODE, bool VEC>
 inline cudaError_t forward_resident(const Config& cfg, const FwdParams<typename ComputeOf<T>::type>& p,
                                     cudaStream_t s) {
-  return with_threads_per_row(cfg.threads_per_row, [&](auto tpr) {
-    return launch(resident_fwd_kernel<T, decltype(tpr)::value, MODE, VEC>, cfg, p, s);
+  return with_width(cfg.width, [&](auto w) {
+    return launch(resident_fwd_kernel<T, decltype(w)::value, MODE, VEC>, cfg, p, s);
   });
 }
 
@@ -123,8 +124,8 @@ inline cudaError_t backward_small(const Config& cfg, bool unit, const BwdParams<
 template <typename T, bool REGEN, bool VEC, bool TAU>
 inline cudaError_t backward_resident(const Config& cfg, const BwdParams<typename ComputeOf<T>::type>& p,
                                      cudaStream_t s) {
-  return with_threads_per_row(cfg.threads_per_row, [&](auto tpr) {
-    return launch(resident_bwd_kernel<T, decltype(tpr)::value, REGEN, VEC, TAU>, cfg, p, s);
+  return with_width(cfg.width, [&](auto w) {
+    return launch(resident_bwd_kernel<T, decltype(w)::value, REGEN, VEC, TAU>, cfg, p, s);
   });
 }
 
