@@ -10,9 +10,9 @@ tensors are contiguous). Triton's numbers are read from a ``static-sm90-*.json``
 Per case the faster implementation is the one with the higher H200 ceiling (more than
 ``CEILING_MARGIN_PCT`` points apart), else the one with fewer instructions per element (more than
 ``INSTR_MARGIN`` apart), else a tie, which keeps Triton. Per shape class (``small`` K <= 16,
-``resident`` K <= 8192, ``streamed``) x dtype x (mode, pass) the twin becomes the default only if
-it wins every case of the class; :func:`dispatch_table` writes that into
-``fused_gumbel/_twin_dispatch.py`` for the runtime dispatch.
+``resident`` K <= 8192, ``streamed``, and ``streamed-few-rows``: fewer than ``FEW_ROWS`` rows) x
+dtype x (mode, pass) the twin becomes the default only if it wins every case of the class;
+:func:`dispatch_table` writes that into ``fused_gumbel/_twin_dispatch.py`` for the runtime dispatch.
 """
 from __future__ import annotations
 
@@ -29,9 +29,14 @@ COMPUTE_BYTES = {"bf16": 4, "fp32": 4, "fp16": 4, "fp64": 8}
 DISPATCH_MODULE = os.path.join(static.REPO, "fused_gumbel", "_twin_dispatch.py")
 
 
-def shape_class(classes: int) -> str:
-    cfg = twin.config(1, classes)
-    return cfg["shape_name"]
+# Below this many rows the twin's streamed kernel (one block per row) leaves SMs idle, where Triton
+# splits rows across programs (kernels.gumbel_softmax.SPLIT_BELOW_PROGRAMS): its own class.
+FEW_ROWS = 264
+
+
+def shape_class(rows: int, classes: int) -> str:
+    name = twin.config(rows, classes)["shape_name"]
+    return "streamed-few-rows" if name == "streamed" and rows < FEW_ROWS else name
 
 
 def trip_counts(kernel: str, mode: str, loops: list, chunks: int) -> tuple[list[float], list[str]]:
@@ -114,7 +119,7 @@ def run(shapes=None, dtypes=None, triton_json: str | None = None, log=print) -> 
     for case in cases:
         entry = {"family": case.family, "mode": case.mode, "pass": case.pass_, "shape": case.shape,
                  "dtype": case.dtype, "rows": case.rows, "classes": case.classes,
-                 "shape_class": shape_class(case.classes)}
+                 "shape_class": shape_class(case.rows, case.classes)}
         try:
             entry["twin"] = model_case(case, cubins)
         except Exception as why:  # noqa: BLE001 - one case failing must not hide the others
@@ -155,25 +160,31 @@ def write_dispatch_module(report: dict, path: str = DISPATCH_MODULE) -> None:
         "only where it has the higher predicted H200 ceiling (or, at equal ceilings, clearly fewer",
         "instructions per element) in every modelled case; ties keep Triton. Keys:",
         "``<shape class>/<dtype>/<mode>/<pass>``, shape classes as ``kernels/csrc/cuda/twin_config.h``",
-        f"chooses them: small (K <= 16), resident (K <= 8192), streamed. fp16 follows bf16; fp64 and",
-        "anything not listed use Triton. See docs/benchmarks.md, \"The CUDA C++ twin in the static model\".",
+        "chooses the kernel: small (K <= 16), resident (K <= 8192), streamed, and streamed-few-rows (fewer",
+        f"than {FEW_ROWS} rows: one block per row leaves SMs idle where Triton splits rows). fp16 follows bf16;",
+        "fp64 and anything not listed use Triton. See docs/benchmarks.md, \"The CUDA C++ twin in the static model\".",
         '"""',
         "",
         "SMALL_K = 16",
         "MAX_RESIDENT = 8192",
+        f"FEW_ROWS = {FEW_ROWS}",
         "",
         "DEFAULT = {",
     ]
     lines += [f"    {k!r}: {v!r}," for k, v in report["dispatch"].items()]
     lines += ["}", "", "",
-              "def shape_class(classes: int) -> str:",
-              '    return "small" if classes <= SMALL_K else "resident" if classes <= MAX_RESIDENT else "streamed"',
+              "def shape_class(rows: int, classes: int) -> str:",
+              '    if classes <= SMALL_K:',
+              '        return "small"',
+              '    if classes <= MAX_RESIDENT:',
+              '        return "resident"',
+              '    return "streamed-few-rows" if rows < FEW_ROWS else "streamed"',
               "", "",
-              "def preferred(classes: int, dtype: str, mode: str, pass_: str) -> str:",
-              '    """"twin" or "triton" for a CUDA call (dtype: "fp32", "bf16", "fp16", "fp64"; mode: "soft",',
-              '    "hard", "index"; pass_: "fwd", "bwd")."""',
+              "def preferred(rows: int, classes: int, dtype: str, mode: str, pass_: str) -> str:",
+              '    """"twin" or "triton" for a CUDA call on [rows, classes] (dtype: "fp32", "bf16", "fp16", "fp64";',
+              '    mode: "soft", "hard", "index"; pass_: "fwd", "bwd")."""',
               '    dtype = "bf16" if dtype == "fp16" else dtype',
-              '    return DEFAULT.get(f"{shape_class(classes)}/{dtype}/{mode}/{pass_}", "triton")',
+              '    return DEFAULT.get(f"{shape_class(rows, classes)}/{dtype}/{mode}/{pass_}", "triton")',
               ""]
     with open(path, "w") as f:
         f.write("\n".join(lines))

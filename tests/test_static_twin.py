@@ -48,16 +48,19 @@ def test_streamed_trip_counts():
 
 
 def test_runtime_lookup():
-    assert _twin_dispatch.shape_class(16) == "small" and _twin_dispatch.shape_class(17) == "resident"
-    assert _twin_dispatch.shape_class(8192) == "resident" and _twin_dispatch.shape_class(8193) == "streamed"
-    assert _twin_dispatch.preferred(10, "fp64", "soft", "fwd") == "triton"  # not modelled: Triton
+    lookup = _twin_dispatch.shape_class
+    assert lookup(1000, 16) == "small" and lookup(1000, 17) == "resident"
+    assert lookup(1000, 8192) == "resident" and lookup(1000, 8193) == "streamed"
+    assert lookup(_twin_dispatch.FEW_ROWS - 1, 8193) == "streamed-few-rows"
+    assert _twin_dispatch.preferred(1000, 10, "fp64", "soft", "fwd") == "triton"  # not modelled: Triton
+    shapes = {"small": (65536, 10), "resident": (4096, 1000), "streamed": (8192, 32000),
+              "streamed-few-rows": (64, 128256)}
     for key, value in _twin_dispatch.DEFAULT.items():
         shape_class, dtype, mode, pass_ = key.split("/")
-        classes = {"small": 10, "resident": 1000, "streamed": 32000}[shape_class]
         assert value in ("twin", "triton")
-        assert _twin_dispatch.preferred(classes, dtype, mode, pass_) == value
+        assert _twin_dispatch.preferred(*shapes[shape_class], dtype, mode, pass_) == value
         if dtype == "bf16":
-            assert _twin_dispatch.preferred(classes, "fp16", mode, pass_) == value
+            assert _twin_dispatch.preferred(*shapes[shape_class], "fp16", mode, pass_) == value
 
 
 def test_shape_classes_match_the_twin_config():
@@ -68,3 +71,4 @@ def test_shape_classes_match_the_twin_config():
         pytest.skip(f"no host compiler: {why}")
     assert _twin_dispatch.SMALL_K == lib.fg_twin_small_k()
     assert _twin_dispatch.MAX_RESIDENT == lib.fg_twin_max_resident()
+    assert _twin_dispatch.FEW_ROWS == static_twin.FEW_ROWS
