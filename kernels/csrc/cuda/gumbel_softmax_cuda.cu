@@ -118,7 +118,10 @@ std::tuple<at::Tensor, std::optional<at::Tensor>> kernel_forward(const at::Tenso
   } else {
     out = at::empty(logits.sizes(), logits.options().memory_format(at::MemoryFormat::Contiguous));
   }
-  if (shape.rows() == 0 || shape.classes == 0) return {out, std::nullopt};
+  if (shape.rows() == 0 || shape.classes == 0) {
+    if (mode == MODE_INDEX) index.fill_(-1);  // no class to draw: every row is invalid
+    return {out, std::nullopt};
+  }
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   const auto fill = [&](auto& p) {
     p.x = x.data_ptr();
