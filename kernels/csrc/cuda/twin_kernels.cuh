@@ -388,6 +388,21 @@ struct RowThreads {
   __device__ __forceinline__ static int lane() { return threadIdx.x % TPR; }
 };
 
+// a <- 2^((a - M) c) in place (M the row max, a shift of 0 for invalid rows); returns the row sum.
+template <int TPR, typename C, int CALLS>
+__device__ __forceinline__ C exp_row(C (&a)[CALLS][4], C c, C m, bool valid, C* scratch) {
+  const C shift = valid ? m * c : C(0);
+  C sum = 0;
+#pragma unroll
+  for (int i = 0; i < CALLS; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      a[i][j] = ex2c(a[i][j] * c - shift);
+      sum += a[i][j];
+    }
+  return row_reduce<TPR>(sum, SumOp(), scratch);
+}
+
 template <typename T, typename C, int TPR, int CALLS, bool VEC>
 __device__ __forceinline__ void perturbed_row(const T* x, int64_t s_k, int64_t r, bool ok, int64_t K, int64_t Q,
                                               int lane, int64_t first_call, uint64_t key, uint64_t offset,
@@ -425,17 +440,7 @@ __global__ void __launch_bounds__(block_threads(RESIDENT_WIDTHS[W].threads))
   const C m = row_reduce<TPR>(thread_max(a), MaxNanOp(), scratch);
   const bool valid = finite(m);
   if (MODE == MODE_SOFT) {
-    const C c = log2e<C>() * recip(ok ? p.tau.of(r) : C(1));
-    const C shift = valid ? m * c : C(0);
-    C sum = 0;
-#pragma unroll
-    for (int i = 0; i < CALLS; ++i)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        a[i][j] = ex2c(a[i][j] * c - shift);
-        sum += a[i][j];
-      }
-    sum = row_reduce<TPR>(sum, SumOp(), scratch);
+    const C sum = exp_row<TPR>(a, log2e<C>() * recip(ok ? p.tau.of(r) : C(1)), m, valid, scratch);
     const C inv = valid ? recip(sum) : nan<C>();
     T* y = static_cast<T*>(p.y) + (ok ? row_base(r, p.div, p.yv) : 0);
 #pragma unroll
@@ -482,17 +487,7 @@ __global__ void __launch_bounds__(block_threads(RESIDENT_WIDTHS[W].threads))
     perturbed_row<T, C, TPR, CALLS, VEC>(src, p.sv.s_k, r, ok, p.K, p.Q, lane, 0, p.key, p.offset, e, k0);
     const C m = row_reduce<TPR>(thread_max(e), MaxNanOp(), scratch);
     const bool valid = finite(m);
-    const C c = log2e<C>() * inv_tau;
-    const C shift = valid ? m * c : C(0);
-    C sum = 0;
-#pragma unroll
-    for (int i = 0; i < CALLS; ++i)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        e[i][j] = ex2c(e[i][j] * c - shift);
-        sum += e[i][j];
-      }
-    sum = row_reduce<TPR>(sum, SumOp(), scratch);
+    const C sum = exp_row<TPR>(e, log2e<C>() * inv_tau, m, valid, scratch);
     scale = valid ? recip(sum) : nan<C>();
   } else {
 #pragma unroll

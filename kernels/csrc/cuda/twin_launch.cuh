@@ -88,19 +88,24 @@ inline cudaError_t forward_mode(const Config& cfg, bool unit, bool vec,
              : launch(streamed_fwd_kernel<T, MODE, false>, streamed, p, s);
 }
 
-// `p.Q`, `p.chunks` are filled in here from the config.
+// The launch-derived fields of a call's parameters (Q, the row divider, the round keys); false
+// when the call is too large for the kernels' 32-bit row and class indices.
+template <typename P>
+inline bool prepare(P& p) {
+  if (p.rows >= (int64_t(1) << 31) || p.K >= (int64_t(1) << 31) - 16) return false;
+  p.Q = (p.K + 3) / 4;
+  p.div = make_row_divider(static_cast<uint32_t>(p.inner));
+  p.keys = round_keys(p.key);
+  return true;
+}
+
+// `p.Q`, `p.chunks`, `p.div`, `p.keys` are filled in here.
 template <typename T>
 inline cudaError_t forward(int mode, FwdParams<typename ComputeOf<T>::type> p, cudaStream_t s) {
   using C = typename ComputeOf<T>::type;
-  if (p.rows >= (int64_t(1) << 31) || p.K >= (int64_t(1) << 31) - 16) return cudaErrorInvalidValue;
-  if (p.rows >= (int64_t(1) << 31) || p.K >= (int64_t(1) << 31) - 16) return cudaErrorInvalidValue;
+  if (!prepare(p)) return cudaErrorInvalidValue;
   const Config cfg = choose_config(p.rows, p.K, sizeof(C));
-  p.Q = (p.K + 3) / 4;
   p.chunks = cfg.chunks;
-  p.div = make_row_divider(static_cast<uint32_t>(p.inner));
-  p.keys = round_keys(p.key);
-  p.div = make_row_divider(static_cast<uint32_t>(p.inner));
-  p.keys = round_keys(p.key);
   const View views[2] = {p.xv, p.yv};
   const void* ptrs[2] = {p.x, p.y};
   const int n = mode == MODE_INDEX ? 1 : 2;
@@ -144,15 +149,9 @@ inline cudaError_t backward_variant(const Config& cfg, bool unit, bool vec,
 template <typename T>
 inline cudaError_t backward(bool regenerate, BwdParams<typename ComputeOf<T>::type> p, cudaStream_t s) {
   using C = typename ComputeOf<T>::type;
-  if (p.rows >= (int64_t(1) << 31) || p.K >= (int64_t(1) << 31) - 16) return cudaErrorInvalidValue;
-  if (p.rows >= (int64_t(1) << 31) || p.K >= (int64_t(1) << 31) - 16) return cudaErrorInvalidValue;
+  if (!prepare(p)) return cudaErrorInvalidValue;
   const Config cfg = choose_config(p.rows, p.K, sizeof(C));
-  p.Q = (p.K + 3) / 4;
   p.chunks = cfg.chunks;
-  p.div = make_row_divider(static_cast<uint32_t>(p.inner));
-  p.keys = round_keys(p.key);
-  p.div = make_row_divider(static_cast<uint32_t>(p.inner));
-  p.keys = round_keys(p.key);
   const View views[3] = {p.gv, p.sv, p.xv};
   const void* ptrs[3] = {p.grad_y, p.src, p.grad_x};
   const bool vec = vector_ok(p.K, p.rows, p.inner, views, ptrs, 3, sizeof(T));
