@@ -6,9 +6,11 @@
 #
 # Fits in 8 minutes on an H100 (SUITE_SECONDS, default 460, is the whole run's budget: the
 # tests get at most TEST_SECONDS, default 180; the benchmark gets what is left and stops
-# starting new cases in time to write its results). Needs no network: it installs the
-# checkout in place (--no-deps, --no-build-isolation) into the Python that is already there.
-# Writes into OUT_DIR: env.txt, pip-install.log, pytest-gpu.log/.xml, bench.log,
+# starting new cases in time to write its results; building the CUDA C++ twin, when no installed
+# extension provides it, gets at most TWIN_SECONDS, default 240, before the tests). Needs no
+# network: it installs the checkout in place (--no-deps, --no-build-isolation) into the Python
+# that is already there.
+# Writes into OUT_DIR: env.txt, pip-install.log, twin-build.log, pytest-gpu.log/.xml, bench.log,
 # cuda-<date>.{json,md,png}, summary.txt; and copies the JSON to bench/results/.
 set -u -o pipefail
 START=$(date +%s)
@@ -46,6 +48,16 @@ if (( PIP_RC != 0 )); then
   echo "using $SITE on PYTHONPATH instead of an install"
 fi
 
+# The CUDA C++ twin (kernels/csrc/cuda): the installed extension's kernels, else built once here
+# into torch's extension cache, outside the tests' time; tests/gpu/test_gpu_cuda_twin.py then loads
+# it (and is skipped rather than rebuilding when this step failed).
+TWIN_SECONDS=${TWIN_SECONDS:-240}
+timeout -k 10 "$TWIN_SECONDS" "$PY" "${PYFLAGS[@]}" -c \
+  "from bench import twin; twin.cuda_op(verbose=True); print('CUDA twin ready')" > "$OUT/twin-build.log" 2>&1
+TWIN_RC=$?
+echo "CUDA twin build -> rc $TWIN_RC ($(elapsed) s)"
+(( TWIN_RC != 0 )) && export FUSED_GUMBEL_TWIN_NO_BUILD=1
+
 timeout -k 10 "$TEST_SECONDS" "$PY" "${PYFLAGS[@]}" -m pytest -m gpu tests -v -rfEs -p no:cacheprovider \
   --junitxml "$OUT/pytest-gpu.xml" 2>&1 | tee "$OUT/pytest-gpu.log"
 TEST_RC=${PIPESTATUS[0]}
@@ -61,7 +73,7 @@ echo "python -m bench -> rc $BENCH_RC ($(elapsed) s)"
 cp "$OUT"/cuda-*.json bench/results/ 2>/dev/null || true
 
 {
-  echo "pip_install_rc=$PIP_RC pytest_rc=$TEST_RC bench_rc=$BENCH_RC seconds=$(elapsed)"
+  echo "pip_install_rc=$PIP_RC twin_build_rc=$TWIN_RC pytest_rc=$TEST_RC bench_rc=$BENCH_RC seconds=$(elapsed)"
   grep -E "passed|failed|error" "$OUT/pytest-gpu.log" | tail -1
   ls -1 "$OUT"
 } | tee "$OUT/summary.txt"

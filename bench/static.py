@@ -1,6 +1,8 @@
 """Static sm_90 cost model: what the kernels would cost on an H200/H100, predicted without a GPU.
 
 ``python -m bench.static [--out bench/results] [--shapes ...] [--dtypes ...] [--quick] [--host]``
+``python -m bench.static --twin``: the CUDA C++ twin's kernels in the same model, next to Triton's
+latest report (``bench/static_twin.py``).
 
 1. **Record** (a subprocess with ``TRITON_INTERPRET=1``): every Triton kernel object in the
    ``fused_gumbel`` modules is replaced by a recorder that notes each ``kernel[grid](...)``
@@ -1176,10 +1178,20 @@ def main(argv=None) -> int:
     parser.add_argument("--host-calls", type=int, default=300)
     parser.add_argument("--update-docs", action="store_true",
                         help="rewrite the generated tables in README.md and docs/benchmarks.md")
+    parser.add_argument("--twin", action="store_true",
+                        help="model the CUDA C++ twin (kernels/csrc/cuda) next to Triton's latest report "
+                             "(bench/static_twin.py) and write fused_gumbel/_twin_dispatch.py")
+    parser.add_argument("--triton-json", help="with --twin: the Triton report to compare with (default: the latest)")
     parser.add_argument("--child", nargs=3, metavar=("MODE", "IN", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         _child(*args.child)
+        return 0
+    if args.twin:
+        from . import static_twin
+
+        static_twin.main(args.out, args.shapes, args.dtypes, args.triton_json,
+                         log=lambda m: print(m, file=sys.stderr))
         return 0
     families = args.families or (["gumbel_softmax"] if args.quick else None)
     dtypes = args.dtypes or (["bf16"] if args.quick else None)
