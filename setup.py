@@ -14,10 +14,13 @@ build fails, a warning says why and the package installs on its pure-Python path
 - CPU: `ops.cpp` (op schemas + module), `cpu/gumbel_softmax_cpu.cpp` (host side) and the row
   kernel built three times: baseline (`*_default.cpp`), AVX2+FMA (`*_avx2.cpp`) and AVX-512
   (`*_avx512.cpp`), each x86 build with its own flags; the CPU's features choose one at run time.
-- CUDA: `cuda/*.cu` join the same extension (a CUDAExtension) when they exist, nvcc is found
-  (CUDA_HOME; /usr/local/cuda when torch's guess has no CUDA runtime) and `FUSED_GUMBEL_BUILD_CUDA`
-  is not `0`; built for sm_90 unless `TORCH_CUDA_ARCH_LIST` says otherwise. If that build fails,
-  the CPU extension is built alone (with a warning).
+- CUDA: `cuda/*.cu` (the CUDA C++ twin of the Triton kernels) join the same extension (a
+  CUDAExtension) when nvcc is found (CUDA_HOME; /usr/local/cuda when torch's guess has no CUDA
+  runtime) and either a GPU is visible or `FUSED_GUMBEL_BUILD_CUDA=1` (`0` never builds them):
+  the twin takes minutes to compile, so a machine without a GPU (CI) builds the CPU extension
+  only and compiles the twin's kernels in a test (`tests/test_cuda_twin_compile.py`). Built for
+  sm_90 unless `TORCH_CUDA_ARCH_LIST` says otherwise. If that build fails, the CPU extension is
+  built alone (with a warning).
 - `fused_gumbel/_C.build.json` records the torch version the extension was built against (the
   loader refuses an extension built for another torch: a C++ ABI mismatch), or the build's error
   (the loader then warns once, at the first CPU call, and runs the pure-Python path).
@@ -90,10 +93,14 @@ def _native_build():
     cuda_sources = sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu")))
     cuda_home = _cuda_home(cpp_extension)
     nvcc = cuda_home and shutil.which(os.path.join(cuda_home, "bin", "nvcc"))
-    build_cuda = bool(cuda_sources) and bool(nvcc) and os.environ.get("FUSED_GUMBEL_BUILD_CUDA", "1") != "0"
+    # The CUDA twin compiles for minutes (hundreds of kernel instances per dtype): by default only
+    # where a GPU can run it; FUSED_GUMBEL_BUILD_CUDA=1 forces it, =0 skips it.
+    wanted = os.environ.get("FUSED_GUMBEL_BUILD_CUDA") or ("1" if torch.cuda.is_available() else "0")
+    build_cuda = bool(cuda_sources) and bool(nvcc) and wanted != "0"
     if cuda_sources and not build_cuda:
-        print(f"fused-gumbel: CUDA sources not built (nvcc found: {bool(nvcc)}, "
-              f"FUSED_GUMBEL_BUILD_CUDA={os.environ.get('FUSED_GUMBEL_BUILD_CUDA', '1')})", file=sys.stderr)
+        print(f"fused-gumbel: CUDA sources not built (nvcc found: {bool(nvcc)}, GPU visible: "
+              f"{torch.cuda.is_available()}, FUSED_GUMBEL_BUILD_CUDA={os.environ.get('FUSED_GUMBEL_BUILD_CUDA')})",
+              file=sys.stderr)
     cxx = ["-O3", "-fopenmp"]
     kwargs = dict(include_dirs=[os.path.join(HERE, CSRC)], extra_link_args=["-fopenmp"])
     extension = cpp_extension.CppExtension("fused_gumbel._C", sources, extra_compile_args={"cxx": cxx}, **kwargs)
@@ -101,7 +108,11 @@ def _native_build():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
         extension = cpp_extension.CUDAExtension(
             "fused_gumbel._C", sources + cuda_sources,
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]}, **kwargs)
+            # No --use_fast_math / -ftz: one of the noise series' constants is a float32 subnormal.
+            # torch >= 2.14's headers need C++20.
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++20", "-lineinfo"]},
+            include_dirs=kwargs["include_dirs"] + [os.path.join(HERE, CSRC, "cuda")],
+            extra_link_args=kwargs["extra_link_args"])
 
     class BuildNative(cpp_extension.BuildExtension):
         """BuildExtension that compiles the per-ISA kernel files with their own flags and turns any

@@ -2,8 +2,8 @@
 
 The op comes from ``bench.twin.cuda_op()``: the installed extension's CUDA kernels for
 ``fused_gumbel::kernel_forward``/``kernel_backward``, else the twin built here with
-``torch.utils.cpp_extension.load`` (minutes). Same seeds as the reference (key =
-``rng.philox_key(seed)``, offset 0), so:
+``torch.utils.cpp_extension.load`` (minutes). Same seeds as the reference (the op takes the
+seed, as ``_seeding.draw`` returns it, and forms the key ``rng.philox_key(seed)`` itself; offset 0), so:
 
 * hard samples and categorical draws agree with the reference (and with Triton) on >= 99.99% of
   rows (both GPU implementations use the fast noise twin: they agree with each other more
@@ -56,7 +56,7 @@ def _logits(shape, dtype, seed=0, scale=2.0):
 def _key(seed):
     from bench import twin
 
-    return twin.signed64(rng.philox_key(seed))
+    return twin.signed64(seed)
 
 
 def _forward(ops, x, tau, mode, dim, seed):

@@ -132,7 +132,7 @@ std::tuple<at::Tensor, std::optional<at::Tensor>> kernel_forward(const at::Tenso
     p.inner = shape.inner;
     p.xv = xv;
     p.yv = contiguous_view(shape);
-    p.key = static_cast<uint64_t>(key);
+    p.key = static_cast<uint64_t>(key) ^ twin::DOMAIN_TAG;  // the op takes the seed (ops.cpp)
     p.offset = static_cast<uint64_t>(offset);
   };
   cudaError_t err;
@@ -188,7 +188,7 @@ std::tuple<at::Tensor, std::optional<at::Tensor>> kernel_backward(
     p.gv = gv;
     p.sv = sv;
     p.xv = contiguous_view(shape);
-    p.key = static_cast<uint64_t>(key);
+    p.key = static_cast<uint64_t>(key) ^ twin::DOMAIN_TAG;  // the op takes the seed (ops.cpp)
     p.offset = static_cast<uint64_t>(offset);
   };
   cudaError_t err;

@@ -6,7 +6,7 @@
 //
 // - philox_words(key, offset, counter): the four 32-bit words of the Philox call with counter
 //   words (lo n, hi n, lo offset, hi offset) and key (lo key, hi key). `key` is the call's
-//   Philox key, seed ^ DOMAIN_TAG (rng.philox_key), as the native op schema passes it.
+//   Philox key, seed ^ DOMAIN_TAG (rng.philox_key); the torch op takes the seed and XORs the tag in.
 // - gumbel_exact<C>(word): the exact twin (spec step 5, Goldberg's log1p) in float or double.
 // - gumbel_fast(word): the fast twin in float32: -log1p(-v) in log2 units as a four-term series
 //   below v = 2**-6, else -lg2(1 - v); the result is g - ln(log2 e), a constant shift of every
