@@ -64,6 +64,13 @@ def _elementwise_tau_for_kernel(tau, logits: torch.Tensor):
     return tau.expand(logits.shape).reshape(-1).contiguous()
 
 
+def _backend(device: torch.device, backend) -> str:
+    """``select_backend``'s choice, with "native" run as "reference": the C++ extension has kernels
+    for ``gumbel_softmax``/``categorical`` only, and the reference draws the same noise."""
+    chosen = select_backend(device, backend)
+    return "reference" if chosen == "native" else chosen
+
+
 def relaxed_bernoulli(
     logits: torch.Tensor,
     tau: Union[float, torch.Tensor] = 1.0,
@@ -87,7 +94,8 @@ def relaxed_bernoulli(
         generator: the torch generator (of the logits' device) the noise is drawn from.
         seed: an int in [0, 2**63): the spec's stream (key ``seed``, offset 0), the same on
             every device and backend; no generator is used. Exclusive with ``generator``.
-        backend: "auto" (default), "triton" or "reference"; see :func:`select_backend`.
+        backend: "auto" (default), "triton", "native" or "reference"; see :func:`select_backend`
+            ("native", the C++ extension, has no kernel for this op yet: it runs the reference).
 
     Infinite logits give exact 0 or 1 (gradient 0); NaN logits give NaN.
     """
@@ -95,7 +103,7 @@ def relaxed_bernoulli(
     tau = _check_elementwise_tau(tau, logits)
     if logits.numel() == 0:
         return _empty_like_result(logits)
-    chosen = select_backend(logits.device, backend)
+    chosen = _backend(logits.device, backend)
     if _graph_mode():
         _check_compiled_call(generator, seed)
         mode = _relaxed_op.MODE_HARD if hard else _relaxed_op.MODE_SOFT
@@ -123,7 +131,7 @@ def bernoulli(
     _check_logits(logits)
     if logits.numel() == 0:
         return torch.empty_like(logits)
-    chosen = select_backend(logits.device, backend)
+    chosen = _backend(logits.device, backend)
     logits = logits.detach()
     if _graph_mode():
         _check_compiled_call(generator, seed)
@@ -200,7 +208,7 @@ def gumbel_topk(
     if logits.dim() == 0:
         return gumbel_topk(logits.reshape(1), k, tau, hard, 0, generator=generator, seed=seed,
                            backend=backend).reshape(())
-    chosen = select_backend(logits.device, backend)
+    chosen = _backend(logits.device, backend)
     if chosen == "triton" and not _fused_topk_supported(shape.classes, k):
         chosen = "reference"
     tau_requires_grad = isinstance(tau, torch.Tensor) and tau.requires_grad
@@ -248,7 +256,7 @@ def sample_subset(
         return torch.empty(out_shape, dtype=torch.int64, device=logits.device)
     if logits.dim() == 0:
         return sample_subset(logits.reshape(1), k, 0, generator=generator, seed=seed, backend=backend).reshape(())
-    chosen = select_backend(logits.device, backend)
+    chosen = _backend(logits.device, backend)
     if chosen == "triton" and not _fused_topk_supported(shape.classes, k):
         chosen = "reference"
     logits = logits.detach()

@@ -270,3 +270,16 @@ def test_every_isa_build_gives_the_same_samples():
         assert torch.equal(index, base[1]) and torch.equal(words, base[3]), isa
         atol, rtol = TOLERANCES[torch.float32]
         torch.testing.assert_close(soft, base[2], atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("op", ["relaxed_bernoulli", "bernoulli", "gumbel_topk", "sample_subset"])
+def test_ops_without_a_native_kernel_run_the_reference(op):
+    """relaxed_bernoulli and gumbel_topk have no C++ kernel: "native" (explicit, or what "auto"
+    picks for CPU tensors outside the interpreter) runs their reference, same noise, same values."""
+    logits = torch.randn(6, 9, dtype=torch.float64)
+    fn = getattr(fused_gumbel, op)
+    args = (logits, 0.7) if op == "relaxed_bernoulli" else (logits, 3) if op in ("gumbel_topk", "sample_subset") \
+        else (logits,)
+    native = fn(*args, seed=11, backend="native")
+    expected = fn(*args, seed=11, backend="reference")
+    assert torch.equal(native, expected)
