@@ -167,8 +167,47 @@ template <typename acc_t>
 using Vec = at::vec::Vectorized<acc_t>;
 
 // Spec steps 3-5, exact twin: g[i] = -log(E), E = -log1p(-v) by Goldberg's v log(a) / (a - 1).
+// Spec step 3 on eight / sixteen words: v = min(w | 1, 2^32 - 2^8) rounded once to float (times
+// 2^-32 later, exact). AVX-512 converts unsigned words directly; AVX2 sums the exact halves
+// with one FMA, which rounds once, as the scalar path does.
+#if defined(__AVX512F__)
+inline __m512 words_to_float(const uint32_t* w) {
+  const __m512i u = _mm512_min_epu32(_mm512_or_si512(_mm512_loadu_si512(w), _mm512_set1_epi32(1)),
+                                     _mm512_set1_epi32(int(kTopNumerator)));
+  return _mm512_cvtepu32_ps(u);
+}
+#elif defined(__AVX2__)
+inline __m256 words_to_float(const uint32_t* w) {
+  const __m256i u = _mm256_min_epu32(_mm256_or_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)),
+                                                     _mm256_set1_epi32(1)),
+                                     _mm256_set1_epi32(int(kTopNumerator)));
+  const __m256 hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(u, 16));
+  const __m256 lo = _mm256_cvtepi32_ps(_mm256_and_si256(u, _mm256_set1_epi32(0xFFFF)));
+  return _mm256_fmadd_ps(hi, _mm256_set1_ps(65536.0f), lo);
+}
+#endif
+
 template <typename acc_t>
 void gumbel_from_words(const uint32_t* words, acc_t* g, int64_t n) {
+#if defined(__AVX2__)
+  if constexpr (std::is_same_v<acc_t, float>) {  // words to noise in one vector pass, no staging store
+    using V = Vec<float>;
+    const V scale(2.3283064365386963e-10f), one(1.0f);
+    int64_t i = 0;
+    for (; i + V::size() <= n; i += V::size()) {
+      const V v = V(words_to_float(words + i)) * scale;
+      const V a = one - v;
+      const V goldberg = v * a.log() / (a - one);
+      (-V::blendv(goldberg, v, a == one).log()).store(g + i);
+    }
+    for (; i < n; ++i) {
+      const float v = float(std::min(words[i] | 1u, kTopNumerator)) * 2.3283064365386963e-10f;
+      const float a = 1.0f - v;
+      g[i] = -std::log(a == 1.0f ? v : v * std::log(a) / (a - 1.0f));
+    }
+    return;
+  }
+#endif
   for (int64_t i = 0; i < n; ++i) {
     const uint32_t u = std::min(words[i] | 1u, kTopNumerator);
     // Both halves convert exactly and the sum rounds once: u rounded to acc_t, as the spec says.
@@ -232,6 +271,24 @@ acc_t row_sum(const acc_t* a, int64_t n) {
   for (; k < n; ++k) s += a[k];
   return s;
 }
+
+#if defined(__AVX512F__)
+// Rows of at most 16 float classes (the VAE's K = 10): one masked vector per row, so the per-row
+// reductions are a few shuffles rather than scalar loops and fills of per-row terms.
+constexpr int64_t kShortRow = 16;
+inline __mmask16 short_mask(int64_t K) { return __mmask16((1u << K) - 1u); }
+
+inline float short_row_max(const float* a, __mmask16 mask) {
+  const __m512 v = _mm512_mask_loadu_ps(_mm512_set1_ps(-std::numeric_limits<float>::infinity()), mask, a);
+  if (_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q)) return std::numeric_limits<float>::quiet_NaN();
+  return _mm512_reduce_max_ps(v);
+}
+
+inline int64_t short_first_index_of(const float* a, __mmask16 mask, float value) {
+  const __mmask16 hit = _mm512_mask_cmp_ps_mask(mask, _mm512_maskz_loadu_ps(mask, a), _mm512_set1_ps(value), _CMP_EQ_OQ);
+  return hit ? int64_t(__builtin_ctz(unsigned(hit))) : 0;
+}
+#endif
 
 // Element conversions between the tensor dtype and the compute dtype (vectorised for bf16/fp16).
 template <typename scalar_t, typename acc_t>
@@ -339,6 +396,15 @@ void perturbed_block(uint64_t seed, uint64_t offset, const scalar_t* x, const Ro
       add_into(a + j * K, s.row.data(), K);
     }
   }
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<acc_t, float>) {
+    if (K <= kShortRow) {
+      const __mmask16 mask = short_mask(K);
+      for (int64_t j = 0; j < count; ++j) s.row_max[j] = short_row_max(a + j * K, mask);
+      return;
+    }
+  }
+#endif
   for (int64_t j = 0; j < count; ++j) s.row_max[j] = row_max(a + j * K, K);
 }
 
@@ -415,6 +481,14 @@ void forward_impl(const ForwardArgs& args, int64_t begin, int64_t end) {
     if (args.mode != 0) {
       for (int64_t j = 0; j < count; ++j) {
         const acc_t m = s.row_max[j];
+#if defined(__AVX512F__)
+        if constexpr (std::is_same_v<acc_t, float>) {
+          if (K <= kShortRow) {
+            best[j] = finite_max(m) ? short_first_index_of(s.a.data() + j * K, short_mask(K), m) : -1;
+            continue;
+          }
+        }
+#endif
         best[j] = finite_max(m) ? first_index_of(s.a.data() + j * K, K, m) : -1;
       }
     }
