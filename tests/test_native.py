@@ -254,8 +254,10 @@ def test_every_isa_build_gives_the_same_samples():
     script = ("import torch, fused_gumbel, sys\n"
               "from fused_gumbel import _native\n"
               "x = torch.randn(301, 23, generator=torch.Generator().manual_seed(0))\n"
+              "short = x[:, :10].contiguous()  # rows of <= 16 classes take the one-vector-per-row path\n"
               "out = [_native.cpu_isa(), _native.forward(x, 0.7, 2, 1, 5, 6)[0], _native.forward(x, 0.7, 0, 1, 5, 6)[0],\n"
-              "       torch.ops.fused_gumbel._cpu_philox_words(5, 6, 0, 99)]\n"
+              "       torch.ops.fused_gumbel._cpu_philox_words(5, 6, 0, 99),\n"
+              "       _native.forward(short, 0.7, 2, 1, 5, 6)[0], _native.forward(short, 0.7, 0, 1, 5, 6)[0]]\n"
               "torch.save(out, sys.argv[1])\n")
     results = {}
     for isa in ("default", "avx2", "avx512"):
@@ -266,7 +268,9 @@ def test_every_isa_build_gives_the_same_samples():
         os.remove(path)
     assert results["default"][0] == "default"
     base = results["default"]
-    for isa, (name, index, soft, words) in results.items():
+    for isa, (name, index, soft, words, short_index, short_soft) in results.items():
         assert torch.equal(index, base[1]) and torch.equal(words, base[3]), isa
+        assert torch.equal(short_index, base[4]), isa
         atol, rtol = TOLERANCES[torch.float32]
         torch.testing.assert_close(soft, base[2], atol=atol, rtol=rtol)
+        torch.testing.assert_close(short_soft, base[5], atol=atol, rtol=rtol)

@@ -469,7 +469,8 @@ inline void store_block(const acc_t* in, int64_t r0, int64_t count, int64_t K, s
 
 template <typename scalar_t, typename acc_t>
 void forward_impl(const ForwardArgs& args, int64_t begin, int64_t end) {
-  const int64_t K = args.classes, per_block = block_rows(K);
+  // Blocks no larger than this range: a tiny call allocates (and zeroes) tiny scratch.
+  const int64_t K = args.classes, per_block = std::min(block_rows(K), end - begin);
   const auto* x = static_cast<const scalar_t*>(args.x);
   auto* y = static_cast<scalar_t*>(args.y);
   Scratch<acc_t> s(per_block, K);
@@ -533,7 +534,8 @@ inline void expand_rows(const acc_t* per_row, int64_t count, int64_t K, acc_t* o
 
 template <typename scalar_t, typename acc_t>
 void backward_impl(const BackwardArgs& args, int64_t begin, int64_t end) {
-  const int64_t K = args.classes, per_block = block_rows(K);
+  // Blocks no larger than this range: a tiny call allocates (and zeroes) tiny scratch.
+  const int64_t K = args.classes, per_block = std::min(block_rows(K), end - begin);
   const auto* src = static_cast<const scalar_t*>(args.src);
   const auto* grad_y = static_cast<const scalar_t*>(args.grad_y);
   auto* grad_x = static_cast<scalar_t*>(args.grad_x);
@@ -562,6 +564,23 @@ void backward_impl(const BackwardArgs& args, int64_t begin, int64_t end) {
       }
     }
     load_block(grad_y, args.g_layout, r0, count, K, dy.data());
+#if defined(__AVX512F__)
+    if constexpr (std::is_same_v<acc_t, float>) {
+      if (K <= kShortRow && !tau_grad) {  // one masked vector per row: dot, then dx, no per-row fills
+        const __mmask16 mask = short_mask(K);
+        for (int64_t j = 0; j < count; ++j) {
+          const __m512 d = _mm512_maskz_loadu_ps(mask, dy.data() + j * K);
+          const __m512 v = _mm512_maskz_loadu_ps(mask, y + j * K);
+          const __m512 dot_j = _mm512_set1_ps(_mm512_mask_reduce_add_ps(mask, _mm512_mul_ps(d, v)));
+          const __m512 dx = _mm512_mul_ps(_mm512_mul_ps(_mm512_sub_ps(d, dot_j), _mm512_set1_ps(tau_inv[j])), v);
+          // Into another buffer: a masked store near the next row's masked loads would stall them.
+          _mm512_mask_storeu_ps(prod.data() + j * K, mask, dx);
+        }
+        store_block(prod.data(), r0, count, K, grad_x, args.gx_layout);
+        continue;
+      }
+    }
+#endif
     map3(prod.data(), dy.data(), y, y, n, [](auto d, auto v, auto) { return d * v; });
     for (int64_t j = 0; j < count; ++j) dot[j] = row_sum(prod.data() + j * K, K);
     expand_rows(dot.data(), count, K, row_value.data());
