@@ -427,6 +427,34 @@ template <typename acc_t>
 void soft_block(Scratch<acc_t>& s, int64_t r0, int64_t count, int64_t K, const void* tau_rows, double tau) {
   acc_t* a = s.a.data();
   const acc_t nan = std::numeric_limits<acc_t>::quiet_NaN();
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<acc_t, float>) {
+    if (K <= kShortRow) {
+      // One masked vector per row for (a - M) / tau and for the sum and scale, the exponentials as
+      // one flat pass. Each pass stores to a buffer it does not load: a masked store blocks any
+      // later load of its 64 bytes until it retires, whatever the masks, and rows are < 64 bytes apart.
+      const __mmask16 mask = short_mask(K);
+      const int64_t n = count * K;
+      float* t = s.expand_a.data();
+      for (int64_t j = 0; j < count; ++j) {
+        const float m = s.row_max[j], inv_tau = 1.0f / row_tau<float>(tau_rows, tau, r0 + j);
+        const __m512 v = _mm512_maskz_loadu_ps(mask, a + j * K);
+        _mm512_mask_storeu_ps(t + j * K, mask, _mm512_mul_ps(_mm512_sub_ps(v, _mm512_set1_ps(finite_max(m) ? m : 0.0f)),
+                                                            _mm512_set1_ps(inv_tau)));
+      }
+      using V = Vec<float>;
+      int64_t i = 0;
+      for (; i + V::size() <= n; i += V::size()) V::loadu(t + i).exp().store(t + i);
+      for (; i < n; ++i) t[i] = std::exp(t[i]);
+      for (int64_t j = 0; j < count; ++j) {
+        const __m512 e = _mm512_maskz_loadu_ps(mask, t + j * K);
+        const float inv = finite_max(s.row_max[j]) ? 1.0f / _mm512_mask_reduce_add_ps(mask, e) : nan;
+        _mm512_mask_storeu_ps(a + j * K, mask, _mm512_mul_ps(e, _mm512_set1_ps(inv)));
+      }
+      return;
+    }
+  }
+#endif
   const int64_t n = count * K;
   acc_t *shift = s.expand_a.data(), *scale = s.expand_b.data();
   for (int64_t j = 0; j < count; ++j) {  // per-row terms spread over the row: the passes below are flat
