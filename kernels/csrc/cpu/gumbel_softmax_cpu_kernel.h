@@ -187,6 +187,24 @@ inline __m256 words_to_float(const uint32_t* w) {
 }
 #endif
 
+#if defined(__AVX512F__)
+}  // namespace
+}  // namespace KERNEL_ISA
+}  // namespace cpu
+}  // namespace fused_gumbel
+extern "C" __m512 Sleef_logf16_u35(__m512);  // libtorch_cpu's Sleef, as at::vec's own log calls
+namespace fused_gumbel {
+namespace cpu {
+namespace KERNEL_ISA {
+namespace {
+// log(a) inside Goldberg's log1p: only its relative error reaches E (E = v log(a) / (a - 1)), so
+// a 3.5-ulp log moves g = -log(E) by at most 3.5 * 2^-24 = 2.1e-7 nats. The outer log keeps the
+// 1-ulp Sleef log: its absolute error is g's.
+inline Vec<float> log_of_complement(const Vec<float>& a) { return Vec<float>(Sleef_logf16_u35(__m512(a))); }
+#else
+inline Vec<float> log_of_complement(const Vec<float>& a) { return a.log(); }
+#endif
+
 template <typename acc_t>
 void gumbel_from_words(const uint32_t* words, acc_t* g, int64_t n) {
 #if defined(__AVX2__)
@@ -197,7 +215,7 @@ void gumbel_from_words(const uint32_t* words, acc_t* g, int64_t n) {
     for (; i + V::size() <= n; i += V::size()) {
       const V v = V(words_to_float(words + i)) * scale;
       const V a = one - v;
-      const V goldberg = v * a.log() / (a - one);
+      const V goldberg = v * log_of_complement(a) / (a - one);
       (-V::blendv(goldberg, v, a == one).log()).store(g + i);
     }
     for (; i < n; ++i) {
@@ -641,6 +659,9 @@ void forward_rows(const ForwardArgs& args, int64_t begin, int64_t end) {
     case Dtype::BFloat16: return forward_impl<c10::BFloat16, float>(args, begin, end);
   }
 }
+
+// The float32 noise of raw Philox words, on the forward's own code path (a test hook).
+void gumbel_noise(const uint32_t* words, float* out, int64_t n) { gumbel_from_words<float>(words, out, n); }
 
 void backward_rows(const BackwardArgs& args, int64_t begin, int64_t end) {
   switch (args.dtype) {
