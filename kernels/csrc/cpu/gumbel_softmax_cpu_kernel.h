@@ -6,7 +6,8 @@
 // counter (lo n, hi n, lo offset, hi offset)), the exact twin's noise for the words in use
 // (v = min(w | 1, 2^32 - 2^8) 2^-32, a = 1 - v, E = v log(a) / (a - 1) (Goldberg's log1p; v when
 // a rounds to 1), g = -log E), then x + g and each row's max (NaN-propagating), argmax, or
-// exp((x + g - M) / tau) / S, as flat vector passes over the block (which stays in L1).
+// exp((x + g - M) / tau) / S, as flat vector passes over the block (which stays in L1); rows of
+// at most 16 float classes (AVX-512) take one masked vector per row for the per-row steps.
 // Mode 3 (CPU only) writes the one-hot and the soft sample. The backward regenerates the same
 // noise (hard) or reads y (soft, or the soft sample a mode-3 forward kept):
 //   dx = y (dy - sum(dy y)) / tau,   dtau = -(sum(dy y t) - sum(dy y) sum(y t)) / tau,
