@@ -7,11 +7,13 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 import fused_gumbel
 from fused_gumbel import _native, function, functional, reference, rng
+from fused_gumbel import noise_fidelity as nf
 from helpers import TOLERANCES, assert_close
 
 pytestmark = pytest.mark.skipif(not _native.available("cpu"),
@@ -45,6 +47,23 @@ def test_philox_words_bit_exact(seed, offset, first_call):
     key = rng.philox_key(seed % 2**64)
     expected = rng.philox4x32_torch(key, offset, torch.arange(first_call, first_call + calls))
     assert torch.equal(words, expected)
+
+
+def _native_noise(b):
+    words = torch.from_numpy(2 * np.asarray(b, dtype=np.int64))  # w = 2b: w | 1 is the draw's midpoint
+    return torch.ops.fused_gumbel._cpu_gumbel_noise(words).numpy()
+
+
+def test_noise_is_within_the_exact_bound():
+    """The kernel's float32 noise (its vector path, and the scalar tail of each call) is within
+    ``EXACT_NOISE_BOUND`` of the definition at the float32-rounded input, over every draw below
+    2**20 (the winning tail, largest g), every 997th above, and the region boundaries."""
+    result = nf.max_noise_error(_native_noise, exhaustive_below=2**20, stride=997, bound=rng.EXACT_NOISE_BOUND)
+    assert result.max_arithmetic_error <= rng.EXACT_NOISE_BOUND, result
+    # the same words through the forward's flat pass and its scalar tail agree with the twin's formula
+    b = np.arange(0, 1000, dtype=np.int64) * 2**21 + 12345
+    np.testing.assert_allclose(_native_noise(b), nf.exact_twin(b), rtol=0,
+                               atol=2 * np.spacing(np.float32(22.2)))
 
 
 def test_index_matches_reference_on_the_spec_stream():
@@ -254,8 +273,10 @@ def test_every_isa_build_gives_the_same_samples():
     script = ("import torch, fused_gumbel, sys\n"
               "from fused_gumbel import _native\n"
               "x = torch.randn(301, 23, generator=torch.Generator().manual_seed(0))\n"
+              "short = x[:, :10].contiguous()  # rows of <= 16 classes take the one-vector-per-row path\n"
               "out = [_native.cpu_isa(), _native.forward(x, 0.7, 2, 1, 5, 6)[0], _native.forward(x, 0.7, 0, 1, 5, 6)[0],\n"
-              "       torch.ops.fused_gumbel._cpu_philox_words(5, 6, 0, 99)]\n"
+              "       torch.ops.fused_gumbel._cpu_philox_words(5, 6, 0, 99),\n"
+              "       _native.forward(short, 0.7, 2, 1, 5, 6)[0], _native.forward(short, 0.7, 0, 1, 5, 6)[0]]\n"
               "torch.save(out, sys.argv[1])\n")
     results = {}
     for isa in ("default", "avx2", "avx512"):
@@ -266,10 +287,12 @@ def test_every_isa_build_gives_the_same_samples():
         os.remove(path)
     assert results["default"][0] == "default"
     base = results["default"]
-    for isa, (name, index, soft, words) in results.items():
+    for isa, (name, index, soft, words, short_index, short_soft) in results.items():
         assert torch.equal(index, base[1]) and torch.equal(words, base[3]), isa
+        assert torch.equal(short_index, base[4]), isa
         atol, rtol = TOLERANCES[torch.float32]
         torch.testing.assert_close(soft, base[2], atol=atol, rtol=rtol)
+        torch.testing.assert_close(short_soft, base[5], atol=atol, rtol=rtol)
 
 
 @pytest.mark.parametrize("op", ["relaxed_bernoulli", "bernoulli", "gumbel_topk", "sample_subset"])

@@ -194,8 +194,8 @@ std::tuple<Tensor, std::optional<Tensor>> kernel_backward(const Tensor& grad_y, 
   return {grad_x, grad_tau};
 }
 
-// Test hooks: the Philox words of calls [first_call, first_call + calls) ([calls, 4] int64) and the
-// exact twin's noise of the same words ([calls * 4], float32 or float64), on the kernel's own code path.
+// Test hooks: the Philox words of calls [first_call, first_call + calls) ([calls, 4] int64), and the
+// float32 noise of given words ([n] int64 -> [n] float32), on the kernel's own code paths.
 Tensor philox_words_cpu(int64_t seed, int64_t offset, int64_t first_call, int64_t calls) {
   TORCH_CHECK(calls >= 0, "calls must be >= 0");
   std::vector<uint32_t> words(4 * calls);
@@ -212,6 +212,28 @@ Tensor philox_words_cpu(int64_t seed, int64_t offset, int64_t first_call, int64_
   Tensor out = at::empty({calls, 4}, at::TensorOptions().dtype(at::kLong));
   int64_t* p = out.data_ptr<int64_t>();
   for (int64_t i = 0; i < 4 * calls; ++i) p[i] = int64_t(words[i]);
+  return out;
+}
+
+Tensor gumbel_noise_cpu(const Tensor& words) {
+  TORCH_CHECK(words.device().is_cpu() && words.scalar_type() == at::kLong && words.dim() == 1,
+              "words must be a 1-d int64 CPU tensor");
+  const Tensor contiguous = words.contiguous();
+  const int64_t n = contiguous.numel();
+  std::vector<uint32_t> raw(n);
+  const int64_t* p = contiguous.const_data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i) raw[i] = uint32_t(p[i]);
+  Tensor out = at::empty({n}, at::TensorOptions().dtype(at::kFloat));
+#if defined(FUSED_GUMBEL_HAVE_AVX2)
+  if (chosen_isa() == Isa::Avx512) {
+    AVX512::gumbel_noise(raw.data(), out.data_ptr<float>(), n);
+  } else if (chosen_isa() == Isa::Avx2) {
+    AVX2::gumbel_noise(raw.data(), out.data_ptr<float>(), n);
+  } else
+#endif
+  {
+    DEFAULT::gumbel_noise(raw.data(), out.data_ptr<float>(), n);
+  }
   return out;
 }
 
@@ -232,6 +254,7 @@ TORCH_LIBRARY_IMPL(fused_gumbel, CPU, m) {
 
 TORCH_LIBRARY_FRAGMENT(fused_gumbel, m) {
   m.def("_cpu_philox_words(int seed, int offset, int first_call, int calls) -> Tensor", &philox_words_cpu);
+  m.def("_cpu_gumbel_noise(Tensor words) -> Tensor", &gumbel_noise_cpu);
   m.def("_cpu_isa() -> str", &isa);
 }
 

@@ -6,7 +6,8 @@
 // counter (lo n, hi n, lo offset, hi offset)), the exact twin's noise for the words in use
 // (v = min(w | 1, 2^32 - 2^8) 2^-32, a = 1 - v, E = v log(a) / (a - 1) (Goldberg's log1p; v when
 // a rounds to 1), g = -log E), then x + g and each row's max (NaN-propagating), argmax, or
-// exp((x + g - M) / tau) / S, as flat vector passes over the block (which stays in L1).
+// exp((x + g - M) / tau) / S, as flat vector passes over the block (which stays in L1); rows of
+// at most 16 float classes (AVX-512) take one masked vector per row for the per-row steps.
 // Mode 3 (CPU only) writes the one-hot and the soft sample. The backward regenerates the same
 // noise (hard) or reads y (soft, or the soft sample a mode-3 forward kept):
 //   dx = y (dy - sum(dy y)) / tau,   dtau = -(sum(dy y t) - sum(dy y) sum(y t)) / tau,
@@ -166,9 +167,67 @@ namespace {
 template <typename acc_t>
 using Vec = at::vec::Vectorized<acc_t>;
 
+// Spec step 3 on eight / sixteen words: v = min(w | 1, 2^32 - 2^8) rounded once to float (times
+// 2^-32 later, exact). AVX-512 converts unsigned words directly; AVX2 sums the exact halves
+// with one FMA, which rounds once, as the scalar path does.
+#if defined(__AVX512F__)
+inline __m512 words_to_float(const uint32_t* w) {
+  const __m512i u = _mm512_min_epu32(_mm512_or_si512(_mm512_loadu_si512(w), _mm512_set1_epi32(1)),
+                                     _mm512_set1_epi32(int(kTopNumerator)));
+  return _mm512_cvtepu32_ps(u);
+}
+#elif defined(__AVX2__)
+inline __m256 words_to_float(const uint32_t* w) {
+  const __m256i u = _mm256_min_epu32(_mm256_or_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)),
+                                                     _mm256_set1_epi32(1)),
+                                     _mm256_set1_epi32(int(kTopNumerator)));
+  const __m256 hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(u, 16));
+  const __m256 lo = _mm256_cvtepi32_ps(_mm256_and_si256(u, _mm256_set1_epi32(0xFFFF)));
+  return _mm256_fmadd_ps(hi, _mm256_set1_ps(65536.0f), lo);
+}
+#endif
+
+#if defined(__AVX512F__)
+}  // namespace
+}  // namespace KERNEL_ISA
+}  // namespace cpu
+}  // namespace fused_gumbel
+extern "C" __m512 Sleef_logf16_u35(__m512);  // libtorch_cpu's Sleef, as at::vec's own log calls
+namespace fused_gumbel {
+namespace cpu {
+namespace KERNEL_ISA {
+namespace {
+// Sleef's 3.5-ulp log for both logs of the noise. Inside Goldberg's log1p only its relative
+// error reaches E (E = v log(a) / (a - 1)): at most 2.1e-7 nats of g. The outer log's error is
+// g's own: checked against EXACT_NOISE_BOUND (2e-6) over all 2^31 draws, at most 1.97e-6
+// (tests/test_native.py repeats the check on every draw below 2^20, where g is largest).
+inline Vec<float> log_u35(const Vec<float>& a) { return Vec<float>(Sleef_logf16_u35(__m512(a))); }
+#else
+inline Vec<float> log_u35(const Vec<float>& a) { return a.log(); }
+#endif
+
 // Spec steps 3-5, exact twin: g[i] = -log(E), E = -log1p(-v) by Goldberg's v log(a) / (a - 1).
 template <typename acc_t>
 void gumbel_from_words(const uint32_t* words, acc_t* g, int64_t n) {
+#if defined(__AVX2__)
+  if constexpr (std::is_same_v<acc_t, float>) {  // words to noise in one vector pass, no staging store
+    using V = Vec<float>;
+    const V scale(2.3283064365386963e-10f), one(1.0f);
+    int64_t i = 0;
+    for (; i + V::size() <= n; i += V::size()) {
+      const V v = V(words_to_float(words + i)) * scale;
+      const V a = one - v;
+      const V goldberg = v * log_u35(a) / (a - one);
+      (-log_u35(V::blendv(goldberg, v, a == one))).store(g + i);
+    }
+    for (; i < n; ++i) {
+      const float v = float(std::min(words[i] | 1u, kTopNumerator)) * 2.3283064365386963e-10f;
+      const float a = 1.0f - v;
+      g[i] = -std::log(a == 1.0f ? v : v * std::log(a) / (a - 1.0f));
+    }
+    return;
+  }
+#endif
   for (int64_t i = 0; i < n; ++i) {
     const uint32_t u = std::min(words[i] | 1u, kTopNumerator);
     // Both halves convert exactly and the sum rounds once: u rounded to acc_t, as the spec says.
@@ -232,6 +291,24 @@ acc_t row_sum(const acc_t* a, int64_t n) {
   for (; k < n; ++k) s += a[k];
   return s;
 }
+
+#if defined(__AVX512F__)
+// Rows of at most 16 float classes (the VAE's K = 10): one masked vector per row, so the per-row
+// reductions are a few shuffles rather than scalar loops and fills of per-row terms.
+constexpr int64_t kShortRow = 16;
+inline __mmask16 short_mask(int64_t K) { return __mmask16((1u << K) - 1u); }
+
+inline float short_row_max(const float* a, __mmask16 mask) {
+  const __m512 v = _mm512_mask_loadu_ps(_mm512_set1_ps(-std::numeric_limits<float>::infinity()), mask, a);
+  if (_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q)) return std::numeric_limits<float>::quiet_NaN();
+  return _mm512_reduce_max_ps(v);
+}
+
+inline int64_t short_first_index_of(const float* a, __mmask16 mask, float value) {
+  const __mmask16 hit = _mm512_mask_cmp_ps_mask(mask, _mm512_maskz_loadu_ps(mask, a), _mm512_set1_ps(value), _CMP_EQ_OQ);
+  return hit ? int64_t(__builtin_ctz(unsigned(hit))) : 0;
+}
+#endif
 
 // Element conversions between the tensor dtype and the compute dtype (vectorised for bf16/fp16).
 template <typename scalar_t, typename acc_t>
@@ -339,6 +416,15 @@ void perturbed_block(uint64_t seed, uint64_t offset, const scalar_t* x, const Ro
       add_into(a + j * K, s.row.data(), K);
     }
   }
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<acc_t, float>) {
+    if (K <= kShortRow) {
+      const __mmask16 mask = short_mask(K);
+      for (int64_t j = 0; j < count; ++j) s.row_max[j] = short_row_max(a + j * K, mask);
+      return;
+    }
+  }
+#endif
   for (int64_t j = 0; j < count; ++j) s.row_max[j] = row_max(a + j * K, K);
 }
 
@@ -361,6 +447,34 @@ template <typename acc_t>
 void soft_block(Scratch<acc_t>& s, int64_t r0, int64_t count, int64_t K, const void* tau_rows, double tau) {
   acc_t* a = s.a.data();
   const acc_t nan = std::numeric_limits<acc_t>::quiet_NaN();
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<acc_t, float>) {
+    if (K <= kShortRow) {
+      // One masked vector per row for (a - M) / tau and for the sum and scale, the exponentials as
+      // one flat pass. Each pass stores to a buffer it does not load: a masked store blocks any
+      // later load of its 64 bytes until it retires, whatever the masks, and rows are < 64 bytes apart.
+      const __mmask16 mask = short_mask(K);
+      const int64_t n = count * K;
+      float* t = s.expand_a.data();
+      for (int64_t j = 0; j < count; ++j) {
+        const float m = s.row_max[j], inv_tau = 1.0f / row_tau<float>(tau_rows, tau, r0 + j);
+        const __m512 v = _mm512_maskz_loadu_ps(mask, a + j * K);
+        _mm512_mask_storeu_ps(t + j * K, mask, _mm512_mul_ps(_mm512_sub_ps(v, _mm512_set1_ps(finite_max(m) ? m : 0.0f)),
+                                                            _mm512_set1_ps(inv_tau)));
+      }
+      using V = Vec<float>;
+      int64_t i = 0;
+      for (; i + V::size() <= n; i += V::size()) V::loadu(t + i).exp().store(t + i);
+      for (; i < n; ++i) t[i] = std::exp(t[i]);
+      for (int64_t j = 0; j < count; ++j) {
+        const __m512 e = _mm512_maskz_loadu_ps(mask, t + j * K);
+        const float inv = finite_max(s.row_max[j]) ? 1.0f / _mm512_mask_reduce_add_ps(mask, e) : nan;
+        _mm512_mask_storeu_ps(a + j * K, mask, _mm512_mul_ps(e, _mm512_set1_ps(inv)));
+      }
+      return;
+    }
+  }
+#endif
   const int64_t n = count * K;
   acc_t *shift = s.expand_a.data(), *scale = s.expand_b.data();
   for (int64_t j = 0; j < count; ++j) {  // per-row terms spread over the row: the passes below are flat
@@ -403,7 +517,8 @@ inline void store_block(const acc_t* in, int64_t r0, int64_t count, int64_t K, s
 
 template <typename scalar_t, typename acc_t>
 void forward_impl(const ForwardArgs& args, int64_t begin, int64_t end) {
-  const int64_t K = args.classes, per_block = block_rows(K);
+  // Blocks no larger than this range: a tiny call allocates (and zeroes) tiny scratch.
+  const int64_t K = args.classes, per_block = std::min(block_rows(K), end - begin);
   const auto* x = static_cast<const scalar_t*>(args.x);
   auto* y = static_cast<scalar_t*>(args.y);
   Scratch<acc_t> s(per_block, K);
@@ -415,6 +530,14 @@ void forward_impl(const ForwardArgs& args, int64_t begin, int64_t end) {
     if (args.mode != 0) {
       for (int64_t j = 0; j < count; ++j) {
         const acc_t m = s.row_max[j];
+#if defined(__AVX512F__)
+        if constexpr (std::is_same_v<acc_t, float>) {
+          if (K <= kShortRow) {
+            best[j] = finite_max(m) ? short_first_index_of(s.a.data() + j * K, short_mask(K), m) : -1;
+            continue;
+          }
+        }
+#endif
         best[j] = finite_max(m) ? first_index_of(s.a.data() + j * K, K, m) : -1;
       }
     }
@@ -459,7 +582,8 @@ inline void expand_rows(const acc_t* per_row, int64_t count, int64_t K, acc_t* o
 
 template <typename scalar_t, typename acc_t>
 void backward_impl(const BackwardArgs& args, int64_t begin, int64_t end) {
-  const int64_t K = args.classes, per_block = block_rows(K);
+  // Blocks no larger than this range: a tiny call allocates (and zeroes) tiny scratch.
+  const int64_t K = args.classes, per_block = std::min(block_rows(K), end - begin);
   const auto* src = static_cast<const scalar_t*>(args.src);
   const auto* grad_y = static_cast<const scalar_t*>(args.grad_y);
   auto* grad_x = static_cast<scalar_t*>(args.grad_x);
@@ -488,6 +612,23 @@ void backward_impl(const BackwardArgs& args, int64_t begin, int64_t end) {
       }
     }
     load_block(grad_y, args.g_layout, r0, count, K, dy.data());
+#if defined(__AVX512F__)
+    if constexpr (std::is_same_v<acc_t, float>) {
+      if (K <= kShortRow && !tau_grad) {  // one masked vector per row: dot, then dx, no per-row fills
+        const __mmask16 mask = short_mask(K);
+        for (int64_t j = 0; j < count; ++j) {
+          const __m512 d = _mm512_maskz_loadu_ps(mask, dy.data() + j * K);
+          const __m512 v = _mm512_maskz_loadu_ps(mask, y + j * K);
+          const __m512 dot_j = _mm512_set1_ps(_mm512_mask_reduce_add_ps(mask, _mm512_mul_ps(d, v)));
+          const __m512 dx = _mm512_mul_ps(_mm512_mul_ps(_mm512_sub_ps(d, dot_j), _mm512_set1_ps(tau_inv[j])), v);
+          // Into another buffer: a masked store near the next row's masked loads would stall them.
+          _mm512_mask_storeu_ps(prod.data() + j * K, mask, dx);
+        }
+        store_block(prod.data(), r0, count, K, grad_x, args.gx_layout);
+        continue;
+      }
+    }
+#endif
     map3(prod.data(), dy.data(), y, y, n, [](auto d, auto v, auto) { return d * v; });
     for (int64_t j = 0; j < count; ++j) dot[j] = row_sum(prod.data() + j * K, K);
     expand_rows(dot.data(), count, K, row_value.data());
@@ -520,6 +661,9 @@ void forward_rows(const ForwardArgs& args, int64_t begin, int64_t end) {
     case Dtype::BFloat16: return forward_impl<c10::BFloat16, float>(args, begin, end);
   }
 }
+
+// The float32 noise of raw Philox words, on the forward's own code path (a test hook).
+void gumbel_noise(const uint32_t* words, float* out, int64_t n) { gumbel_from_words<float>(words, out, n); }
 
 void backward_rows(const BackwardArgs& args, int64_t begin, int64_t end) {
   switch (args.dtype) {
