@@ -18,7 +18,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from .timing import synchronize
+from .timing import host_best_us, synchronize
 
 
 @contextlib.contextmanager
@@ -148,8 +148,6 @@ def native_host_us(calls: int = 300, repeats: int = 5) -> dict:
     For each quantity the smallest of ``repeats`` medians of ``calls`` calls (rounds interleave
     the quantities). ``autograd_floor``: forward+backward of a trivial autograd Function with the
     same inputs (``bench.static``'s); ``bwd_beyond_floor`` = fwd+bwd - autograd_floor - fwd."""
-    import statistics
-
     import fused_gumbel
 
     from .static import _autograd_floor_function
@@ -166,21 +164,7 @@ def native_host_us(calls: int = 300, repeats: int = 5) -> dict:
             fused_gumbel.gumbel_softmax(xg, hard=hard, backend="native"), xg, grad)
     functions["index/fwd"] = lambda: fused_gumbel.categorical(x, backend="native")
 
-    def median_us(fn):
-        samples = []
-        for _ in range(calls):
-            start = time.perf_counter_ns()
-            fn()
-            samples.append(time.perf_counter_ns() - start)
-        return statistics.median(samples) / 1e3
-
-    for fn in functions.values():
-        for _ in range(max(5, calls // 10)):
-            fn()
-    best = dict.fromkeys(functions, float("inf"))
-    for _ in range(repeats):
-        for key, fn in functions.items():
-            best[key] = min(best[key], median_us(fn))
+    best = host_best_us(functions, calls, repeats)
     out = {}
     for mode in ("soft", "hard"):
         fwd, both, floor = best[f"{mode}/fwd"], best[f"{mode}/both"], best["floor"]

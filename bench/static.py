@@ -526,23 +526,10 @@ def measure_host(calls: int = 300, modes=("soft", "hard"), repeats: int = 5) -> 
 
     import fused_gumbel as fg
 
-    def median_us(fn, n):
-        samples = []
-        for _ in range(n):
-            t0 = time.perf_counter_ns()
-            fn()
-            samples.append(time.perf_counter_ns() - t0)
-        return statistics.median(samples) / 1e3
+    from .timing import host_best_us
 
     def timed(functions: dict) -> dict:
-        for fn in functions.values():  # warm-up
-            for _ in range(max(5, calls // 10)):
-                fn()
-        best = dict.fromkeys(functions, math.inf)
-        for _ in range(max(1, repeats)):
-            for key, fn in functions.items():
-                best[key] = min(best[key], median_us(fn, calls))
-        return best
+        return host_best_us(functions, calls, repeats)
 
     floor_function = _autograd_floor_function()
     out = {}

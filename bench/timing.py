@@ -145,3 +145,26 @@ class WallClockTimer:
             if name not in results:
                 results[name] = summarize(samples[name])
         return {name: results[name] for name in calls}
+
+
+def host_best_us(functions: dict[str, Callable[[], object]], calls: int, repeats: int) -> dict[str, float]:
+    """Host time per call of each function, in us: after a warm-up, the smallest of ``repeats``
+    medians of ``calls`` calls, the rounds interleaving every function (a burst of load on a
+    shared machine hits them alike, and noise only adds time)."""
+
+    def median_us(fn):
+        samples = []
+        for _ in range(calls):
+            start = time.perf_counter_ns()
+            fn()
+            samples.append(time.perf_counter_ns() - start)
+        return statistics.median(samples) / 1e3
+
+    for fn in functions.values():
+        for _ in range(max(5, calls // 10)):
+            fn()
+    best = dict.fromkeys(functions, float("inf"))
+    for _ in range(max(1, repeats)):
+        for key, fn in functions.items():
+            best[key] = min(best[key], median_us(fn))
+    return best
