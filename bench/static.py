@@ -1135,23 +1135,30 @@ def update_docs(report: dict, paths=("README.md", "docs/benchmarks.md"), md_name
     table, gumbel_softmax only in the README); returns the files changed."""
     changed = []
     for rel in paths:
-        path = os.path.join(REPO, rel)
-        with open(path) as f:
-            text = f.read()
-        if DOC_BEGIN not in text or DOC_END not in text:
-            continue
         families = ["gumbel_softmax"] if rel == "README.md" else None
         link = f"bench/results/{md_name}" if rel == "README.md" else f"../bench/results/{md_name}"
-        block = "\n".join([DOC_BEGIN, _header(report), "", summary_table(report, families), "",
-                           f"Full tables, per-pipe cycles, registers and host time: [{md_name}]({link}).", DOC_END])
-        head, rest = text.split(DOC_BEGIN, 1)
-        tail = rest.split(DOC_END, 1)[1]
-        new = head + block + tail
-        if new != text:
-            with open(path, "w") as f:
-                f.write(new)
+        body = "\n".join([_header(report), "", summary_table(report, families), "",
+                          f"Full tables, per-pipe cycles, registers and host time: [{md_name}]({link})."])
+        if replace_block(rel, DOC_BEGIN, DOC_END, body):
             changed.append(rel)
     return changed
+
+
+def replace_block(rel: str, begin: str, end: str, body: str) -> bool:
+    """Put ``body`` between the ``begin`` and ``end`` markers of the repository file ``rel``;
+    whether the file changed (False when it has no such block)."""
+    path = os.path.join(REPO, rel)
+    with open(path) as f:
+        text = f.read()
+    if begin not in text or end not in text:
+        return False
+    head, rest = text.split(begin, 1)
+    new = head + "\n".join([begin, body, end]) + rest.split(end, 1)[1]
+    if new == text:
+        return False
+    with open(path, "w") as f:
+        f.write(new)
+    return True
 
 
 def main(argv=None) -> int:
@@ -1164,7 +1171,8 @@ def main(argv=None) -> int:
     parser.add_argument("--host", action="store_true", help="also measure the host time per call (host_us)")
     parser.add_argument("--host-calls", type=int, default=300)
     parser.add_argument("--update-docs", action="store_true",
-                        help="rewrite the generated tables in README.md and docs/benchmarks.md")
+                        help="rewrite the generated tables in README.md and docs/benchmarks.md (with --twin: the "
+                             "twin-vs-Triton table in docs/benchmarks.md)")
     parser.add_argument("--twin", action="store_true",
                         help="model the CUDA C++ twin (kernels/csrc/cuda) next to Triton's latest report "
                              "(bench/static_twin.py) and write fused_gumbel/_twin_dispatch.py")
@@ -1178,7 +1186,7 @@ def main(argv=None) -> int:
         from . import static_twin
 
         static_twin.main(args.out, args.shapes, args.dtypes, args.triton_json,
-                         log=lambda m: print(m, file=sys.stderr))
+                         log=lambda m: print(m, file=sys.stderr), docs=args.update_docs)
         return 0
     families = args.families or (["gumbel_softmax"] if args.quick else None)
     dtypes = args.dtypes or (["bf16"] if args.quick else None)

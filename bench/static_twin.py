@@ -220,7 +220,46 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(out_dir: str, shapes=None, dtypes=None, triton_json=None, write_dispatch=True, log=print) -> dict:
+DOC_BEGIN, DOC_END = "<!-- static-twin:begin -->", "<!-- static-twin:end -->"
+SUMMARY_ORDER = [("soft", "fwd"), ("hard", "fwd"), ("index", "fwd"), ("soft", "bwd"), ("hard", "bwd")]
+
+
+def summary_table(report: dict) -> str:
+    """gumbel_softmax, bf16 and fp32 side by side: twin vs Triton instructions/element, H200
+    ceilings and the faster one (docs/benchmarks.md's generated block)."""
+    lines = ["| case | shape | instr/elem bf16: twin / Triton | H200 ceiling bf16: twin / Triton | "
+             "fp32: twin / Triton | faster (bf16 / fp32) |", "|---|---|---|---|---|---|"]
+    results = report["results"]
+    for mode, pass_ in SUMMARY_ORDER:
+        for shape in static.SHAPES:
+            b = results.get(f"gumbel_softmax/{mode}/{pass_}/{shape}/bf16")
+            f = results.get(f"gumbel_softmax/{mode}/{pass_}/{shape}/fp32")
+            if not (b and f and "twin" in b and "twin" in f and b["triton"] and f["triton"]):
+                continue
+
+            def instr(r):
+                return f"{r['twin']['instr_per_element']:.0f} / {r['triton']['instr_per_element']:.0f}"
+
+            def ceiling(r):
+                return f"{r['twin']['ceiling_pct_H200']:.0f}% / {r['triton']['ceiling_pct_H200']:.0f}%"
+
+            lines.append(f"| {mode} {pass_} | {shape} | {instr(b)} | {ceiling(b)} | {instr(f)}, {ceiling(f)} | "
+                         f"{b['faster']} / {f['faster']} |")
+    return "\n".join(lines)
+
+
+def update_docs(report: dict, md_name: str, rel: str = "docs/benchmarks.md") -> bool:
+    """Rewrite docs/benchmarks.md's twin-vs-Triton block from ``report``."""
+    body = "\n".join([
+        f"`python -m bench.static --twin`, {report['date']}: twin cubins from `nvcc {' '.join(report['nvcc_flags'])}`, "
+        f"Triton numbers from `{os.path.basename(report['triton_report'])}`. A static prediction, not a measurement. "
+        f"Full table with kernels, registers and reasons: [{md_name}](../bench/results/{md_name}).", "",
+        summary_table(report)])
+    return static.replace_block(rel, DOC_BEGIN, DOC_END, body)
+
+
+def main(out_dir: str, shapes=None, dtypes=None, triton_json=None, write_dispatch=True, log=print,
+         docs: bool = False) -> dict:
     report = run(shapes, dtypes, triton_json, log=log)
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.join(out_dir, f"static-twin-sm90-{report['date']}")
@@ -234,4 +273,7 @@ def main(out_dir: str, shapes=None, dtypes=None, triton_json=None, write_dispatc
     if write_dispatch and not shapes and not dtypes:
         write_dispatch_module(report)
         log(f"wrote {os.path.relpath(DISPATCH_MODULE, static.REPO)}")
+    if docs:
+        changed = update_docs(report, os.path.basename(stem) + ".md")
+        log("updated docs/benchmarks.md" if changed else "docs/benchmarks.md: unchanged or no generated block")
     return report

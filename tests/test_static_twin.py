@@ -72,3 +72,23 @@ def test_shape_classes_match_the_twin_config():
     assert _twin_dispatch.SMALL_K == lib.fg_twin_small_k()
     assert _twin_dispatch.MAX_RESIDENT == lib.fg_twin_max_resident()
     assert _twin_dispatch.FEW_ROWS == static_twin.FEW_ROWS
+
+
+def test_docs_block_is_generated_from_the_committed_report():
+    """docs/benchmarks.md's twin-vs-Triton table is the block ``--twin --update-docs`` writes from
+    the committed results, so the docs cannot drift from them."""
+    import glob
+    import json
+    import os
+
+    from bench import static
+
+    path = sorted(glob.glob(os.path.join(static.REPO, "bench", "results", "static-twin-sm90-*.json")))[-1]
+    with open(path) as f:
+        report = json.load(f)
+    table = static_twin.summary_table(report)
+    assert table.count("\n| ") == 20  # 5 passes x 4 shapes, after the header
+    with open(os.path.join(static.REPO, "docs", "benchmarks.md")) as f:
+        docs = f.read()
+    block = docs.split(static_twin.DOC_BEGIN, 1)[1].split(static_twin.DOC_END, 1)[0]
+    assert table in block and os.path.basename(path).replace(".json", ".md") in block
