@@ -44,7 +44,7 @@ def _estimator_backward(grad: torch.Tensor, logits: torch.Tensor, tau: Optional[
                         backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     name = _NAMES[estimator]
     kernel_tau = tau_value if tau is None else tau
-    if backend in ("reference", "native"):  # no native estimator kernels: the reference math
+    if backend == "reference":
         key, offset = rng_state.tolist()
         index = reference_estimators.forward_index(logits, dim, key, offset)
         grad_x, grad_tau = reference_estimators.surrogate_grads(grad, logits, kernel_tau, dim, index, name, mc_samples,

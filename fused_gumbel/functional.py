@@ -84,6 +84,14 @@ def select_backend(device: torch.device, backend: Optional[Backend] = None) -> s
     return choice
 
 
+def select_backend_for_op(device: torch.device, backend: Optional[Backend], has_native: bool) -> str:
+    """``select_backend`` for one op: where the op has no C++ kernel (``has_native`` False:
+    relaxed_bernoulli, gumbel_topk, the estimators' backward) "native" runs as "reference",
+    which draws the same noise."""
+    chosen = select_backend(device, backend)
+    return "reference" if chosen == "native" and not has_native else chosen
+
+
 _function_module = None
 
 
@@ -303,7 +311,7 @@ def gumbel_softmax(
         return gumbel_softmax(logits.reshape(1), tau, hard, dim=0, generator=generator, seed=seed,
                               backend=backend, estimator=estimator, mc_samples=mc_samples).reshape(())
     device = logits.device
-    chosen = select_backend(device, backend)
+    chosen = select_backend_for_op(device, backend, has_native=estimator == "st")
     if estimator != "st":
         return _sample_with_estimator(logits, tau, dim, generator, seed, chosen, estimator, mc_samples)
     if _graph_mode():
@@ -332,7 +340,7 @@ def _sample_with_estimator(logits, tau, dim, generator, seed, chosen, estimator,
     if logits.device.type == "meta":
         return reference.gumbel_softmax(logits, tau, True, dim, noise=torch.zeros_like(logits))
     key, offset = _draw(logits.device, logits, tau, generator, seed)
-    if chosen in ("reference", "native"):  # the C++ extension has no estimator kernels: the reference math
+    if chosen == "reference":
         _check_host_seed(key)
         return reference_estimators.gumbel_softmax(logits, tau, dim, estimator=estimator, mc_samples=mc_samples,
                                                    seed=key, offset=offset)

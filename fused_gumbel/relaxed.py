@@ -28,7 +28,7 @@ from . import _relaxed_op, _seeding, reference_relaxed
 from ._layout import RowShape
 from .functional import (_SYMBOLIC_SCALARS, Backend, _check_compiled_call, _check_host_seed, _check_logits,
                          _check_tau, _empty_like_result, _graph_mode, _is_tracing, _normalize_dim, _scalar_tensor,
-                         _tau_for_kernel, select_backend)
+                         _tau_for_kernel, select_backend_for_op)
 
 
 def _check_elementwise_tau(tau, logits: torch.Tensor):
@@ -64,13 +64,6 @@ def _elementwise_tau_for_kernel(tau, logits: torch.Tensor):
     return tau.expand(logits.shape).reshape(-1).contiguous()
 
 
-def _backend(device: torch.device, backend) -> str:
-    """``select_backend``'s choice, with "native" run as "reference": the C++ extension has kernels
-    for ``gumbel_softmax``/``categorical`` only, and the reference draws the same noise."""
-    chosen = select_backend(device, backend)
-    return "reference" if chosen == "native" else chosen
-
-
 def relaxed_bernoulli(
     logits: torch.Tensor,
     tau: Union[float, torch.Tensor] = 1.0,
@@ -103,7 +96,7 @@ def relaxed_bernoulli(
     tau = _check_elementwise_tau(tau, logits)
     if logits.numel() == 0:
         return _empty_like_result(logits)
-    chosen = _backend(logits.device, backend)
+    chosen = select_backend_for_op(logits.device, backend, has_native=False)
     if _graph_mode():
         _check_compiled_call(generator, seed)
         mode = _relaxed_op.MODE_HARD if hard else _relaxed_op.MODE_SOFT
@@ -131,7 +124,7 @@ def bernoulli(
     _check_logits(logits)
     if logits.numel() == 0:
         return torch.empty_like(logits)
-    chosen = _backend(logits.device, backend)
+    chosen = select_backend_for_op(logits.device, backend, has_native=False)
     logits = logits.detach()
     if _graph_mode():
         _check_compiled_call(generator, seed)
@@ -208,7 +201,7 @@ def gumbel_topk(
     if logits.dim() == 0:
         return gumbel_topk(logits.reshape(1), k, tau, hard, 0, generator=generator, seed=seed,
                            backend=backend).reshape(())
-    chosen = _backend(logits.device, backend)
+    chosen = select_backend_for_op(logits.device, backend, has_native=False)
     if chosen == "triton" and not _fused_topk_supported(shape.classes, k):
         chosen = "reference"
     tau_requires_grad = isinstance(tau, torch.Tensor) and tau.requires_grad
@@ -256,7 +249,7 @@ def sample_subset(
         return torch.empty(out_shape, dtype=torch.int64, device=logits.device)
     if logits.dim() == 0:
         return sample_subset(logits.reshape(1), k, 0, generator=generator, seed=seed, backend=backend).reshape(())
-    chosen = _backend(logits.device, backend)
+    chosen = select_backend_for_op(logits.device, backend, has_native=False)
     if chosen == "triton" and not _fused_topk_supported(shape.classes, k):
         chosen = "reference"
     logits = logits.detach()

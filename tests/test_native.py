@@ -306,3 +306,18 @@ def test_ops_without_a_native_kernel_run_the_reference(op):
     native = fn(*args, seed=11, backend="native")
     expected = fn(*args, seed=11, backend="reference")
     assert torch.equal(native, expected)
+
+
+@pytest.mark.parametrize("estimator", ["gumbel_rao", "reinmax"])
+def test_estimators_on_native_run_the_reference(estimator):
+    """The estimators' backward has no C++ kernel: under "native" the whole call is the reference's."""
+    logits = torch.randn(5, 7, dtype=torch.float64)
+    weight = torch.randn(5, 7, dtype=torch.float64)
+    out = {}
+    for backend in ("native", "reference"):
+        x = logits.clone().requires_grad_(True)
+        y = fused_gumbel.gumbel_softmax(x, 0.8, hard=True, seed=3, backend=backend, estimator=estimator)
+        (y * weight).sum().backward()
+        out[backend] = (y.detach(), x.grad)
+    assert torch.equal(out["native"][0], out["reference"][0])
+    assert torch.equal(out["native"][1], out["reference"][1])
