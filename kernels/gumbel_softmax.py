@@ -976,12 +976,12 @@ def tile_config(n_rows: int, classes: int, max_block_k: int | None = None, allow
     ``allow_small`` is False. Cached: the launchers call it on every call."""
     return _tile_config(n_rows, classes, MAX_RESIDENT if max_block_k is None else max_block_k, allow_small,
                         SMALL_K, SPLIT_BELOW_PROGRAMS, SPLIT_MIN_SEGMENT,
-                        elements_per_thread or ELEMENTS_PER_THREAD)
+                        elements_per_thread or ELEMENTS_PER_THREAD, SPLIT_ELEMENTS_PER_THREAD)
 
 
 @functools.lru_cache(maxsize=4096)
 def _tile_config(n_rows: int, classes: int, max_block_k: int, allow_small: bool, small_k: int,
-                 split_below_programs: int, split_min_segment: int, per_thread: int) -> dict:
+                 split_below_programs: int, split_min_segment: int, per_thread: int, split_per_thread: int) -> dict:
     if classes <= small_k and allow_small:
         rows = max(32, min(SMALL_ROWS, _next_power_of_2(n_rows)))
         return dict(SMALL=True, SPLIT=False, Q=-(-classes // 4), num_chunks=1, SINGLE_CHUNK=True, ROWS=rows, BLOCK_Q=0,
@@ -995,7 +995,7 @@ def _tile_config(n_rows: int, classes: int, max_block_k: int, allow_small: bool,
         segments = -(-calls_per_row // block_q)
         return dict(SMALL=False, SPLIT=True, SEGMENTS=segments, SEG_BLOCK=_next_power_of_2(segments),
                     Q=calls_per_row, num_chunks=1, SINGLE_CHUNK=True, ROWS=1, BLOCK_Q=block_q,
-                    num_warps=min(16, max(1, 4 * block_q // (32 * min(per_thread, SPLIT_ELEMENTS_PER_THREAD)))))
+                    num_warps=min(16, max(1, 4 * block_q // (32 * min(per_thread, split_per_thread)))))
     if 4 * block_q <= max_block_k:
         num_chunks = 1
         target = TARGET_TILE * max(1, per_thread // ELEMENTS_PER_THREAD)
