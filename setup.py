@@ -87,7 +87,8 @@ def _native_build():
               "`pip install --no-build-isolation -e .` (see README).")
         return [], {}
 
-    sources = [os.path.join(CSRC, "ops.cpp"), os.path.join(CSRC, "cpu", "gumbel_softmax_cpu.cpp"),
+    sources = [os.path.join(CSRC, "ops.cpp"), os.path.join(CSRC, "eager.cpp"),
+               os.path.join(CSRC, "cpu", "gumbel_softmax_cpu.cpp"),
                os.path.join(CSRC, "cpu", "gumbel_softmax_cpu_default.cpp")]
     isa_sources = {src: flags for src, flags in ISA_SOURCES.items() if platform.machine() in ("x86_64", "AMD64")}
     cuda_sources = sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu")))

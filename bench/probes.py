@@ -61,7 +61,7 @@ def _is_device_launch(event) -> bool:
 
 def count_launches(calls: dict[str, Callable[[], object]], device: torch.device, repeats: int = 3,
                    gap_s: float = 0.002) -> dict[str, float]:
-    """Mean device launches (CUDA) or top-level ATen ops (CPU) per call, for every provider of a
+    """Mean device launches (CUDA) or top-level ATen and fused_gumbel ops (CPU) per call, for every provider of a
     case in one profiler session (a session costs far more than the calls it watches).
 
     Each provider runs ``repeats`` times inside its own ``record_function`` range, synchronised
@@ -102,7 +102,8 @@ def count_launches(calls: dict[str, Callable[[], object]], device: torch.device,
     else:
         for event in events:
             parent = event.cpu_parent
-            if parent is not None and parent.name.startswith("bench::") and event.name.startswith("aten::"):
+            # Our own ops count as launches too: the eager fast path calls no ATen op at top level.
+            if parent is not None and parent.name.startswith("bench::") and event.name.startswith(("aten::", "fused_gumbel::")):
                 counts[parent.name[len("bench::"):]] += 1
     return {name: count / repeats for name, count in counts.items()}
 
@@ -143,11 +144,17 @@ def native_extension(device: torch.device) -> dict:
 
 
 def native_host_us(calls: int = 300, repeats: int = 5) -> dict:
-    """Host time per eager call through the C++ op on CPU, in us: the same call on a 1x2 tensor,
-    whose kernel work is a few nanoseconds, so what is timed is the Python and dispatcher path.
-    For each quantity the smallest of ``repeats`` medians of ``calls`` calls (rounds interleave
-    the quantities). ``autograd_floor``: forward+backward of a trivial autograd Function with the
-    same inputs (``bench.static``'s); ``bwd_beyond_floor`` = fwd+bwd - autograd_floor - fwd."""
+    """Host time per eager call through the C++ extension on CPU, in us: the same call on a 1x2
+    tensor, whose kernel work is a few nanoseconds, so what is timed is the Python, extension and
+    dispatcher path (``kernels/csrc/eager.cpp``'s fast path and its C++ autograd Function, when
+    they apply). For each quantity the smallest of ``repeats`` medians of ``calls`` calls (rounds
+    interleave the quantities). ``autograd_floor``: forward+backward of a trivial Python autograd
+    Function with the same inputs (``bench.static``'s); ``fwd+bwd_beyond_floor`` = fwd+bwd -
+    autograd_floor (what the goal bounds; negative when the call costs less than that Function
+    alone); ``bwd_beyond_floor`` = fwd+bwd - autograd_floor - fwd. ``eager_F``: the same
+    quantities for ``torch.nn.functional.gumbel_softmax``, this machine's yardstick."""
+    import torch.nn.functional as F
+
     import fused_gumbel
 
     from .static import _autograd_floor_function
@@ -157,19 +164,20 @@ def native_host_us(calls: int = 300, repeats: int = 5) -> dict:
     xg = x.clone().requires_grad_(True)
     grad = torch.ones(1, 2)
     functions = {"floor": lambda: torch.autograd.grad(floor_function.apply(xg, 1.0, False, -1, 0, 0), xg, grad)}
-    for mode in ("soft", "hard"):
-        hard = mode == "hard"
-        functions[f"{mode}/fwd"] = lambda hard=hard: fused_gumbel.gumbel_softmax(x, hard=hard, backend="native")
-        functions[f"{mode}/both"] = lambda hard=hard: torch.autograd.grad(
-            fused_gumbel.gumbel_softmax(xg, hard=hard, backend="native"), xg, grad)
+    samplers = {"soft": lambda t: fused_gumbel.gumbel_softmax(t, backend="native"),
+                "hard": lambda t: fused_gumbel.gumbel_softmax(t, hard=True, backend="native"),
+                "eager_F": F.gumbel_softmax}
+    for name, sample in samplers.items():
+        functions[f"{name}/fwd"] = lambda sample=sample: sample(x)
+        functions[f"{name}/both"] = lambda sample=sample: torch.autograd.grad(sample(xg), xg, grad)
     functions["index/fwd"] = lambda: fused_gumbel.categorical(x, backend="native")
 
     best = host_best_us(functions, calls, repeats)
     out = {}
-    for mode in ("soft", "hard"):
-        fwd, both, floor = best[f"{mode}/fwd"], best[f"{mode}/both"], best["floor"]
-        out[mode] = {"fwd": round(fwd, 2), "fwd+bwd": round(both, 2), "autograd_floor": round(floor, 2),
-                     "bwd_beyond_floor": round(both - floor - fwd, 2)}
+    for name in samplers:
+        fwd, both, floor = best[f"{name}/fwd"], best[f"{name}/both"], best["floor"]
+        out[name] = {"fwd": round(fwd, 2), "fwd+bwd": round(both, 2), "autograd_floor": round(floor, 2),
+                     "fwd+bwd_beyond_floor": round(both - floor, 2), "bwd_beyond_floor": round(both - floor - fwd, 2)}
     out["index"] = {"fwd": round(best["index/fwd"], 2), "fwd+bwd": None, "autograd_floor": None,
-                    "bwd_beyond_floor": None}
+                    "fwd+bwd_beyond_floor": None, "bwd_beyond_floor": None}
     return out

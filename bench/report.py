@@ -133,13 +133,13 @@ def evaluate_goals(results: list[dict], device: str, host_us: Optional[dict] = N
         "cpu", _extreme(native_cases, lambda r: r["speedup"].get("compile"), min), 2.0, at_least, "x")
     add("cpu_native_vs_eager", "CPU 3000x10 and 256x1024: fused >= 4x eager F.gumbel_softmax (worst case)",
         "cpu", _extreme(native_cases, lambda r: r["speedup"].get("eager"), min), 4.0, at_least, "x")
-    host = host_us or {}
+    host = {k: v for k, v in (host_us or {}).items() if k != "eager_F"}  # eager_F: the yardstick, not ours
     add("cpu_host_fwd", "CPU host time per forward call through the C++ op (2 elements: no kernel time)",
         "cpu", _extreme([{"key": k, "v": v.get("fwd")} for k, v in host.items()], lambda r: r["v"], max),
         8.0, at_most, "us")
-    add("cpu_host_bwd", "CPU host time of the backward beyond the autograd floor, through the C++ op",
-        "cpu", _extreme([{"key": k, "v": v.get("bwd_beyond_floor")} for k, v in host.items()], lambda r: r["v"], max),
-        20.0, at_most, "us")
+    add("cpu_host_fwd_bwd", "CPU host time of forward+backward beyond the autograd floor, through the C++ op",
+        "cpu", _extreme([{"key": k, "v": v.get("fwd+bwd_beyond_floor")} for k, v in host.items()],
+                        lambda r: r["v"], max), 20.0, at_most, "us")
     return goals
 
 
@@ -263,10 +263,12 @@ def markdown_report(data: dict) -> str:
         "", "### Cases", "", cases_table(data["results"]),
     ]
     if data.get("host_us"):
-        parts += ["", "### Host time per call, us (C++ op on 2 elements; floor: a trivial autograd Function)", "",
-                  "| case | fwd | fwd+bwd | autograd floor | bwd beyond floor |", "|---|---|---|---|---|"]
-        parts += [f"| {k} | {v['fwd']} | {v['fwd+bwd']} | {v['autograd_floor']} | {v['bwd_beyond_floor']} |"
-                  for k, v in data["host_us"].items()]
+        parts += ["", "### Host time per call, us (C++ extension on 2 elements; floor: a trivial Python autograd "
+                  "Function; eager_F: torch.nn.functional.gumbel_softmax, this machine's yardstick)", "",
+                  "| case | fwd | fwd+bwd | autograd floor | fwd+bwd beyond floor | bwd beyond floor |",
+                  "|---|---|---|---|---|---|"]
+        parts += [f"| {k} | {v['fwd']} | {v['fwd+bwd']} | {v['autograd_floor']} | {v.get('fwd+bwd_beyond_floor', '–')} "
+                  f"| {v['bwd_beyond_floor']} |" for k, v in data["host_us"].items()]
     if data.get("vae"):
         parts += ["", "### VAE training steps/s (soft samples, tau = 1)", "", vae_table(data["vae"])]
     parts += ["", "### Median ms per provider", "", times_table(data["results"], data["providers"])]

@@ -5,7 +5,9 @@
 same math the Triton kernels run (``kernels/gumbel_softmax.py``: Gumbel noise from the RNG
 spec's Philox words, tempered softmax, one-hot or argmax; dx = y (dy - sum(dy y)) / tau and the
 temperature gradient), with a CPU kernel (``kernels/csrc/cpu``) and, where built, a CUDA twin
-(``kernels/csrc/cuda``). Importing ``fused_gumbel`` never imports ``_C``; the first call that
+(``kernels/csrc/cuda``), and the eager CPU fast path (``kernels/csrc/eager.cpp``: the functions
+``sample_eager`` and ``draw_key_offset`` of the module itself, which ``functional`` and
+``_seeding`` call). Importing ``fused_gumbel`` never imports ``_C``; the first call that
 asks does, once. It is refused, with the reason kept for :func:`unavailable_reason`, when it was
 not built, fails to load, was built against another torch version (its C++ ABI would not
 match), or its last build failed (then with a warning): ``_C.build.json``, written by setup.py,

@@ -72,6 +72,11 @@ def graph_safe_state(device: torch.device, generator: Optional[torch.Generator] 
     return state
 
 
+def rank_salt() -> int:
+    """This process's ``rank_key``: what sources 2 and 3 XOR into the key."""
+    return rank_key(process_rank())
+
+
 def draw(device: torch.device, generator: Optional[torch.Generator] = None,
          seed: Optional[int] = None) -> tuple[Seed, int]:
     """``(key, offset)`` for one call: ints, or (a device tensor, 0) under CUDA-graph capture."""
@@ -81,5 +86,26 @@ def draw(device: torch.device, generator: Optional[torch.Generator] = None,
         return check_seed(seed), 0
     if is_capturing(device):
         return graph_safe_state(device, generator), 0
-    key, offset = rng.draw_seed_offset(device, generator)
+    if device.type == "cpu" and (generator is None or generator.device.type == "cpu"):
+        key, offset = _cpu_draw()(generator)
+    else:
+        key, offset = rng.draw_seed_offset(device, generator)
     return key ^ rank_key(process_rank()), offset
+
+
+_cpu_draw_function = None
+
+
+def _cpu_draw():
+    """``rng.draw_seed_offset`` for CPU generators: ``fused_gumbel._C.draw_key_offset`` when the
+    extension is built (the same Mersenne Twister words and values as the ``torch.randint`` the
+    spec names, without creating a tensor; tests/test_native.py checks both), else the spec's own."""
+    global _cpu_draw_function
+    if _cpu_draw_function is None:
+        from . import _native
+
+        module = _native.load()
+        cpu = torch.device("cpu")
+        _cpu_draw_function = (module.draw_key_offset if module is not None
+                              else lambda generator: rng.draw_seed_offset(cpu, generator))
+    return _cpu_draw_function

@@ -5,7 +5,9 @@
 with ``hard=True``, the exact one-hot of argmax(logits + g) with the soft sample's gradient.
 Every input error raises here, before any kernel launch. CUDA tensors run the fused Triton
 kernels (through ``GumbelSoftmaxFunction``); CPU tensors run the fused C++ kernel of
-``fused_gumbel._C`` through the same Function when it is built (``_native``), else the PyTorch
+``fused_gumbel._C`` when it is built: the common eager call entirely in C++
+(``_C.sample_eager``, ``kernels/csrc/eager.cpp``: generator draw, kernel, and a C++ autograd
+Function), anything else through the same Function (``_native``), else the PyTorch
 reference with the same noise stream, or the Triton kernels under ``TRITON_INTERPRET=1``. While a graph is being
 recorded (``torch.compile``, ``torch.export``, ``torch.jit.trace``: ``_graph_mode``) both run as
 the custom op ``torch.ops.fused_gumbel.sample`` (``_custom_op``), which draws its seed at run
@@ -82,6 +84,29 @@ def select_backend(device: torch.device, backend: Optional[Backend] = None) -> s
     if choice == "native" and not _native.available(kind):
         raise ValueError(f"the native backend is not available for {kind} tensors: {_native.unavailable_reason(kind)}")
     return choice
+
+
+_EAGER_UNRESOLVED = object()
+_eager_native_function = _EAGER_UNRESOLVED
+
+
+def _native_eager(backend: Optional[str]):
+    """``fused_gumbel._C.sample_eager`` (the eager CPU fast path, ``kernels/csrc/eager.cpp``) when a
+    call with this ``backend`` argument runs the native kernel on CPU tensors, else None: backend
+    "native", or none given while auto would pick native (``select_backend``; the environment
+    variable is read by the fast path itself, on every call). The fast path runs the same kernel
+    on the same (key, offset) from the same generator draw as the Function does, or declines
+    (returns None) whenever Python has something to do: autograd, transforms, bad input."""
+    global _eager_native_function
+    if backend is None:
+        if _interpret_env() and _triton_available():
+            return None
+    elif backend != "native":
+        return None
+    if _eager_native_function is _EAGER_UNRESOLVED:
+        module = _native.load() if _native.available("cpu") else None
+        _eager_native_function = getattr(module, "sample_eager", None)
+    return _eager_native_function
 
 
 def select_backend_for_op(device: torch.device, backend: Optional[Backend], has_native: bool) -> str:
@@ -297,6 +322,14 @@ def gumbel_softmax(
     Rows whose logits + noise hold a NaN or have no finite maximum (all ``-inf``, or ``+inf``)
     give NaN rows, like ``torch.softmax``. ``-inf`` logits get probability 0 and are never chosen.
     """
+    if (seed is None and estimator == "st" and mc_samples is None and eps == 1e-10
+            and not torch.compiler.is_compiling()):
+        sample_eager = _native_eager(backend)
+        if sample_eager is not None:
+            mode = _custom_op.MODE_HARD if hard else _custom_op.MODE_SOFT
+            y = sample_eager(logits, tau, mode, dim, generator, _seeding.rank_salt(), backend is None, False)
+            if y is not None:
+                return y
     if eps != 1e-10:
         # A plain UserWarning, as PyTorch's (a DeprecationWarning is hidden by default).
         warnings.warn("`eps` parameter is deprecated and has no effect.", stacklevel=2)
@@ -365,6 +398,13 @@ def categorical(
     ``+inf``) give index -1 (a NaN row when one-hot). Same noise stream as :func:`gumbel_softmax`;
     ``generator`` and ``seed`` as there.
     """
+    if seed is None and not torch.compiler.is_compiling():
+        sample_eager = _native_eager(backend)
+        if sample_eager is not None:
+            mode = _custom_op.MODE_HARD if one_hot else _custom_op.MODE_INDEX
+            drawn = sample_eager(logits, 1.0, mode, dim, generator, _seeding.rank_salt(), backend is None, True)
+            if drawn is not None:
+                return drawn
     _check_logits(logits)
     dim = _normalize_dim(dim, logits.dim())
     shape = RowShape.of(logits.shape, dim)

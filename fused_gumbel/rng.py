@@ -250,7 +250,9 @@ def draw_seed_offset(device: torch.device, generator: torch.Generator | None = N
     CUDA generators are Philox generators themselves: the key is their seed and the offset is
     reserved by advancing theirs, with no device synchronisation. CPU generators (Mersenne
     Twister) draw a fresh 63-bit key and offset with one ``torch.randint``. Either way
-    ``torch.manual_seed`` / ``set_rng_state`` reproduce the call exactly.
+    ``torch.manual_seed`` / ``set_rng_state`` reproduce the call exactly. (``fused_gumbel._C``'s
+    ``draw_key_offset`` computes the CPU draw without a tensor: the same two ``random64() % (2**63
+    - 1)`` values torch.randint takes, tested equal, generator state included.)
     """
     if generator is None:
         generator = default_generator(device)

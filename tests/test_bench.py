@@ -44,7 +44,10 @@ def test_quick_run_writes_json_markdown_and_plot(quick_run):
     assert env["fused_backend"] == ("native" if native["available"] else "reference")
     assert env["kernels_interpreted"] is False
     if native["available"]:
-        assert native["cpu_isa"] in ("avx512", "avx2", "default") and set(data["host_us"]) == {"soft", "hard", "index"}
+        assert native["cpu_isa"] in ("avx512", "avx2", "default")
+        assert set(data["host_us"]) == {"soft", "hard", "index", "eager_F"}
+        assert all(data["host_us"][k]["fwd+bwd_beyond_floor"] is not None for k in ("soft", "hard", "eager_F"))
+        assert {g["id"] for g in data["goals"]} >= {"cpu_host_fwd", "cpu_host_fwd_bwd"}
     stem = next(out.glob("*.json")).stem
     assert (out / f"{stem}.md").read_text().startswith("## Benchmarks")
     assert (out / f"{stem}.png").stat().st_size > 0

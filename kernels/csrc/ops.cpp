@@ -11,6 +11,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "eager.h"
+
 TORCH_LIBRARY_FRAGMENT(fused_gumbel, m) {
   m.def("kernel_forward(Tensor logits, Tensor? tau_tensor, float tau, int mode, int dim, int key, int offset)"
         " -> (Tensor, Tensor?)");
@@ -19,8 +21,8 @@ TORCH_LIBRARY_FRAGMENT(fused_gumbel, m) {
 }
 
 // A plain (pybind-free) extension module: importing it loads this library, whose static
-// initialisers register the ops with the dispatcher.
+// initialisers register the ops with the dispatcher. Its functions are the eager CPU fast path (eager.cpp).
 static struct PyModuleDef fused_gumbel_c_module = {PyModuleDef_HEAD_INIT, "_C", "fused_gumbel native ops", -1,
-                                                   nullptr};
+                                                   fused_gumbel::eager_methods()};
 
 extern "C" PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&fused_gumbel_c_module); }

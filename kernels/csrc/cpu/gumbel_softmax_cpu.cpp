@@ -16,6 +16,7 @@
 #include <torch/library.h>
 
 #include "gumbel_softmax_cpu.h"
+#include "gumbel_softmax_cpu_op.h"
 
 namespace fused_gumbel {
 namespace cpu {
@@ -246,6 +247,11 @@ std::string isa() {
 }
 
 }  // namespace
+
+std::tuple<Tensor, std::optional<Tensor>> forward(const Tensor& logits, const std::optional<Tensor>& tau_tensor,
+                                                  double tau, int64_t mode, int64_t dim, int64_t key, int64_t offset) {
+  return kernel_forward(logits, tau_tensor, tau, mode, dim, key, offset);
+}
 
 TORCH_LIBRARY_IMPL(fused_gumbel, CPU, m) {
   m.impl("kernel_forward", &kernel_forward);

@@ -1,0 +1,273 @@
+// The eager CPU fast path of fused_gumbel._C: Python-callable functions (the C API, no pybind, no
+// dispatcher) for the common eager call on a CPU tensor, where the host time of the Python layers
+// (input checks, generator draw, backend choice, the dispatcher) is larger than the kernel.
+//
+// draw_key_offset(generator or None) -> (key, offset): the RNG spec's draw from a CPU generator
+// (fused_gumbel/rng.py, draw_seed_offset: two 63-bit values, exactly what
+// torch.randint(0, 2**63 - 1, (2,), generator=g) returns, consuming the same Mersenne Twister
+// words), without creating a tensor.
+//
+// sample_eager(logits, tau, mode, dim, generator, salt, check_env, detached) -> Tensor or None: a
+// whole fused_gumbel.gumbel_softmax or categorical call (mode 0 soft, 1 hard or one-hot, 2 index)
+// when nothing about it needs Python: a plain CPU floating tensor with elements, a positive finite
+// float tau, an in-range int dim, no forward-AD dual tensor, no torch.func transform, tracer, dispatch
+// or torch-function mode, and, with `check_env` (no backend= argument), FUSED_GUMBEL_BACKEND unset or
+// "auto". When autograd records the call (grad mode, logits requiring grad, not `detached` as
+// categorical is), the output's grad_fn is the C++ GumbelSoftmaxFunction below. It then
+// draws (key ^ salt, offset) as above (salt: the process rank's key, fused_gumbel._seeding) and
+// runs the CPU kernel: the same sample, and the same generator state afterwards, as the Python
+// path. Anything else returns None (the caller takes the Python path, which raises for bad input),
+// so this never changes behaviour, only host time.
+#include <Python.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/PythonTorchFunctionTLS.h>
+#include <ATen/record_function.h>
+#include <c10/core/GradMode.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+#include <c10/core/impl/TorchDispatchModeTLS.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/full_like.h>
+#include <ATen/ops/log.h>
+#include <ATen/ops/ones_like.h>
+#include <ATen/ops/softmax.h>
+#include <ATen/ops/where.h>
+#include <ATen/ops/zeros_like.h>
+#include <torch/csrc/Generator.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/python_variable.h>
+
+#include "cpu/gumbel_softmax_cpu_op.h"
+#include "eager.h"
+
+namespace fused_gumbel {
+namespace {
+
+constexpr uint64_t kKeyRange = (uint64_t(1) << 63) - 1;  // torch.randint(0, 2**63 - 1): values in [0, 2**63 - 1)
+
+// The CPU generator behind a Python object (None: the default one) in storage, false with a Python error set.
+bool cpu_generator(PyObject* object, at::Generator& storage) {
+  if (object == Py_None) {
+    storage = at::detail::getDefaultCPUGenerator();
+    return true;
+  }
+  if (!THPGeneratorClass || !PyObject_TypeCheck(object, reinterpret_cast<PyTypeObject*>(THPGeneratorClass))) {
+    PyErr_Format(PyExc_TypeError, "generator must be a torch.Generator or None, got %s", Py_TYPE(object)->tp_name);
+    return false;
+  }
+  storage = reinterpret_cast<THPGenerator*>(object)->cdata;
+  if (storage.device().type() != c10::DeviceType::CPU) {
+    PyErr_SetString(PyExc_ValueError, "draw_key_offset needs a CPU generator");
+    return false;
+  }
+  return true;
+}
+
+// Two values in [0, 2**63 - 1) as torch.randint draws them on CPU: random64() % range, in order,
+// under the generator's lock (ATen's random_from_to for int64 with a range of at least 2**28).
+void draw(at::Generator& generator, uint64_t& key, uint64_t& offset) {
+  auto* impl = at::check_generator<at::CPUGeneratorImpl>(generator);
+  std::lock_guard<std::mutex> lock(generator.mutex());
+  key = impl->random64() % kKeyRange;
+  offset = impl->random64() % kKeyRange;
+}
+
+PyObject* draw_key_offset(PyObject*, PyObject* object) {
+  at::Generator generator;
+  if (!cpu_generator(object, generator)) return nullptr;
+  uint64_t key, offset;
+  try {
+    draw(generator, key, offset);
+  } catch (const std::exception& error) {
+    PyErr_SetString(PyExc_RuntimeError, error.what());
+    return nullptr;
+  }
+  return Py_BuildValue("(KK)", static_cast<unsigned long long>(key), static_cast<unsigned long long>(offset));
+}
+
+// Whether the call can skip Python: see the file comment. Cheap checks first.
+bool plain_eager_context(const at::Tensor& logits, bool detached) {
+  if (!logits.device().is_cpu() || !logits.defined()) return false;
+  const auto type = logits.scalar_type();
+  if (type != at::kFloat && type != at::kDouble && type != at::kHalf && type != at::kBFloat16) return false;
+  if (logits.dim() == 0 || logits.numel() == 0) return false;
+  // Tracer, functorch layers, Python dispatch (FakeTensor, TorchDispatchMode): extra included keys.
+  const auto included = c10::impl::tls_local_dispatch_key_set().included_;
+  if (!(included - c10::default_included_set).empty()) return false;
+  if (c10::impl::TorchDispatchModeTLS::stack_len() > 0) return false;
+  if (at::impl::PythonTorchFunctionTLS::stack_len() > 0) return false;
+  return detached || !logits._fw_grad(/*level=*/0).defined();  // a forward-AD dual tensor takes the Function
+}
+
+using KernelForward = std::tuple<at::Tensor, std::optional<at::Tensor>>(const at::Tensor&, const std::optional<at::Tensor>&,
+                                                                        double, int64_t, int64_t, int64_t, int64_t);
+using KernelBackward = std::tuple<at::Tensor, std::optional<at::Tensor>>(
+    const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, double, bool, int64_t, int64_t, int64_t, bool,
+    const std::optional<at::Tensor>&);
+
+// The ops through the dispatcher (not the CPU functions): a backward may see batched gradients
+// (autograd.grad(..., is_grads_batched=True)), which the dispatcher's vmap fallback handles.
+const c10::TypedOperatorHandle<KernelForward>& kernel_forward_op() {
+  static const auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("fused_gumbel::kernel_forward", "").typed<KernelForward>();
+  return op;
+}
+
+const c10::TypedOperatorHandle<KernelBackward>& kernel_backward_op() {
+  static const auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("fused_gumbel::kernel_backward", "").typed<KernelBackward>();
+  return op;
+}
+
+at::ScalarType compute_type(const at::Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+
+// log(y) where y > 0, else 0 (fused_gumbel/_autograd.py, log_domain).
+at::Tensor log_domain(const at::Tensor& y, const at::Tensor& positive) {
+  return at::where(positive, at::log(at::where(positive, y, at::ones_like(y))), at::zeros_like(y));
+}
+
+bool backend_is_auto() {
+  const char* env = std::getenv("FUSED_GUMBEL_BACKEND");
+  return env == nullptr || std::strcmp(env, "auto") == 0;
+}
+
+}  // namespace
+
+// The C++ twin of fused_gumbel.function.GumbelSoftmaxFunction for a float tau, which the eager
+// path records when autograd needs it (grad_fn CppNode<fused_gumbel::GumbelSoftmaxFunction>). Its backward: the one-launch kernel backward, or, under create_graph=True
+// (double backward) or for a gradient the kernel cannot read, the same formulas in ATen ops as
+// fused_gumbel/_autograd.py
+// (vjp; hard samples rebuild y from the detached effective noise of a regenerated soft sample,
+// soft_from_effective_noise). Forward-mode AD, torch.func and tensor temperatures never get here
+// (sample_eager declines them: the Python Function serves those).
+struct GumbelSoftmaxFunction : public torch::autograd::Function<GumbelSoftmaxFunction> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& logits, double tau, bool hard,
+                            int64_t dim, int64_t key, int64_t offset) {
+    // Hard: mode 3 also returns the soft sample of the same noise, which the backward reads (CPU).
+    auto [y, soft] = cpu::forward(logits, std::nullopt, tau, hard ? 3 : 0, dim, key, offset);
+    ctx->save_for_backward(hard ? torch::autograd::variable_list{logits, *soft} : torch::autograd::variable_list{y});
+    ctx->saved_data["tau"] = tau;
+    ctx->saved_data["hard"] = hard;
+    ctx->saved_data["dim"] = dim;
+    ctx->saved_data["key"] = key;
+    ctx->saved_data["offset"] = offset;
+    return y;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const double tau = ctx->saved_data["tau"].toDouble();
+    const bool hard = ctx->saved_data["hard"].toBool();
+    const int64_t dim = ctx->saved_data["dim"].toInt();
+    const int64_t key = ctx->saved_data["key"].toInt();
+    const int64_t offset = ctx->saved_data["offset"].toInt();
+    const at::Tensor& grad_y = grads[0];
+    at::Tensor grad_x;
+    // create_graph=True: a kernel's result would carry no graph; a batched or wrapped gradient
+    // (autograd.grad(..., is_grads_batched=True), a tensor subclass): the kernel reads plain memory.
+    constexpr c10::DispatchKeySet wrapped({c10::DispatchKey::Batched, c10::DispatchKey::FuncTorchBatched,
+                                           c10::DispatchKey::FuncTorchGradWrapper,
+                                           c10::DispatchKey::Python});
+    if (c10::GradMode::is_enabled() || grad_y.key_set().has_any(wrapped) || !grad_y.device().is_cpu()) {
+      at::Tensor y;
+      if (hard) {
+        const at::Tensor& logits = saved[0];
+        const at::Tensor x = logits.to(compute_type(logits));
+        at::Tensor y0;
+        {
+          c10::AutoGradMode no_grad(false);
+          y0 = std::get<0>(kernel_forward_op().call(x.detach(), std::nullopt, tau, 0, dim, key, offset));
+        }
+        const at::Tensor positive = y0.gt(0);
+        // x + g_eff = tau * log(y0) + (x - x0): the same value without cancelling a large |x| against itself.
+        const at::Tensor perturbed = log_domain(y0, positive) * tau + at::where(positive, x - x.detach(), at::zeros_like(y0));
+        y = at::softmax(at::where(positive, perturbed / tau, at::full_like(y0, -INFINITY)), dim);
+      } else {
+        y = saved[0].to(compute_type(saved[0]));
+      }
+      const at::Tensor dy = grad_y.to(y.scalar_type());
+      const at::Tensor s = y * (dy - (dy * y).sum(dim, /*keepdim=*/true));
+      grad_x = (s / tau).to(saved[0].scalar_type());
+    } else {
+      // Hard: the kept soft sample stands in for the logits, as in soft mode (no noise drawn again).
+      grad_x = std::get<0>(kernel_backward_op().call(grad_y, saved.back(), std::nullopt, tau, false, dim, key, offset,
+                                                     false, std::nullopt));
+    }
+    return {grad_x, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+namespace {
+
+PyObject* sample_eager(PyObject*, PyObject* args) {
+  PyObject *logits_object, *tau_object, *dim_object, *generator_object;
+  int mode, check_env, detached;
+  long long salt;
+  if (!PyArg_ParseTuple(args, "OOiOOLpp", &logits_object, &tau_object, &mode, &dim_object, &generator_object, &salt,
+                        &check_env, &detached)) {
+    return nullptr;
+  }
+  if (!THPVariable_CheckExact(logits_object) || !PyFloat_CheckExact(tau_object) || !PyLong_CheckExact(dim_object) ||
+      mode < 0 || mode > 2) {
+    Py_RETURN_NONE;
+  }
+  const double tau = PyFloat_AS_DOUBLE(tau_object);
+  if (!(tau > 0.0 && std::isfinite(tau))) Py_RETURN_NONE;
+  int overflow = 0;
+  const long long dim = PyLong_AsLongLongAndOverflow(dim_object, &overflow);
+  if (overflow) Py_RETURN_NONE;
+  if (generator_object != Py_None &&
+      !(THPGeneratorClass && Py_TYPE(generator_object) == reinterpret_cast<PyTypeObject*>(THPGeneratorClass))) {
+    Py_RETURN_NONE;
+  }
+  if (check_env && !backend_is_auto()) Py_RETURN_NONE;
+  try {
+    const at::Tensor& logits = THPVariable_Unpack(logits_object);
+    if (!plain_eager_context(logits, detached)) Py_RETURN_NONE;
+    const int64_t ndim = logits.dim();
+    if (dim < -ndim || dim >= ndim) Py_RETURN_NONE;
+    at::Generator generator = generator_object == Py_None ? at::detail::getDefaultCPUGenerator()
+                                                          : reinterpret_cast<THPGenerator*>(generator_object)->cdata;
+    if (generator.device().type() != c10::DeviceType::CPU) Py_RETURN_NONE;
+    at::Tensor out;
+    {
+      RECORD_FUNCTION("fused_gumbel::kernel_forward", c10::ArrayRef<const c10::IValue>{});
+      uint64_t key, offset;
+      draw(generator, key, offset);
+      key ^= static_cast<uint64_t>(salt);
+      const int64_t d = dim < 0 ? dim + ndim : dim;
+      // The GIL is kept: the call is microseconds, and the kernel's own threads (at::parallel_for) need no Python.
+      if (!detached && c10::GradMode::is_enabled() && logits.requires_grad()) {
+        out = GumbelSoftmaxFunction::apply(logits, tau, mode == 1, d, static_cast<int64_t>(key), static_cast<int64_t>(offset));
+      } else {
+        out = std::get<0>(cpu::forward(logits, std::nullopt, tau, mode, d, static_cast<int64_t>(key),
+                                       static_cast<int64_t>(offset)));
+      }
+    }
+    return THPVariable_Wrap(std::move(out));
+  } catch (const std::exception& error) {
+    PyErr_SetString(PyExc_RuntimeError, error.what());
+    return nullptr;
+  }
+}
+
+PyMethodDef methods[] = {
+    {"draw_key_offset", draw_key_offset, METH_O,
+     "draw_key_offset(generator or None) -> (key, offset): the RNG spec's draw from a CPU generator"},
+    {"sample_eager", sample_eager, METH_VARARGS,
+     "sample_eager(logits, tau, mode, dim, generator, salt, check_env, detached) -> Tensor or None: the eager CPU "
+     "fast path"},
+    {nullptr, nullptr, 0, nullptr}};
+
+}  // namespace
+
+PyMethodDef* eager_methods() { return methods; }
+
+}  // namespace fused_gumbel
