@@ -25,7 +25,7 @@ from typing import Optional, Union
 
 import torch
 
-from . import _native, _relaxed_op, _seeding, reference_relaxed
+from . import _functorch, _native, _relaxed_op, _seeding, reference_relaxed
 from ._layout import RowShape
 from .functional import (_SYMBOLIC_SCALARS, Backend, _check_compiled_call, _check_host_seed, _check_logits,
                          _check_tau, _empty_like_result, _graph_mode, _is_tracing, _normalize_dim, _scalar_tensor,
@@ -65,6 +65,12 @@ def _elementwise_tau_for_kernel(tau, logits: torch.Tensor):
     return tau.expand(logits.shape).reshape(-1).contiguous()
 
 
+def _outside_transforms(chosen: str) -> str:
+    """``chosen``, but "reference" for "native" under a torch.func transform (vmap, grad, jvp): the
+    native op's autograd Function has no torch.func rules, the reference's PyTorch ops do (same noise)."""
+    return "reference" if chosen == "native" and _functorch.transforms_active() else chosen
+
+
 def relaxed_bernoulli(
     logits: torch.Tensor,
     tau: Union[float, torch.Tensor] = 1.0,
@@ -90,7 +96,7 @@ def relaxed_bernoulli(
             every device and backend; no generator is used. Exclusive with ``generator``.
         backend: "auto" (default), "triton", "native" or "reference"; see :func:`select_backend`
             ("native" runs the C++ CPU kernel of ``fused_gumbel._C``; for CUDA tensors, where it has
-            none, the reference).
+            none, and under torch.func transforms, the reference).
 
     Infinite logits give exact 0 or 1 (gradient 0); NaN logits give NaN.
     """
@@ -103,6 +109,7 @@ def relaxed_bernoulli(
         _check_compiled_call(generator, seed)
         mode = _relaxed_op.MODE_HARD if hard else _relaxed_op.MODE_SOFT
         return _relaxed_op.relaxed_bernoulli(logits, _elementwise_tau_for_kernel(tau, logits), mode, seed, chosen)
+    chosen = _outside_transforms(chosen)
     key, offset = _seeding.draw(logits.device, generator, seed)
     if chosen == "reference":
         _check_host_seed(key)
@@ -132,6 +139,7 @@ def bernoulli(
     if _graph_mode():
         _check_compiled_call(generator, seed)
         return _relaxed_op.relaxed_bernoulli(logits, 1.0, _relaxed_op.MODE_HARD, seed, chosen)
+    chosen = _outside_transforms(chosen)
     key, offset = _seeding.draw(logits.device, generator, seed)
     if chosen == "reference":
         _check_host_seed(key)

@@ -268,6 +268,18 @@ def test_native_runs_the_cpp_kernel(monkeypatch):
     assert relaxed_function.bernoulli_forward(x.detach(), 0.5, 0, 1, 2).shape == (5, 6) and len(calls) == 3
 
 
+def test_vmap_runs_the_reference_under_native():
+    """The native op's Function has no torch.func rules: under vmap "native" runs the reference,
+    as it did before the kernel existed (same noise, same values)."""
+    x = torch.randn(3, 4, dtype=torch.float64)
+    for name in ("relaxed_bernoulli", "bernoulli"):
+        op = getattr(fused_gumbel, name)
+        args = (0.5,) if name == "relaxed_bernoulli" else ()
+        native = torch.func.vmap(lambda t: op(t, *args, seed=1, backend="native"), randomness="same")(x)
+        reference = torch.func.vmap(lambda t: op(t, *args, seed=1, backend="reference"), randomness="same")(x)
+        assert torch.equal(native, reference)
+
+
 def test_bad_arguments_raise():
     x = torch.randn(4)
     with pytest.raises(RuntimeError, match="mode must be 0"):
