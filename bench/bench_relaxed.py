@@ -12,8 +12,10 @@
   forward only, it has no relaxed gradient).
 
 Passes are ``fwd`` and ``fwd+bwd`` (``torch.autograd.grad`` with a fixed upstream gradient).
-On CPU "fused" is the PyTorch reference path (no Triton kernel runs without a GPU), so CPU
-ratios compare implementations of the same math, not the kernels. Each record holds the
+On CPU "fused" is what "auto" picks without a GPU: the C++ kernel of ``fused_gumbel._C`` for the
+relaxed Bernoulli (where it is built) and the PyTorch reference path for top-k, so CPU ratios
+compare implementations of the same math, not the Triton kernels (``bench.bench_native_relaxed``
+times the relaxed Bernoulli kernel against the reference on one thread). Each record holds the
 providers' median/p20/p80 ms and ``speedup`` (provider median / fused median).
 ``python -m bench.bench_relaxed --device cuda [--quick]`` prints the records as JSON lines.
 """

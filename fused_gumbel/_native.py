@@ -49,6 +49,7 @@ def _load():
                           "extension; see the install warning, or run: pip install --no-build-isolation -e .)")
         return None, f"fused_gumbel._C failed to load: {error}"
     _register_fakes()
+    _register_relaxed_fakes()
     return module, None
 
 
@@ -147,5 +148,61 @@ def _register_fakes() -> None:
         return src.new_empty(src.shape), grad_tau
 
     for name, fake in (("fused_gumbel::kernel_forward", forward_fake), ("fused_gumbel::kernel_backward", backward_fake)):
+        if not torch._C._dispatch_has_kernel_for_dispatch_key(name, "Meta"):
+            torch.library.register_fake(name, fake)
+
+
+# ---- relaxed Bernoulli (kernels/csrc/relaxed_ops.cpp, cpu/relaxed_bernoulli_cpu*) -------------------
+# The same math as kernels/relaxed_bernoulli.py, elementwise over the row-major elements with the RNG
+# spec's elementwise mapping: fused_gumbel.relaxed_bernoulli and bernoulli run it under "native".
+
+@_constant_under_compile
+def bernoulli_available(device_type: str = "cpu") -> bool:
+    """Whether ``_C`` loaded and has the relaxed-Bernoulli kernel for ``device_type`` (CPU only)."""
+    if load() is None:
+        return False
+    if "bernoulli_devices" not in _state:
+        has = torch._C._dispatch_has_kernel_for_dispatch_key
+        _state["bernoulli_devices"] = {kind: has("fused_gumbel::bernoulli_kernel_forward", key) for kind, key in
+                                       (("cpu", "CPU"), ("cuda", "CUDA"))}
+    return _state["bernoulli_devices"].get(device_type, False)
+
+
+def _elementwise_tau_args(tau):
+    """(tau_tensor or None, tau value) for a float, a 0-dim or a [numel] compute-dtype tensor."""
+    return (tau, 1.0) if isinstance(tau, torch.Tensor) else (None, float(tau))
+
+
+def bernoulli_forward(logits: torch.Tensor, tau, mode: int, seed, offset) -> torch.Tensor:
+    """``bernoulli_kernel_forward``: the soft (mode 0) or exact (mode 1) sample, contiguous, in the
+    logits' dtype and shape. ``tau``: a float, a 0-dim or a [numel] tensor (compute dtype)."""
+    key, offset = _key_offset(seed, offset)
+    tau_tensor, tau_value = _elementwise_tau_args(tau)
+    return torch.ops.fused_gumbel.bernoulli_kernel_forward(logits, tau_tensor, tau_value, mode, key, offset)
+
+
+def bernoulli_backward(grad_y: torch.Tensor, logits: torch.Tensor, tau, seed, offset, tau_grad: bool):
+    """``bernoulli_kernel_backward``: (grad_logits, tau's gradient (0-dim or [numel]) or None), the noise
+    regenerated from ``(seed, offset)``; the soft gradient, which the hard sample passes straight through."""
+    key, offset = _key_offset(seed, offset)
+    tau_tensor, tau_value = _elementwise_tau_args(tau)
+    return torch.ops.fused_gumbel.bernoulli_kernel_backward(grad_y, logits, tau_tensor, tau_value, key, offset,
+                                                            tau_grad and tau_tensor is not None)
+
+
+def _register_relaxed_fakes() -> None:
+    """Shape functions of the relaxed-Bernoulli ops (meta tensors, torch.compile, torch.export)."""
+    def forward_fake(logits, tau_tensor, tau, mode, key, offset):
+        return logits.new_empty(logits.shape)
+
+    def backward_fake(grad_y, logits, tau_tensor, tau, key, offset, tau_grad):
+        grad_tau = None
+        if tau_grad and tau_tensor is not None:
+            shape = () if tau_tensor.dim() == 0 else (logits.numel(),)
+            grad_tau = logits.new_empty(shape, dtype=torch.float64 if logits.dtype == torch.float64 else torch.float32)
+        return logits.new_empty(logits.shape), grad_tau
+
+    for name, fake in (("fused_gumbel::bernoulli_kernel_forward", forward_fake),
+                       ("fused_gumbel::bernoulli_kernel_backward", backward_fake)):
         if not torch._C._dispatch_has_kernel_for_dispatch_key(name, "Meta"):
             torch.library.register_fake(name, fake)

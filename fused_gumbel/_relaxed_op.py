@@ -13,11 +13,13 @@ Each op draws its Philox key and offset *when it runs*, from the same source as 
 (``_seeding.draw``), so a compiled, exported or traced call gets fresh noise every time and the
 same sample as eager for the same ``torch.manual_seed``. ``rng_state`` (the call's key and
 offset, int64 [2]) is all the backward needs to regenerate the noise; the Triton forward writes
-it from its first program. ``stats`` is the top-k kernel's [rows, k, 4] recursion statistics
-(empty unless ``save_stats`` on the Triton backend). Fake implementations give the shapes; the
-autograd formulas call ``relaxed_bernoulli_backward`` / ``gumbel_topk_backward``: the Triton
-backward kernels, or for the reference backend a replay of the reference forward on the same
-noise differentiated by autograd (the same gradient as an eager reference call).
+it from its first program (the reference and native backends make it on the host). ``stats`` is
+the top-k kernel's [rows, k, 4] recursion statistics (empty unless ``save_stats`` on the Triton
+backend). Fake implementations give the shapes; the autograd formulas call
+``relaxed_bernoulli_backward`` / ``gumbel_topk_backward``: the Triton backward kernels (for
+``relaxed_bernoulli`` under "native", the C++ CPU kernel), or for the reference backend a replay
+of the reference forward on the same noise differentiated by autograd (the same gradient as an
+eager reference call).
 
 The ops and the eager autograd Functions share their launches (``relaxed_function``) and the
 reference functions (``reference_relaxed``). Ops are tagged ``nondeterministic_seeded`` and take
@@ -67,7 +69,7 @@ def _draw(logits: torch.Tensor, seed: Optional[int], backend: str):
         if backend == "reference":
             raise RuntimeError("the reference backend cannot run under CUDA-graph capture; use backend='triton'")
         return key, 0, key, None
-    if backend == "reference":
+    if backend in ("reference", "native"):  # neither writes the state from a kernel: it is made here
         return key, offset, torch.tensor([_as_int64(key), offset], dtype=torch.int64, device=logits.device), None
     state = torch.empty(2, dtype=torch.int64, device=logits.device)
     return key, offset, state, state
@@ -105,7 +107,8 @@ def _bernoulli(logits, tau, tau_value, mode, seed, backend, call_token):
         return out.contiguous(), state
     from .relaxed_function import bernoulli_forward
 
-    return bernoulli_forward(logits, tau_value if tau is None else tau, mode, key, offset, rng_out=rng_out), state
+    return bernoulli_forward(logits, tau_value if tau is None else tau, mode, key, offset, rng_out=rng_out,
+                             native=backend == "native"), state
 
 
 def _bernoulli_fake(logits, tau, tau_value, mode, seed, backend, call_token):
@@ -124,7 +127,8 @@ def _bernoulli_backward(grad, logits, tau, tau_value, rng_state, tau_grad, backe
         return _replay_grads(forward, grad, logits, tau, tau_value, tau_grad)
     from .relaxed_function import bernoulli_backward
 
-    grad_x, grad_tau = bernoulli_backward(grad, logits, tau_value if tau is None else tau, rng_state, None, tau_grad)
+    grad_x, grad_tau = bernoulli_backward(grad, logits, tau_value if tau is None else tau, rng_state, None, tau_grad,
+                                          native=backend == "native")
     return grad_x, grad_x.new_empty(0) if grad_tau is None else grad_tau
 
 

@@ -10,9 +10,10 @@
   Continuous Relaxations" (IJCAI 2019).
 
 As for ``gumbel_softmax``: every input error raises before any launch, CUDA tensors run the
-fused Triton kernels, CPU tensors the PyTorch reference on the same noise (or the kernels
-under ``TRITON_INTERPRET=1``), and ``generator=``, ``seed=`` and ``torch.manual_seed``
-control every draw (``fused_gumbel._seeding``; the kernels also take CUDA-graph capture).
+fused Triton kernels, CPU tensors ``relaxed_bernoulli``/``bernoulli``'s C++ kernel of
+``fused_gumbel._C`` (backend "native", where it is built) and ``gumbel_topk``/``sample_subset``'s
+PyTorch reference, each on the same noise (or the Triton kernels under ``TRITON_INTERPRET=1``),
+and ``generator=``, ``seed=`` and ``torch.manual_seed`` control every draw (``fused_gumbel._seeding``; the kernels also take CUDA-graph capture).
 Eager calls run the autograd Functions of ``relaxed_function`` (or the reference); calls being
 recorded into a graph (torch.compile, torch.export, torch.jit.trace) run the custom ops of
 ``_relaxed_op`` instead, which share those launches and draw their seeds when the graph runs.
@@ -24,7 +25,7 @@ from typing import Optional, Union
 
 import torch
 
-from . import _relaxed_op, _seeding, reference_relaxed
+from . import _functorch, _native, _relaxed_op, _seeding, reference_relaxed
 from ._layout import RowShape
 from .functional import (_SYMBOLIC_SCALARS, Backend, _check_compiled_call, _check_host_seed, _check_logits,
                          _check_tau, _empty_like_result, _graph_mode, _is_tracing, _normalize_dim, _scalar_tensor,
@@ -64,6 +65,12 @@ def _elementwise_tau_for_kernel(tau, logits: torch.Tensor):
     return tau.expand(logits.shape).reshape(-1).contiguous()
 
 
+def _outside_transforms(chosen: str) -> str:
+    """``chosen``, but "reference" for "native" under a torch.func transform (vmap, grad, jvp): the
+    native op's autograd Function has no torch.func rules, the reference's PyTorch ops do (same noise)."""
+    return "reference" if chosen == "native" and _functorch.transforms_active() else chosen
+
+
 def relaxed_bernoulli(
     logits: torch.Tensor,
     tau: Union[float, torch.Tensor] = 1.0,
@@ -88,7 +95,8 @@ def relaxed_bernoulli(
         seed: an int in [0, 2**63): the spec's stream (key ``seed``, offset 0), the same on
             every device and backend; no generator is used. Exclusive with ``generator``.
         backend: "auto" (default), "triton", "native" or "reference"; see :func:`select_backend`
-            ("native", the C++ extension, has no kernel for this op yet: it runs the reference).
+            ("native" runs the C++ CPU kernel of ``fused_gumbel._C``; for CUDA tensors, where it has
+            none, and under torch.func transforms, the reference).
 
     Infinite logits give exact 0 or 1 (gradient 0); NaN logits give NaN.
     """
@@ -96,18 +104,20 @@ def relaxed_bernoulli(
     tau = _check_elementwise_tau(tau, logits)
     if logits.numel() == 0:
         return _empty_like_result(logits)
-    chosen = select_backend_for_op(logits.device, backend, has_native=False)
+    chosen = select_backend_for_op(logits.device, backend, has_native=_native.bernoulli_available(logits.device.type))
     if _graph_mode():
         _check_compiled_call(generator, seed)
         mode = _relaxed_op.MODE_HARD if hard else _relaxed_op.MODE_SOFT
         return _relaxed_op.relaxed_bernoulli(logits, _elementwise_tau_for_kernel(tau, logits), mode, seed, chosen)
+    chosen = _outside_transforms(chosen)
     key, offset = _seeding.draw(logits.device, generator, seed)
     if chosen == "reference":
         _check_host_seed(key)
         return reference_relaxed.relaxed_bernoulli(logits, tau, hard, seed=key, offset=offset)
     from .relaxed_function import RelaxedBernoulliFunction
 
-    return RelaxedBernoulliFunction.apply(logits, _elementwise_tau_for_kernel(tau, logits), bool(hard), key, offset)
+    return RelaxedBernoulliFunction.apply(logits, _elementwise_tau_for_kernel(tau, logits), bool(hard), key, offset,
+                                          chosen == "native")
 
 
 def bernoulli(
@@ -124,18 +134,19 @@ def bernoulli(
     _check_logits(logits)
     if logits.numel() == 0:
         return torch.empty_like(logits)
-    chosen = select_backend_for_op(logits.device, backend, has_native=False)
+    chosen = select_backend_for_op(logits.device, backend, has_native=_native.bernoulli_available(logits.device.type))
     logits = logits.detach()
     if _graph_mode():
         _check_compiled_call(generator, seed)
         return _relaxed_op.relaxed_bernoulli(logits, 1.0, _relaxed_op.MODE_HARD, seed, chosen)
+    chosen = _outside_transforms(chosen)
     key, offset = _seeding.draw(logits.device, generator, seed)
     if chosen == "reference":
         _check_host_seed(key)
         return reference_relaxed.bernoulli(logits, seed=key, offset=offset)
     from .relaxed_function import bernoulli_forward
 
-    return bernoulli_forward(logits, 1.0, _relaxed_op.MODE_HARD, key, offset)
+    return bernoulli_forward(logits, 1.0, _relaxed_op.MODE_HARD, key, offset, native=chosen == "native")
 
 
 def _check_k(k, classes: int, shape, dim: int) -> int:

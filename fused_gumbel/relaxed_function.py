@@ -7,6 +7,10 @@ both call them.
 
 ``RelaxedBernoulliFunction`` saves only the logits and the call's (seed, offset): its backward
 kernel regenerates the logistic noise, for the soft and the straight-through hard mode alike.
+With ``native`` the launches are the C++ CPU kernel's (``_native.bernoulli_forward``/
+``bernoulli_backward``, the same math in one pass), and a backward that builds a graph
+(``create_graph=True``) replays the reference on the same noise, so double backward works there
+as it does on the reference backend.
 ``GumbelTopkFunction`` saves the logits and four per-row, per-step statistics (the max, the
 runner-up, the complement mass and the argmax: [rows, k, 4]) of the Xie & Ermon recursion; its backward kernel
 regenerates the Gumbel noise and replays the recursion from them (``kernels/gumbel_topk.py``).
@@ -16,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
+from . import _native, reference_relaxed
 from ._layout import RowShape, as_rows
 from .function import reduce_tau_grad, tau_grad_buffer
 from .reference import compute_dtype
@@ -23,16 +28,23 @@ from .kernels import gumbel_topk as topk_kernels
 from .kernels import relaxed_bernoulli as bernoulli_kernels
 
 
-def bernoulli_forward(logits, tau, mode, seed, offset, rng_out=None):
+def bernoulli_forward(logits, tau, mode, seed, offset, rng_out=None, native=False):
     """One forward launch (``bernoulli_kernels.MODE_*``): the sample, contiguous, in the logits'
-    dtype and shape. ``tau``: float, 0-dim or contiguous [numel] tensor (compute dtype)."""
+    dtype and shape. ``tau``: float, 0-dim or contiguous [numel] tensor (compute dtype).
+    ``native`` launches the C++ CPU kernel instead (which writes no ``rng_out``)."""
+    if native:
+        return _native.bernoulli_forward(logits, tau, mode, seed, offset)
     y = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
     bernoulli_kernels.relaxed_bernoulli_forward(logits.contiguous(), y, tau, seed, offset, mode, rng_out=rng_out)
     return y
 
 
-def bernoulli_backward(grad_y, logits, tau, seed, offset, tau_grad: bool):
-    """One backward launch (soft and straight-through alike). Returns (grad_logits, grad_tau or None)."""
+def bernoulli_backward(grad_y, logits, tau, seed, offset, tau_grad: bool, native=False):
+    """One backward launch (soft and straight-through alike). Returns (grad_logits, grad_tau or None).
+    ``native`` as for ``bernoulli_forward``."""
+    if native:
+        grad_x, grad_tau = _native.bernoulli_backward(grad_y, logits, tau, seed, offset, tau_grad)
+        return grad_x, None if grad_tau is None else grad_tau.to(tau.dtype)
     x = logits.contiguous()
     grad_x = torch.empty_like(x)
     tau_tensor = tau if isinstance(tau, torch.Tensor) else None
@@ -82,27 +94,50 @@ def topk_backward(grad_y, x, x_strides, stats, tau, k, dim, seed, offset, tau_gr
 
 
 class RelaxedBernoulliFunction(torch.autograd.Function):
-    """``apply(logits, tau, hard, seed, offset)``; ``tau`` is a float, a 0-dim tensor or a
-    contiguous [numel] tensor (one temperature per element, row-major), compute dtype."""
+    """``apply(logits, tau, hard, seed, offset, native=False)``; ``tau`` is a float, a 0-dim tensor or
+    a contiguous [numel] tensor (one temperature per element, row-major), compute dtype; ``native``
+    launches the C++ CPU kernel."""
 
     @staticmethod
-    def forward(ctx, logits, tau, hard, seed, offset):
+    def forward(ctx, logits, tau, hard, seed, offset, native=False):
         mode = bernoulli_kernels.MODE_HARD if hard else bernoulli_kernels.MODE_SOFT
-        x = logits.contiguous()
-        y = bernoulli_forward(x, tau, mode, seed, offset)
+        y = bernoulli_forward(logits.contiguous(), tau, mode, seed, offset, native=native)
         tau_tensor = tau if isinstance(tau, torch.Tensor) else None
-        ctx.save_for_backward(x, tau_tensor)
+        # The logits as given (an input, so a create_graph backward can differentiate through them).
+        ctx.save_for_backward(logits, tau_tensor)
         ctx.tau_float = None if tau_tensor is not None else tau
-        ctx.seed, ctx.offset = seed, offset
+        ctx.seed, ctx.offset, ctx.native = seed, offset, native
         return y
 
     @staticmethod
-    @once_differentiable  # its kernel backward has no graph: create_graph raises, never a silent 0
     def backward(ctx, grad_y):
-        x, tau_tensor = ctx.saved_tensors
-        tau = ctx.tau_float if tau_tensor is None else tau_tensor
-        grad_x, grad_tau = bernoulli_backward(grad_y, x, tau, ctx.seed, ctx.offset, ctx.needs_input_grad[1])
-        return grad_x, grad_tau, None, None, None
+        if ctx.native and torch.is_grad_enabled():
+            return _replayed_bernoulli_backward(ctx, grad_y)
+        return _bernoulli_kernel_backward(ctx, grad_y)
+
+
+@once_differentiable  # the kernel backward has no graph: create_graph raises, never a silent 0
+def _bernoulli_kernel_backward(ctx, grad_y):
+    x, tau_tensor = ctx.saved_tensors
+    tau = ctx.tau_float if tau_tensor is None else tau_tensor
+    grad_x, grad_tau = bernoulli_backward(grad_y, x, tau, ctx.seed, ctx.offset, ctx.needs_input_grad[1],
+                                          native=ctx.native)
+    return grad_x, grad_tau, None, None, None, None
+
+
+def _replayed_bernoulli_backward(ctx, grad_y):
+    """The create_graph backward of the native path: autograd of the reference on the call's noise, a
+    graph in the logits, tau and grad_y (the double backward the reference backend has)."""
+    logits, tau_tensor = ctx.saved_tensors
+    tau = ctx.tau_float if tau_tensor is None else tau_tensor
+    wanted = [t for t, need in ((logits, ctx.needs_input_grad[0]), (tau_tensor, ctx.needs_input_grad[1])) if need]
+    reference_tau = tau.reshape(logits.shape) if isinstance(tau, torch.Tensor) and tau.dim() else tau
+    # The soft sample: the hard mode's straight-through gradient is the soft one.
+    y = reference_relaxed.relaxed_bernoulli(logits, reference_tau, False, seed=ctx.seed, offset=ctx.offset)
+    grads = iter(torch.autograd.grad(y, wanted, grad_y, create_graph=True, allow_unused=True))
+    grad_x = next(grads) if ctx.needs_input_grad[0] else None
+    grad_tau = next(grads) if ctx.needs_input_grad[1] else None
+    return grad_x, grad_tau, None, None, None, None
 
 
 class GumbelTopkFunction(torch.autograd.Function):

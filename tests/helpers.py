@@ -41,6 +41,18 @@ def fused_and_reference(logits, tau=1.0, hard=False, dim=-1, seed=0, grad_weight
     return run_both_backends(fused_gumbel.gumbel_softmax, logits, tau, seed, grad_weight, hard=hard, dim=dim)
 
 
+def elementwise_tau(kind, shape, dtype):
+    """A relaxed_bernoulli temperature of ``kind``: "float", "scalar" (0-dim), "per_row" (size 1 on
+    the trailing dims, broadcast) or per element (the logits' shape)."""
+    if kind == "float":
+        return 0.7
+    if kind == "scalar":
+        return torch.tensor(0.7, dtype=dtype)
+    if kind == "per_row":
+        return torch.linspace(0.3, 2.0, shape[0], dtype=dtype).reshape(shape[0], *([1] * (len(shape) - 1)))
+    return torch.rand(shape, dtype=dtype, generator=torch.Generator().manual_seed(5)) + 0.2
+
+
 def compile_for_sm90(script: str, timeout: int = 900) -> str:
     """Run ``script`` (a ``str.format`` template whose ``{tests}`` is this folder, so it can import
     ``sm90_compile``) in a fresh Python without TRITON_INTERPRET; assert it succeeds and return
@@ -62,4 +74,4 @@ def assert_close(actual, expected, dtype, scale=None):
     torch.testing.assert_close(actual.double(), expected.double(), atol=atol * scale, rtol=rtol, equal_nan=True)
 
 
-__all__ = ["compile_for_sm90", "run_both_backends", "fused_and_reference", "assert_close", "TOLERANCES", "reference"]
+__all__ = ["compile_for_sm90", "elementwise_tau", "run_both_backends", "fused_and_reference", "assert_close", "TOLERANCES", "reference"]

@@ -295,14 +295,14 @@ def test_every_isa_build_gives_the_same_samples():
         torch.testing.assert_close(short_soft, base[5], atol=atol, rtol=rtol)
 
 
-@pytest.mark.parametrize("op", ["relaxed_bernoulli", "bernoulli", "gumbel_topk", "sample_subset"])
+@pytest.mark.parametrize("op", ["gumbel_topk", "sample_subset"])
 def test_ops_without_a_native_kernel_run_the_reference(op):
-    """relaxed_bernoulli and gumbel_topk have no C++ kernel: "native" (explicit, or what "auto"
-    picks for CPU tensors outside the interpreter) runs their reference, same noise, same values."""
+    """gumbel_topk has no C++ kernel: "native" (explicit, or what "auto" picks for CPU tensors
+    outside the interpreter) runs its reference, same noise, same values (relaxed_bernoulli's
+    kernel: tests/test_native_relaxed.py)."""
     logits = torch.randn(6, 9, dtype=torch.float64)
     fn = getattr(fused_gumbel, op)
-    args = (logits, 0.7) if op == "relaxed_bernoulli" else (logits, 3) if op in ("gumbel_topk", "sample_subset") \
-        else (logits,)
+    args = (logits, 3)
     native = fn(*args, seed=11, backend="native")
     expected = fn(*args, seed=11, backend="reference")
     assert torch.equal(native, expected)

@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 import torch
-from helpers import assert_close, compile_for_sm90, run_both_backends
+from helpers import assert_close, compile_for_sm90, elementwise_tau, run_both_backends
 
 import fused_gumbel
 from fused_gumbel import reference_relaxed, rng
@@ -16,16 +16,6 @@ def fused_and_reference(logits, tau=1.0, hard=False, seed=0, grad_weight=None):
     return run_both_backends(fused_gumbel.relaxed_bernoulli, logits, tau, seed, grad_weight, hard=hard)
 
 
-def _tau(kind, shape, dtype):
-    if kind == "float":
-        return 0.7
-    if kind == "scalar":
-        return torch.tensor(0.7, dtype=dtype)
-    if kind == "per_row":  # broadcast along the last dim
-        return torch.linspace(0.3, 2.0, shape[0], dtype=dtype).reshape(shape[0], *([1] * (len(shape) - 1)))
-    return torch.rand(shape, dtype=dtype, generator=torch.Generator().manual_seed(5)) + 0.2  # per element
-
-
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(7,), (5, 3, 11), (2, 1500)])
 @pytest.mark.parametrize("tau_kind", ["float", "scalar", "per_row", "per_element"])
@@ -34,7 +24,7 @@ def test_matches_reference(dtype, shape, tau_kind, hard):
     gen = torch.Generator().manual_seed(1)
     logits = (torch.randn(shape, generator=gen) * 3).to(dtype)
     weight = torch.randn(shape, generator=gen, dtype=torch.float64)
-    tau = _tau(tau_kind, shape, dtype if dtype in (torch.float64, torch.float32) else torch.float32)
+    tau = elementwise_tau(tau_kind, shape, dtype if dtype in (torch.float64, torch.float32) else torch.float32)
     (y, dx, dt), (y_ref, dx_ref, dt_ref) = fused_and_reference(logits, tau, hard, grad_weight=weight)
     assert y.dtype == dtype and y.shape == logits.shape
     if hard:

@@ -15,6 +15,7 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include "cpu_host.h"
 #include "gumbel_softmax_cpu.h"
 #include "gumbel_softmax_cpu_op.h"
 
@@ -23,56 +24,6 @@ namespace cpu {
 namespace {
 
 using at::Tensor;
-
-enum class Isa { Default, Avx2, Avx512 };
-
-// The widest kernel build this CPU runs; FUSED_GUMBEL_CPU_ISA=default|avx2 caps it.
-Isa chosen_isa() {
-#if defined(FUSED_GUMBEL_HAVE_AVX2)
-  static const Isa chosen = [] {
-    const char* env = std::getenv("FUSED_GUMBEL_CPU_ISA");
-    const std::string cap = env ? env : "";
-    __builtin_cpu_init();
-    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-    if (cap == "default") return Isa::Default;
-    if (avx512 && cap != "avx2") return Isa::Avx512;
-    return avx2 ? Isa::Avx2 : Isa::Default;
-  }();
-  return chosen;
-#else
-  return Isa::Default;
-#endif
-}
-
-void run_forward(const ForwardArgs& args, int64_t begin, int64_t end) {
-#if defined(FUSED_GUMBEL_HAVE_AVX2)
-  if (chosen_isa() == Isa::Avx512) return AVX512::forward_rows(args, begin, end);
-  if (chosen_isa() == Isa::Avx2) return AVX2::forward_rows(args, begin, end);
-#endif
-  DEFAULT::forward_rows(args, begin, end);
-}
-
-void run_backward(const BackwardArgs& args, int64_t begin, int64_t end) {
-#if defined(FUSED_GUMBEL_HAVE_AVX2)
-  if (chosen_isa() == Isa::Avx512) return AVX512::backward_rows(args, begin, end);
-  if (chosen_isa() == Isa::Avx2) return AVX2::backward_rows(args, begin, end);
-#endif
-  DEFAULT::backward_rows(args, begin, end);
-}
-
-Dtype kernel_dtype(const Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kFloat: return Dtype::Float;
-    case at::kDouble: return Dtype::Double;
-    case at::kHalf: return Dtype::Half;
-    case at::kBFloat16: return Dtype::BFloat16;
-    default: TORCH_CHECK(false, "fused_gumbel: logits must be float16, bfloat16, float32 or float64, got ", t.scalar_type());
-  }
-}
-
-at::ScalarType compute_type(const Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
 // Stride of sizes flattened into one dim, or nullopt (as fused_gumbel/_layout.py's _merged_stride).
 std::optional<int64_t> merged_stride(at::IntArrayRef sizes, at::IntArrayRef strides) {
@@ -118,18 +69,6 @@ RowLayout contiguous_layout(const Rows& rows) {
   return RowLayout{rows.inner, rows.classes * rows.inner, rows.inner, 1};
 }
 
-// The tau argument: (pointer to [rows] compute-dtype values or null, scalar value) and the tensor kept alive.
-std::pair<const void*, double> tau_source(const std::optional<Tensor>& tau_tensor, double tau, at::ScalarType compute,
-                                          int64_t rows, Tensor& keep) {
-  if (!tau_tensor.has_value() || !tau_tensor->defined()) return {nullptr, tau};
-  TORCH_CHECK(tau_tensor->device().is_cpu(), "fused_gumbel: tau_tensor must be a CPU tensor here");
-  keep = tau_tensor->to(compute).contiguous();
-  if (keep.dim() == 0) return {nullptr, keep.item<double>()};
-  TORCH_CHECK(keep.numel() == rows, "fused_gumbel: tau_tensor must be 0-dim or hold one value per row (", rows,
-              "), got ", keep.numel());
-  return {keep.data_ptr(), tau};
-}
-
 int64_t grain(int64_t classes) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(classes, 1)); }
 
 std::tuple<Tensor, std::optional<Tensor>> kernel_forward(const Tensor& logits, const std::optional<Tensor>& tau_tensor,
@@ -155,14 +94,15 @@ std::tuple<Tensor, std::optional<Tensor>> kernel_forward(const Tensor& logits, c
   if (mode == 3) soft = at::empty(logits.sizes(), logits.options().memory_format(at::MemoryFormat::Contiguous));
   if (x.rows() == 0 || x.classes == 0) return {out, soft};
   Tensor tau_keep;
-  const auto [tau_rows, tau_value] = tau_source(tau_tensor, tau, compute_type(logits), x.rows(), tau_keep);
+  const auto [tau_rows, tau_value] = tau_source(tau_tensor, tau, compute_type(logits), x.rows(), "row", tau_keep);
   ForwardArgs args{x.tensor.const_data_ptr(), x.layout,
                    mode == 2 ? nullptr : out.data_ptr(), contiguous_layout(x),
                    mode == 2 ? out.data_ptr<int64_t>() : nullptr,
                    soft ? soft->data_ptr() : nullptr,
                    x.rows(), x.classes, tau_rows, tau_value, int(mode),
                    uint64_t(key), uint64_t(offset), dtype};
-  at::parallel_for(0, x.rows(), grain(x.classes), [&](int64_t begin, int64_t end) { run_forward(args, begin, end); });
+  at::parallel_for(0, x.rows(), grain(x.classes),
+                   [&](int64_t begin, int64_t end) { FUSED_GUMBEL_ISA_CALL(forward_rows(args, begin, end)); });
   return {out, soft};
 }
 
@@ -187,11 +127,12 @@ std::tuple<Tensor, std::optional<Tensor>> kernel_backward(const Tensor& grad_y, 
     return {grad_x, grad_tau};
   }
   Tensor tau_keep;
-  const auto [tau_rows, tau_value] = tau_source(tau_tensor, tau, compute_type(src), s.rows(), tau_keep);
+  const auto [tau_rows, tau_value] = tau_source(tau_tensor, tau, compute_type(src), s.rows(), "row", tau_keep);
   BackwardArgs args{g.tensor.const_data_ptr(), g.layout, s.tensor.const_data_ptr(), s.layout,
                     grad_x.data_ptr(), contiguous_layout(s), grad_tau ? grad_tau->data_ptr() : nullptr,
                     s.rows(), s.classes, tau_rows, tau_value, hard, uint64_t(key), uint64_t(offset), dtype};
-  at::parallel_for(0, s.rows(), grain(s.classes), [&](int64_t begin, int64_t end) { run_backward(args, begin, end); });
+  at::parallel_for(0, s.rows(), grain(s.classes),
+                   [&](int64_t begin, int64_t end) { FUSED_GUMBEL_ISA_CALL(backward_rows(args, begin, end)); });
   return {grad_x, grad_tau};
 }
 
@@ -200,16 +141,7 @@ std::tuple<Tensor, std::optional<Tensor>> kernel_backward(const Tensor& grad_y, 
 Tensor philox_words_cpu(int64_t seed, int64_t offset, int64_t first_call, int64_t calls) {
   TORCH_CHECK(calls >= 0, "calls must be >= 0");
   std::vector<uint32_t> words(4 * calls);
-#if defined(FUSED_GUMBEL_HAVE_AVX2)
-  if (chosen_isa() == Isa::Avx512) {
-    AVX512::philox_words(uint64_t(seed), uint64_t(offset), uint64_t(first_call), calls, words.data());
-  } else if (chosen_isa() == Isa::Avx2) {
-    AVX2::philox_words(uint64_t(seed), uint64_t(offset), uint64_t(first_call), calls, words.data());
-  } else
-#endif
-  {
-    DEFAULT::philox_words(uint64_t(seed), uint64_t(offset), uint64_t(first_call), calls, words.data());
-  }
+  FUSED_GUMBEL_ISA_CALL(philox_words(uint64_t(seed), uint64_t(offset), uint64_t(first_call), calls, words.data()));
   Tensor out = at::empty({calls, 4}, at::TensorOptions().dtype(at::kLong));
   int64_t* p = out.data_ptr<int64_t>();
   for (int64_t i = 0; i < 4 * calls; ++i) p[i] = int64_t(words[i]);
@@ -217,24 +149,10 @@ Tensor philox_words_cpu(int64_t seed, int64_t offset, int64_t first_call, int64_
 }
 
 Tensor gumbel_noise_cpu(const Tensor& words) {
-  TORCH_CHECK(words.device().is_cpu() && words.scalar_type() == at::kLong && words.dim() == 1,
-              "words must be a 1-d int64 CPU tensor");
-  const Tensor contiguous = words.contiguous();
-  const int64_t n = contiguous.numel();
-  std::vector<uint32_t> raw(n);
-  const int64_t* p = contiguous.const_data_ptr<int64_t>();
-  for (int64_t i = 0; i < n; ++i) raw[i] = uint32_t(p[i]);
+  const std::vector<uint32_t> raw = words_of(words);
+  const int64_t n = int64_t(raw.size());
   Tensor out = at::empty({n}, at::TensorOptions().dtype(at::kFloat));
-#if defined(FUSED_GUMBEL_HAVE_AVX2)
-  if (chosen_isa() == Isa::Avx512) {
-    AVX512::gumbel_noise(raw.data(), out.data_ptr<float>(), n);
-  } else if (chosen_isa() == Isa::Avx2) {
-    AVX2::gumbel_noise(raw.data(), out.data_ptr<float>(), n);
-  } else
-#endif
-  {
-    DEFAULT::gumbel_noise(raw.data(), out.data_ptr<float>(), n);
-  }
+  FUSED_GUMBEL_ISA_CALL(gumbel_noise(raw.data(), out.data_ptr<float>(), n));
   return out;
 }
 

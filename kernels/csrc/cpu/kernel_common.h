@@ -1,0 +1,185 @@
+// Helpers shared by the CPU kernels (gumbel_softmax_cpu_kernel.h, relaxed_bernoulli_cpu_kernel.h),
+// compiled into each kernel's per-ISA build (the including file defines KERNEL_ISA): Philox4x32-10
+// words of consecutive counters (RNG spec v2, fused_gumbel/rng.py: counter (lo n, hi n, lo offset,
+// hi offset), key seed ^ DOMAIN_TAG) in scalar, AVX2 and AVX-512 forms, the at::vec alias, and the
+// conversions between a tensor dtype and the compute dtype. Everything is internal to the
+// translation unit (an unnamed namespace): each ISA build gets its own copy.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include <ATen/cpu/vec/vec.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+namespace fused_gumbel {
+namespace cpu {
+namespace KERNEL_ISA {
+namespace {
+
+constexpr uint32_t kRoundA = 0xD2511F53u, kRoundB = 0xCD9E8D57u;
+constexpr uint32_t kKeyA = 0x9E3779B9u, kKeyB = 0xBB67AE85u;
+constexpr uint64_t kDomainTag = 0x2545F4914F6CDD1Dull;
+
+inline void philox_scalar(uint32_t k0, uint32_t k1, uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
+                          uint32_t* out) {
+  for (int round = 0; round < 10; ++round) {
+    const uint64_t pa = uint64_t(c0) * kRoundA, pb = uint64_t(c2) * kRoundB;
+    c0 = uint32_t(pb >> 32) ^ c1 ^ k0;
+    c2 = uint32_t(pa >> 32) ^ c3 ^ k1;
+    c1 = uint32_t(pb);
+    c3 = uint32_t(pa);
+    k0 += kKeyA;
+    k1 += kKeyB;
+  }
+  out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
+}
+
+#if defined(__AVX2__)
+// 32x32 -> 64-bit products of eight lanes, split into high and low words.
+inline void mul_wide(__m256i a, __m256i b, __m256i& hi, __m256i& lo) {
+  const __m256i even = _mm256_mul_epu32(a, b);
+  const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), b);
+  hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+  lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+}
+#endif
+
+// Words of Philox calls first_call .. first_call + calls - 1, four per call, in call order.
+inline void philox_fill(uint64_t seed, uint64_t offset, uint64_t first_call, int64_t calls, uint32_t* out) {
+  const uint64_t key = seed ^ kDomainTag;
+  const uint32_t k0 = uint32_t(key), k1 = uint32_t(key >> 32);
+  const uint32_t s0 = uint32_t(offset), s1 = uint32_t(offset >> 32);
+  int64_t i = 0;
+#if defined(__AVX2__)
+  // The vector paths take the counters' high word as constant: true unless the low word wraps.
+  const bool high_constant = uint64_t(uint32_t(first_call)) + uint64_t(calls) <= (uint64_t(1) << 32);
+  const uint32_t n_hi = uint32_t(first_call >> 32), n_lo = uint32_t(first_call);
+#endif
+#if defined(__AVX512F__)
+  if (high_constant) {
+    const __m512i round_a = _mm512_set1_epi32(int(kRoundA)), round_b = _mm512_set1_epi32(int(kRoundB));
+    const __m512i key_a = _mm512_set1_epi32(int(kKeyA)), key_b = _mm512_set1_epi32(int(kKeyB));
+    const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    // Interleave indices: 32-bit pairs (w0 w1), (w2 w3) of calls 0-7 / 8-15, then 64-bit pairs.
+    const __m512i pair_lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i pair_hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    const __m512i quad_lo = _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11);
+    const __m512i quad_hi = _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15);
+    for (; i + 16 <= calls; i += 16) {
+      __m512i c0 = _mm512_add_epi32(_mm512_set1_epi32(int(n_lo + uint32_t(i))), lanes);
+      __m512i c1 = _mm512_set1_epi32(int(n_hi));
+      __m512i c2 = _mm512_set1_epi32(int(s0)), c3 = _mm512_set1_epi32(int(s1));
+      __m512i q0 = _mm512_set1_epi32(int(k0)), q1 = _mm512_set1_epi32(int(k1));
+      for (int round = 0; round < 10; ++round) {
+        const __m512i even_a = _mm512_mul_epu32(c0, round_a);
+        const __m512i odd_a = _mm512_mul_epu32(_mm512_srli_epi64(c0, 32), round_a);
+        const __m512i even_b = _mm512_mul_epu32(c2, round_b);
+        const __m512i odd_b = _mm512_mul_epu32(_mm512_srli_epi64(c2, 32), round_b);
+        const __m512i hi_a = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even_a, 32), odd_a);
+        const __m512i hi_b = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even_b, 32), odd_b);
+        const __m512i lo_a = _mm512_mask_blend_epi32(0xAAAA, even_a, _mm512_slli_epi64(odd_a, 32));
+        const __m512i lo_b = _mm512_mask_blend_epi32(0xAAAA, even_b, _mm512_slli_epi64(odd_b, 32));
+        c0 = _mm512_ternarylogic_epi32(hi_b, c1, q0, 0x96);  // 0x96: a ^ b ^ c
+        c2 = _mm512_ternarylogic_epi32(hi_a, c3, q1, 0x96);
+        c1 = lo_b;
+        c3 = lo_a;
+        q0 = _mm512_add_epi32(q0, key_a);
+        q1 = _mm512_add_epi32(q1, key_b);
+      }
+      const __m512i w01_lo = _mm512_permutex2var_epi32(c0, pair_lo, c1);
+      const __m512i w01_hi = _mm512_permutex2var_epi32(c0, pair_hi, c1);
+      const __m512i w23_lo = _mm512_permutex2var_epi32(c2, pair_lo, c3);
+      const __m512i w23_hi = _mm512_permutex2var_epi32(c2, pair_hi, c3);
+      uint32_t* dst = out + 4 * i;
+      _mm512_storeu_si512(dst + 0, _mm512_permutex2var_epi64(w01_lo, quad_lo, w23_lo));
+      _mm512_storeu_si512(dst + 16, _mm512_permutex2var_epi64(w01_lo, quad_hi, w23_lo));
+      _mm512_storeu_si512(dst + 32, _mm512_permutex2var_epi64(w01_hi, quad_lo, w23_hi));
+      _mm512_storeu_si512(dst + 48, _mm512_permutex2var_epi64(w01_hi, quad_hi, w23_hi));
+    }
+  }
+#endif
+#if defined(__AVX2__)
+  const __m256i round_a = _mm256_set1_epi32(int(kRoundA)), round_b = _mm256_set1_epi32(int(kRoundB));
+  const __m256i key_a = _mm256_set1_epi32(int(kKeyA)), key_b = _mm256_set1_epi32(int(kKeyB));
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (; high_constant && i + 8 <= calls; i += 8) {
+    __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32(int(n_lo + uint32_t(i))), lanes);
+    __m256i c1 = _mm256_set1_epi32(int(n_hi));
+    __m256i c2 = _mm256_set1_epi32(int(s0)), c3 = _mm256_set1_epi32(int(s1));
+    __m256i q0 = _mm256_set1_epi32(int(k0)), q1 = _mm256_set1_epi32(int(k1));
+    for (int round = 0; round < 10; ++round) {
+      __m256i hi_a, lo_a, hi_b, lo_b;
+      mul_wide(c0, round_a, hi_a, lo_a);
+      mul_wide(c2, round_b, hi_b, lo_b);
+      c0 = _mm256_xor_si256(_mm256_xor_si256(hi_b, c1), q0);
+      c2 = _mm256_xor_si256(_mm256_xor_si256(hi_a, c3), q1);
+      c1 = lo_b;
+      c3 = lo_a;
+      q0 = _mm256_add_epi32(q0, key_a);
+      q1 = _mm256_add_epi32(q1, key_b);
+    }
+    // Transpose the four word planes of eight calls into call order (w0 w1 w2 w3 per call).
+    const __m256i t0 = _mm256_unpacklo_epi32(c0, c1), t1 = _mm256_unpacklo_epi32(c2, c3);
+    const __m256i t2 = _mm256_unpackhi_epi32(c0, c1), t3 = _mm256_unpackhi_epi32(c2, c3);
+    const __m256i r0 = _mm256_unpacklo_epi64(t0, t1), r1 = _mm256_unpackhi_epi64(t0, t1);
+    const __m256i r2 = _mm256_unpacklo_epi64(t2, t3), r3 = _mm256_unpackhi_epi64(t2, t3);
+    __m256i* dst = reinterpret_cast<__m256i*>(out + 4 * i);
+    _mm256_storeu_si256(dst + 0, _mm256_permute2x128_si256(r0, r1, 0x20));
+    _mm256_storeu_si256(dst + 1, _mm256_permute2x128_si256(r2, r3, 0x20));
+    _mm256_storeu_si256(dst + 2, _mm256_permute2x128_si256(r0, r1, 0x31));
+    _mm256_storeu_si256(dst + 3, _mm256_permute2x128_si256(r2, r3, 0x31));
+  }
+#endif
+  for (; i < calls; ++i) {
+    const uint64_t n = first_call + uint64_t(i);
+    philox_scalar(k0, k1, uint32_t(n), uint32_t(n >> 32), s0, s1, out + 4 * i);
+  }
+}
+
+template <typename acc_t>
+using Vec = at::vec::Vectorized<acc_t>;
+
+// Element conversions between the tensor dtype and the compute dtype (vectorised for bf16/fp16).
+template <typename scalar_t, typename acc_t>
+inline void to_compute(const scalar_t* src, acc_t* dst, int64_t n) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    std::memcpy(dst, src, n * sizeof(acc_t));
+  } else {
+    using V = Vec<float>;
+    int64_t i = 0;
+    for (; i + V::size() <= n; i += V::size()) {
+      V v;
+      if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+        at::vec::load_fp32_from_bf16(src + i, v);
+      } else {
+        at::vec::load_fp32_from_fp16(src + i, v);
+      }
+      v.store(dst + i);
+    }
+    for (; i < n; ++i) dst[i] = acc_t(src[i]);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+inline void from_compute(const acc_t* src, scalar_t* dst, int64_t n) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    std::memcpy(dst, src, n * sizeof(acc_t));
+  } else {
+    at::vec::convert(src, dst, n);
+  }
+}
+
+}  // namespace
+}  // namespace KERNEL_ISA
+}  // namespace cpu
+}  // namespace fused_gumbel
