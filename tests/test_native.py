@@ -49,9 +49,13 @@ def test_philox_words_bit_exact(seed, offset, first_call):
     assert torch.equal(words, expected)
 
 
-def _native_noise(b):
-    words = torch.from_numpy(2 * np.asarray(b, dtype=np.int64))  # w = 2b: w | 1 is the draw's midpoint
-    return torch.ops.fused_gumbel._cpu_gumbel_noise(words).numpy()
+_native_noise = nf.native_twin
+
+
+def test_noise_fidelity_cli_checks_the_native_kernel(capsys):
+    nf.main(["--native", "--stride", "99991"])
+    out = capsys.readouterr().out
+    assert "C++ CPU kernel" in out and "within" in out and _native.cpu_isa() in out
 
 
 def test_noise_is_within_the_exact_bound():

@@ -56,21 +56,29 @@ inline __m256 words_to_float(const uint32_t* w) {
 }
 #endif
 
-#if defined(__AVX512F__)
+#if defined(__AVX2__)
 }  // namespace
 }  // namespace KERNEL_ISA
 }  // namespace cpu
 }  // namespace fused_gumbel
-extern "C" __m512 Sleef_logf16_u35(__m512);  // libtorch_cpu's Sleef, as at::vec's own log calls
+// libtorch_cpu's Sleef, as at::vec's own log calls (its 1-ulp Sleef_logf{8,16}_u10).
+extern "C" __m512 Sleef_logf16_u35(__m512);
+extern "C" __m256 Sleef_logf8_u35(__m256);
 namespace fused_gumbel {
 namespace cpu {
 namespace KERNEL_ISA {
 namespace {
-// Sleef's 3.5-ulp log for both logs of the noise. Inside Goldberg's log1p only its relative
-// error reaches E (E = v log(a) / (a - 1)): at most 2.1e-7 nats of g. The outer log's error is
-// g's own: checked against EXACT_NOISE_BOUND (2e-6) over all 2^31 draws, at most 1.97e-6
-// (tests/test_native.py repeats the check on every draw below 2^20, where g is largest).
+// Sleef's 3.5-ulp log for both logs of the noise (about 3x faster than the 1-ulp one on an AVX2
+// Zen core). Inside Goldberg's log1p only its relative error reaches E (E = v log(a) / (a - 1)):
+// at most 2.1e-7 nats of g. The outer log's error is g's own: checked against EXACT_NOISE_BOUND
+// (2e-6) over all 2^31 draws, at most 1.97e-6, on both builds (AVX-512 and AVX2; the command is
+// in docs/benchmarks.md); tests/test_native.py repeats the check on every draw below 2^20,
+// where g is largest, and every 997th above.
+#if defined(__AVX512F__)
 inline Vec<float> log_u35(const Vec<float>& a) { return Vec<float>(Sleef_logf16_u35(__m512(a))); }
+#else
+inline Vec<float> log_u35(const Vec<float>& a) { return Vec<float>(Sleef_logf8_u35(__m256(a))); }
+#endif
 #else
 inline Vec<float> log_u35(const Vec<float>& a) { return a.log(); }
 #endif
