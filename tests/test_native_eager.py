@@ -203,13 +203,14 @@ class _CountingFunction(TorchFunctionMode):
 
 
 @pytest.mark.parametrize("case", [
-    "tensor_tau", "int_tau", "nan_tau", "bool_dim", "numpy_dim", "dim_out_of_range", "huge_dim", "int_logits",
+    "tensor_tau", "bool_tau", "zero_int_tau", "huge_int_tau", "nan_tau", "bool_dim", "numpy_dim", "dim_out_of_range", "huge_dim", "int_logits",
     "zero_dim", "empty", "meta", "subclass", "string_generator", "int_generator", "mode"])
 def test_declines_what_python_must_handle(case):
     x = torch.randn(3, 4)
     args = dict(logits=x, tau=1.0, mode=0, dim=-1, generator=None)
     change = {
-        "tensor_tau": dict(tau=torch.tensor(0.5)), "int_tau": dict(tau=1), "nan_tau": dict(tau=float("nan")),
+        "tensor_tau": dict(tau=torch.tensor(0.5)), "bool_tau": dict(tau=True), "zero_int_tau": dict(tau=0),
+        "huge_int_tau": dict(tau=10**400), "nan_tau": dict(tau=float("nan")),
         "bool_dim": dict(dim=True), "numpy_dim": dict(dim=np.int64(1)), "dim_out_of_range": dict(dim=2),
         "huge_dim": dict(dim=2**80), "int_logits": dict(logits=torch.ones(3, 4, dtype=torch.int64)),
         "zero_dim": dict(logits=torch.tensor(0.5)), "empty": dict(logits=torch.empty(0, 4)),
@@ -238,6 +239,15 @@ def test_declines_under_transforms_modes_tracing_and_forward_ad():
         dual = forward_ad.make_dual(x, torch.ones_like(x))
         assert fast(dual) is None
         assert fast(x) is not None  # a plain tensor inside a dual level needs no tangent
+
+
+def test_int_tau_is_taken_as_python_takes_it():
+    """F.gumbel_softmax's default tau is the int 1: a patched F call keeps the fast path."""
+    x = torch.randn(3, 5)
+    g = torch.Generator().manual_seed(2)
+    y = fast(x, 2, 0, -1, g)
+    g.manual_seed(2)
+    assert y is not None and torch.equal(y, fused_gumbel.gumbel_softmax(x, 2.0, generator=g, backend="native"))
 
 
 def test_backend_environment_variable(monkeypatch):

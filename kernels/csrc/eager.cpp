@@ -10,7 +10,7 @@
 // sample_eager(logits, tau, mode, dim, generator, salt, check_env, detached) -> Tensor or None: a
 // whole fused_gumbel.gumbel_softmax or categorical call (mode 0 soft, 1 hard or one-hot, 2 index)
 // when nothing about it needs Python: a plain CPU floating tensor with elements, a positive finite
-// float tau, an in-range int dim, no forward-AD dual tensor, no torch.func transform, tracer, dispatch
+// float (or int) tau, an in-range int dim, no forward-AD dual tensor, no torch.func transform, tracer, dispatch
 // or torch-function mode, and, with `check_env` (no backend= argument), FUSED_GUMBEL_BACKEND unset or
 // "auto". When autograd records the call (grad mode, logits requiring grad, not `detached` as
 // categorical is), the output's grad_fn is the C++ GumbelSoftmaxFunction below. It then
@@ -214,11 +214,17 @@ PyObject* sample_eager(PyObject*, PyObject* args) {
                         &check_env, &detached)) {
     return nullptr;
   }
-  if (!THPVariable_CheckExact(logits_object) || !PyFloat_CheckExact(tau_object) || !PyLong_CheckExact(dim_object) ||
-      mode < 0 || mode > 2) {
+  // tau: a float, or an int (F.gumbel_softmax's default tau=1), which Python would convert the same way.
+  const bool int_tau = PyLong_CheckExact(tau_object);
+  if (!THPVariable_CheckExact(logits_object) || !(PyFloat_CheckExact(tau_object) || int_tau) ||
+      !PyLong_CheckExact(dim_object) || mode < 0 || mode > 2) {
     Py_RETURN_NONE;
   }
-  const double tau = PyFloat_AS_DOUBLE(tau_object);
+  const double tau = int_tau ? PyLong_AsDouble(tau_object) : PyFloat_AS_DOUBLE(tau_object);
+  if (tau == -1.0 && PyErr_Occurred()) {  // an int too large for a double: Python's checks say so
+    PyErr_Clear();
+    Py_RETURN_NONE;
+  }
   if (!(tau > 0.0 && std::isfinite(tau))) Py_RETURN_NONE;
   int overflow = 0;
   const long long dim = PyLong_AsLongLongAndOverflow(dim_object, &overflow);
