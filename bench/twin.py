@@ -366,24 +366,30 @@ def _disagreement(mode: str, pass_: str, calls: dict) -> str | None:
 
 
 def measure(shapes=None, dtypes=None, budget_s: float | None = None, warmup_ms: int = 10, rep_ms: int = 40,
-            log=print) -> dict:
-    """Time the twin against Triton on the current CUDA device (report: ``MEASURE_SCHEMA``)."""
+            log=print, device: str = "cuda", shape_sizes: dict | None = None) -> dict:
+    """Time the twin against Triton on the current CUDA device (report: ``MEASURE_SCHEMA``).
+    ``device="cpu"`` (tests) times the CPU kernel against Triton's interpreter the same way;
+    ``shape_sizes`` replaces :data:`MEASURE_SHAPES`."""
     import datetime
 
     import torch
 
     from bench.static import git_commit
-    from bench.timing import CudaTimer, error_record
+    from bench.timing import CudaTimer, WallClockTimer, error_record
 
-    cuda_op()  # the twin's kernels registered (the installed extension's, or built here)
-    timer = CudaTimer(warmup_ms=warmup_ms, rep_ms=rep_ms)
+    device = torch.device(device)
+    if device.type == "cuda":
+        cuda_op()  # the twin's kernels registered (the installed extension's, or built here)
+        timer = CudaTimer(warmup_ms=warmup_ms, rep_ms=rep_ms)
+    else:
+        timer = WallClockTimer(device, min_rounds=2, max_rounds=3, budget_s=rep_ms / 1e3)
+    shape_sizes = shape_sizes or MEASURE_SHAPES
     dtype_of = {"bf16": torch.bfloat16, "fp32": torch.float32}
     started = time.perf_counter()
     results = {}
-    device = torch.device("cuda")
     for mode, pass_ in MEASURE_VARIANTS:
-        for shape in shapes or MEASURE_SHAPES:
-            rows, classes = MEASURE_SHAPES[shape]
+        for shape in shapes or shape_sizes:
+            rows, classes = shape_sizes[shape]
             for dtype in dtypes or MEASURE_DTYPES:
                 case = f"gumbel_softmax/{mode}/{pass_}/{shape}/{dtype}"
                 entry = {"mode": mode, "pass": pass_, "shape": shape, "dtype": dtype, "rows": rows,
@@ -392,9 +398,9 @@ def measure(shapes=None, dtypes=None, budget_s: float | None = None, warmup_ms: 
                     results[case] = {**entry, "skipped": "time budget spent"}
                     continue
                 try:
-                    generator = torch.Generator(device).manual_seed(0)
-                    logits = torch.randn(rows, classes, device=device, generator=generator).to(dtype_of[dtype])
-                    grad = torch.randn(rows, classes, device=device, generator=generator).to(dtype_of[dtype])
+                    generator = torch.Generator().manual_seed(0)
+                    logits = torch.randn(rows, classes, generator=generator).to(device, dtype_of[dtype])
+                    grad = torch.randn(rows, classes, generator=generator).to(device, dtype_of[dtype])
                     calls = _case_calls(mode, pass_, logits, grad)
                     why = _disagreement(mode, pass_, calls)
                     if why is not None:
@@ -415,10 +421,11 @@ def measure(shapes=None, dtypes=None, budget_s: float | None = None, warmup_ms: 
                     entry["error"] = "a provider failed: " + "; ".join(
                         str(timed[n].get("error")) for n in timed if "median_ms" not in timed[n])
                 results[case] = entry
-    torch.cuda.synchronize()
+    cuda = device.type == "cuda"
     return {"schema": MEASURE_SCHEMA, "label": "GPU measurement: twin vs Triton, median per case",
             "date": datetime.date.today().isoformat(), "git_commit": git_commit(),
-            "device_name": torch.cuda.get_device_name(device), "torch": torch.__version__,
+            "device_name": torch.cuda.get_device_name(device) if cuda else f"cpu (test: {device})",
+            "torch": torch.__version__,
             "timer": timer.name, "results": results}
 
 

@@ -6,8 +6,8 @@ with ``hard=True``, the exact one-hot of argmax(logits + g) with the soft sample
 Every input error raises here, before any kernel launch. CUDA tensors run the fused Triton
 kernels (through ``GumbelSoftmaxFunction``), or the CUDA C++ twin where it is built and a GPU
 measurement recorded it faster for the call's shape class (``_twin_dispatch``; the environment
-variable FUSED_GUMBEL_CUDA_IMPL overrides; :func:`select_implementation` says which); CPU tensors run the fused C++ kernel of
-``fused_gumbel._C`` when it is built: the common eager call entirely in C++
+variable FUSED_GUMBEL_CUDA_IMPL overrides; :func:`select_implementation` says which); CPU
+tensors run the fused C++ kernel of ``fused_gumbel._C`` when it is built: the common eager call entirely in C++
 (``_C.sample_eager``, ``kernels/csrc/eager.cpp``: generator draw, kernel, and a C++ autograd
 Function), anything else through the same Function (``_native``), else the PyTorch
 reference with the same noise stream, or the Triton kernels under ``TRITON_INTERPRET=1``. While a graph is being
@@ -184,9 +184,12 @@ def _cuda_launcher(requested: str, logits: torch.Tensor, dim: int, mode: int, ta
     if requested != "auto":
         return "triton"
     impl = _cuda_impl_env()
-    if impl == "triton" or (impl == "auto" and not _auto_runs_twin(logits, dim, mode, tau, backward)):
+    if impl == "auto":
+        if not _auto_runs_twin(logits, dim, mode, tau, backward):  # (False in graph mode)
+            return "triton"
+    elif impl == "triton" or _graph_mode():
         return "triton"
-    return "triton" if _is_tracing() else "native"
+    return "triton" if logits.is_cuda and torch.cuda.is_current_stream_capturing() else "native"
 
 
 def select_implementation(logits: torch.Tensor, dim: int = -1, *, mode: str = "soft", backward: Optional[bool] = None,

@@ -216,6 +216,36 @@ def test_measured_table_margin_rule():
         twin.measured_table({"schema": "fused-gumbel-static-twin/1", "results": {}})
 
 
+def test_measure_runs_every_variant_on_cpu(tmp_path):
+    """``bench.twin.measure``'s calls, agreement check and report, run here on the CPU kernel
+    against Triton's interpreter (the GPU run compares the CUDA twin with compiled Triton the same
+    way); its report feeds the table writer."""
+    from bench import twin
+
+    if not _native.available("cpu"):
+        pytest.skip(_native.unavailable_reason("cpu"))
+    report = twin.measure(dtypes=["fp32"], device="cpu", rep_ms=5, log=lambda m: None,
+                          shape_sizes={"3x10": (3, 10), "2x40": (2, 40)})
+    assert len(report["results"]) == len(twin.MEASURE_VARIANTS) * 2
+    for case, entry in report["results"].items():
+        assert "error" not in entry, (case, entry)
+        assert entry["ratio"] > 0 and entry["twin"]["median_ms"] > 0
+    table = twin.measured_table(report)
+    assert set(table) == {f"{c}/fp32/{m}/{p}" for c in ("small", "resident") for m, p in twin.MEASURE_VARIANTS}
+
+
+def test_disagreement_is_caught():
+    from bench import twin
+
+    same, other = torch.tensor([0, 1, 2]), torch.tensor([0, 1, 1])
+    assert twin._disagreement("index", "fwd", {"twin": lambda: same, "triton": lambda: same}) is None
+    assert "1 elements" in twin._disagreement("index", "fwd", {"twin": lambda: same, "triton": lambda: other})
+    soft = torch.tensor([0.25, 0.75])
+    assert twin._disagreement("soft", "fwd", {"twin": lambda: soft, "triton": lambda: soft + 1e-6}) is None
+    assert "max |twin - triton|" in twin._disagreement("soft", "bwd", {"twin": lambda: soft,
+                                                                        "triton": lambda: soft + 1e-2})
+
+
 def _import_copy(path, name):
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
