@@ -10,8 +10,12 @@
 # extension provides it, gets at most TWIN_SECONDS, default 240, before the tests). Needs no
 # network: it installs the checkout in place (--no-deps, --no-build-isolation) into the Python
 # that is already there.
-# Writes into OUT_DIR: env.txt, pip-install.log, twin-build.log, pytest-gpu.log/.xml, bench.log,
-# cuda-<date>.{json,md,png}, summary.txt; and copies the JSON to bench/results/.
+# After the tests, when the twin's GPU tests passed: python -m bench.twin --measure and
+# --update-dispatch (at most TWIN_MEASURE_SECONDS, default 120), which rewrites the measured table of
+# fused_gumbel/_twin_dispatch.py (the default CUDA implementation per shape class under auto).
+# Writes into OUT_DIR: env.txt, pip-install.log, twin-build.log, pytest-gpu.log/.xml, twin-measure.log,
+# twin-measured-<date>.json, bench.log, cuda-<date>.{json,md,png}, summary.txt; and copies the JSONs
+# to bench/results/.
 set -u -o pipefail
 START=$(date +%s)
 cd "$(dirname "$0")/.."
@@ -64,6 +68,29 @@ timeout -k 10 "$TEST_SECONDS" "$PY" "${PYFLAGS[@]}" -m pytest -m gpu tests -v -r
 TEST_RC=${PIPESTATUS[0]}
 echo "pytest -m gpu -> rc $TEST_RC ($(elapsed) s)"
 
+# The measured twin-vs-Triton table (fused_gumbel/_twin_dispatch.py's MEASURED block), only once the
+# twin's GPU tests ran and passed: python -m bench.twin --measure times both per case, copies the
+# JSON to bench/results/ and --update-dispatch rewrites the table from it (commit both). At most
+# TWIN_MEASURE_SECONDS (default 120); it starts no new case in its last 30 s.
+TWIN_MEASURE_SECONDS=${TWIN_MEASURE_SECONDS:-120}
+MEASURE_RC=skipped
+if (( TWIN_RC == 0 )) && grep -qE "test_gpu_cuda_twin.py::.* PASSED" "$OUT/pytest-gpu.log" \
+    && ! grep -qE "test_gpu_cuda_twin.py::.* (FAILED|ERROR)" "$OUT/pytest-gpu.log"; then
+  timeout -k 10 "$TWIN_MEASURE_SECONDS" "$PY" "${PYFLAGS[@]}" -m bench.twin --measure --out "$OUT" \
+    --budget $(( TWIN_MEASURE_SECONDS - 30 )) 2>&1 | tee "$OUT/twin-measure.log"
+  MEASURE_RC=${PIPESTATUS[0]}
+  MEASURED_JSON=$(ls -t "$OUT"/twin-measured-*.json 2>/dev/null | head -1)
+  if (( MEASURE_RC == 0 )) && [[ -n "$MEASURED_JSON" ]]; then
+    cp "$MEASURED_JSON" bench/results/
+    "$PY" "${PYFLAGS[@]}" -m bench.twin --update-dispatch "bench/results/$(basename "$MEASURED_JSON")" 2>&1 \
+      | tee -a "$OUT/twin-measure.log"
+    MEASURE_RC=${PIPESTATUS[0]}
+  fi
+else
+  echo "twin not measured: its build or GPU tests did not pass (twin-build.log, pytest-gpu.log)"
+fi
+echo "python -m bench.twin --measure --update-dispatch -> rc $MEASURE_RC ($(elapsed) s)"
+
 REMAINING=$(( SUITE_SECONDS - $(elapsed) ))
 BUDGET=$(( REMAINING - 75 ))
 (( BUDGET < 60 )) && BUDGET=60
@@ -74,7 +101,7 @@ echo "python -m bench -> rc $BENCH_RC ($(elapsed) s)"
 cp "$OUT"/cuda-*.json bench/results/ 2>/dev/null || true
 
 {
-  echo "pip_install_rc=$PIP_RC twin_build_rc=$TWIN_RC pytest_rc=$TEST_RC bench_rc=$BENCH_RC seconds=$(elapsed)"
+  echo "pip_install_rc=$PIP_RC twin_build_rc=$TWIN_RC pytest_rc=$TEST_RC twin_measure_rc=$MEASURE_RC bench_rc=$BENCH_RC seconds=$(elapsed)"
   grep -E "passed|failed|error" "$OUT/pytest-gpu.log" | tail -1
   ls -1 "$OUT"
 } | tee "$OUT/summary.txt"

@@ -143,6 +143,21 @@ def native_extension(device: torch.device) -> dict:
             "cpu_isa": _native.cpu_isa()}
 
 
+def cuda_implementation(device: torch.device) -> dict | None:
+    """How CUDA calls choose between the Triton kernels and the CUDA C++ twin in this run: the
+    FUSED_GUMBEL_CUDA_IMPL override, whether the twin is built, and the provenance of
+    ``fused_gumbel._twin_dispatch``'s table (which classes auto runs on the twin: measured only)."""
+    if device.type != "cuda":
+        return None
+    import os
+
+    from fused_gumbel import _native, _twin_dispatch
+    from fused_gumbel.functional import CUDA_IMPL_ENV
+
+    return {"env": os.environ.get(CUDA_IMPL_ENV, "auto"), "twin_available": _native.available("cuda"),
+            "twin_unavailable_reason": _native.unavailable_reason("cuda"), **_twin_dispatch.summary()}
+
+
 def native_host_us(calls: int = 300, repeats: int = 5) -> dict:
     """Host time per eager call through the C++ extension on CPU, in us: the same call on a 1x2
     tensor, whose kernel work is a few nanoseconds, so what is timed is the Python, extension and

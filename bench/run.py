@@ -142,6 +142,7 @@ def environment(device: torch.device, timer) -> dict:
         "cpu_count": os.cpu_count(),
         "fused_backend": fused_gumbel.select_backend(device),
         "native": probes.native_extension(device),
+        "cuda_implementation": probes.cuda_implementation(device),
         "kernels_interpreted": type(kernels.gumbel_softmax_fwd_kernel).__name__ == "InterpretedFunction",
         "timer": timer.name,
         "git_commit": _git("rev-parse", "HEAD"),
@@ -220,6 +221,10 @@ class Suite:
         calls, entries = self.build_calls(case, logits, grad_out)
         for name, timing in self.timer.measure(calls).items():
             entries[name].update(timing)
+        if "fused" in calls:  # which implementation ran (CUDA: Triton or the twin, by shape class)
+            entries["fused"]["implementation"] = fused_gumbel.select_implementation(
+                logits, case.shape.dim, mode="index" if case.mode == "categorical" else case.mode,
+                backward=case.backward)
         if not self.args.no_probes:
             probed = {name: call for name, call in calls.items() if name != "copy" and "median_ms" in entries[name]}
             try:

@@ -7,8 +7,16 @@
 * :func:`build_cubin`: one storage dtype's kernels (``twin_<dtype>.cu``, every instance the
   extension can launch) or the quick subset (:data:`QUICK_SOURCE`) compiled for sm_90 with nvcc.
 * :func:`kernel_name`: the demangled name of the kernel the launch layer picks for a call.
+* :func:`measure` (GPU): the twin against the Triton kernels, ``python -m bench.twin --measure``:
+  per case (shape, dtype, mode, pass) the median time of each (``triton.testing.do_bench``, the
+  suite's CUDA timer) and their ratio, after checking that both give the same hard/index sample.
+* :func:`write_measured_block`: ``python -m bench.twin --update-dispatch <json>`` rewrites the
+  measured table of ``fused_gumbel/_twin_dispatch.py`` from such a measurement: per shape class x
+  dtype x mode x pass the twin only where twin/Triton <= 1 - :data:`DISPATCH_MARGIN` in every
+  measured case of the class, else Triton. Only these records make the twin the default under
+  backend "auto" (the static model's predictions never do).
 
-Everything is cached under the static model's cache folder by a hash of the sources and flags.
+Everything built is cached under the static model's cache folder by a hash of the sources and flags.
 """
 from __future__ import annotations
 
@@ -18,6 +26,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -296,3 +305,221 @@ def signed64(value: int) -> int:
     """A uint64 as the int64 with the same bits (the op schema's ``int``)."""
     value &= 2**64 - 1
     return value - 2**64 if value >= 2**63 else value
+
+
+# --- twin vs Triton on a GPU: the measured dispatch table ---------------------------------------
+MEASURE_SCHEMA = "fused-gumbel-twin-measured/1"
+# The twin becomes the default for a class only where its median is at least 5% below Triton's in
+# every measured case: run-to-run noise of do_bench medians is a few percent, and a tie keeps the
+# implementation every other path (compile, CUDA graphs, estimators) already runs.
+DISPATCH_MARGIN = 0.05
+# Two or more shapes per shape class of fused_gumbel._twin_dispatch (small, resident, streamed,
+# streamed-few-rows), the static model's four among them.
+MEASURE_SHAPES = {"65536x10": (65536, 10), "3000x10": (3000, 10), "4096x1024": (4096, 1024),
+                  "256x4096": (256, 4096), "8192x32000": (8192, 32000), "1024x50257": (1024, 50257),
+                  "64x128256": (64, 128256), "8x32000": (8, 32000)}
+MEASURE_DTYPES = ("bf16", "fp32")  # fp16 follows bf16 in the table
+MEASURE_VARIANTS = (("soft", "fwd"), ("hard", "fwd"), ("index", "fwd"), ("soft", "bwd"), ("hard", "bwd"))
+MEASURED_BEGIN, MEASURED_END = "# <measured-twin:begin>", "# <measured-twin:end>"
+
+
+def _case_calls(mode: str, pass_: str, logits, grad, seed: int = 1234) -> dict:
+    """{"twin": call, "triton": call} for one case, each what ``GumbelSoftmaxFunction`` launches:
+    the forward alone, or the backward of a forward that ran on the same implementation (with the
+    statistics that forward kept, as in training)."""
+    from fused_gumbel import function
+    from fused_gumbel._layout import as_rows
+    from fused_gumbel.kernels import gumbel_softmax as kernels
+
+    mode_value = {"soft": kernels.MODE_SOFT, "hard": kernels.MODE_HARD, "index": kernels.MODE_INDEX}[mode]
+    hard = mode == "hard"
+    calls = {}
+    for name, native in (("twin", True), ("triton", False)):
+        if pass_ == "fwd":
+            def call(native=native):
+                return function.sample_forward(logits, 1.0, mode_value, 1, seed, 0, native=native)[0]
+        else:
+            out, _, _, stats = function.sample_forward(logits, 1.0, mode_value, 1, seed, 0, save_stats=hard,
+                                                       native=native)
+            src, strides = as_rows(logits if hard else out, 1)
+
+            def call(native=native, src=src, strides=strides, stats=stats):
+                return function.sample_backward(grad, src, strides, 1.0, 1, seed, 0, hard, False, stats,
+                                                native=native)[0]
+        calls[name] = call
+    return calls
+
+
+def _disagreement(mode: str, pass_: str, calls: dict) -> str | None:
+    """Why the twin's and Triton's outputs of one case differ beyond what the spec allows, or None:
+    hard and index samples identical; soft values and gradients within the fast noise's bound."""
+    import torch
+
+    a, b = calls["twin"](), calls["triton"]()
+    if pass_ == "fwd" and mode != "soft":
+        same = torch.equal(a, b) if mode == "index" else torch.equal(a.nan_to_num(-1.0), b.nan_to_num(-1.0))
+        return None if same else f"{mode} samples differ in {int((a != b).sum())} elements"
+    tolerance = 2e-2 if a.dtype == torch.bfloat16 else 1e-4  # relative to the largest value
+    scale = max(1.0, b.float().abs().nan_to_num(0.0).max().item())
+    error = (a.float() - b.float()).abs().nan_to_num(0.0).max().item() / scale
+    return None if error <= tolerance else f"max |twin - triton| / scale = {error:.3g} > {tolerance}"
+
+
+def measure(shapes=None, dtypes=None, budget_s: float | None = None, warmup_ms: int = 10, rep_ms: int = 40,
+            log=print, device: str = "cuda", shape_sizes: dict | None = None) -> dict:
+    """Time the twin against Triton on the current CUDA device (report: ``MEASURE_SCHEMA``).
+    ``device="cpu"`` (tests) times the CPU kernel against Triton's interpreter the same way;
+    ``shape_sizes`` replaces :data:`MEASURE_SHAPES`."""
+    import datetime
+
+    import torch
+
+    from bench.static import git_commit
+    from bench.timing import CudaTimer, WallClockTimer, error_record
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        cuda_op()  # the twin's kernels registered (the installed extension's, or built here)
+        timer = CudaTimer(warmup_ms=warmup_ms, rep_ms=rep_ms)
+    else:
+        timer = WallClockTimer(device, min_rounds=2, max_rounds=3, budget_s=rep_ms / 1e3)
+    shape_sizes = shape_sizes or MEASURE_SHAPES
+    dtype_of = {"bf16": torch.bfloat16, "fp32": torch.float32}
+    started = time.perf_counter()
+    results = {}
+    for mode, pass_ in MEASURE_VARIANTS:
+        for shape in shapes or shape_sizes:
+            rows, classes = shape_sizes[shape]
+            for dtype in dtypes or MEASURE_DTYPES:
+                case = f"gumbel_softmax/{mode}/{pass_}/{shape}/{dtype}"
+                entry = {"mode": mode, "pass": pass_, "shape": shape, "dtype": dtype, "rows": rows,
+                         "classes": classes}
+                if budget_s is not None and time.perf_counter() - started > budget_s:
+                    results[case] = {**entry, "skipped": "time budget spent"}
+                    continue
+                try:
+                    generator = torch.Generator().manual_seed(0)
+                    logits = torch.randn(rows, classes, generator=generator).to(device, dtype_of[dtype])
+                    grad = torch.randn(rows, classes, generator=generator).to(device, dtype_of[dtype])
+                    calls = _case_calls(mode, pass_, logits, grad)
+                    why = _disagreement(mode, pass_, calls)
+                    if why is not None:
+                        results[case] = {**entry, "error": f"outputs disagree: {why}"}
+                        continue
+                    timed = timer.measure(calls)
+                    del logits, grad, calls
+                except Exception as error:  # noqa: BLE001 - one case failing must not hide the others
+                    results[case] = {**entry, **error_record(error)}
+                    continue
+                twin_ms, triton_ms = timed["twin"].get("median_ms"), timed["triton"].get("median_ms")
+                entry.update(twin=timed["twin"], triton=timed["triton"])
+                if twin_ms is not None and triton_ms:
+                    entry["ratio"] = twin_ms / triton_ms
+                    log(f"{case}: twin {twin_ms * 1e3:.1f} us, Triton {triton_ms * 1e3:.1f} us, "
+                        f"ratio {entry['ratio']:.3f}")
+                else:
+                    entry["error"] = "a provider failed: " + "; ".join(
+                        str(timed[n].get("error")) for n in timed if "median_ms" not in timed[n])
+                results[case] = entry
+    cuda = device.type == "cuda"
+    return {"schema": MEASURE_SCHEMA, "label": "GPU measurement: twin vs Triton, median per case",
+            "date": datetime.date.today().isoformat(), "git_commit": git_commit(),
+            "device_name": torch.cuda.get_device_name(device) if cuda else f"cpu (test: {device})",
+            "torch": torch.__version__,
+            "timer": timer.name, "results": results}
+
+
+def measured_table(report: dict, margin: float = DISPATCH_MARGIN) -> dict:
+    """{table key: {"choice", "worst_ratio", "cases"}} from a measurement: per key of
+    ``fused_gumbel._twin_dispatch`` the twin only where twin/Triton <= 1 - ``margin`` in every
+    measured case; a case that failed or disagreed keeps its key on Triton."""
+    from fused_gumbel import _twin_dispatch
+
+    if report.get("schema") != MEASURE_SCHEMA:
+        raise ValueError(f"not a twin measurement ({MEASURE_SCHEMA}): schema {report.get('schema')!r}")
+    ratios: dict[str, list] = {}
+    for r in report["results"].values():
+        if "skipped" in r:
+            continue
+        key = _twin_dispatch.key(r["rows"], r["classes"], r["dtype"], r["mode"], r["pass"])
+        ratios.setdefault(key, []).append(r.get("ratio") if "error" not in r else None)
+    table = {}
+    for key, values in sorted(ratios.items()):
+        failed = any(v is None for v in values)
+        worst = None if failed else max(values)
+        choice = "twin" if not failed and worst <= 1.0 - margin else "triton"
+        table[key] = {"choice": choice, "worst_ratio": None if worst is None else round(worst, 4),
+                      "cases": len(values)}
+    return table
+
+
+def write_measured_block(report: dict, json_path: str, margin: float = DISPATCH_MARGIN,
+                         path: str | None = None) -> dict:
+    """Rewrite the measured block of ``fused_gumbel/_twin_dispatch.py`` (``MEASURED``,
+    ``MEASURED_FROM``, ``MEASURED_MARGIN``) from ``report``; the static block is left as it is.
+    Returns the table written."""
+    from bench.static import replace_block
+    from bench.static_twin import DISPATCH_MODULE
+
+    path = path or DISPATCH_MODULE
+    table = measured_table(report, margin)
+    origin = os.path.relpath(os.path.abspath(json_path), REPO)
+    source = f"{origin} ({report['device_name']}, {report['date']}, commit {report['git_commit']})"
+    body = "\n".join([
+        f"# Generated by python -m bench.twin --update-dispatch from {origin}: the twin where its median",
+        f"# time is at most {1 - margin:g} x Triton's in every measured case of the class (worst_ratio: the",
+        "# largest twin/Triton ratio of medians among the class's cases; None: a case failed or disagreed).",
+        f"MEASURED_FROM = {source!r}",
+        f"MEASURED_MARGIN = {margin!r}",
+        "MEASURED = {",
+        *[f"    {k!r}: {v!r}," for k, v in table.items()],
+        "}",
+    ])
+    with open(path) as f:
+        if MEASURED_BEGIN not in f.read():
+            raise ValueError(f"{path} has no {MEASURED_BEGIN} block")
+    replace_block(path, MEASURED_BEGIN, MEASURED_END, body)
+    return table
+
+
+def main(argv=None) -> int:
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m bench.twin",
+                                     description="The CUDA C++ twin against the Triton kernels on a GPU, and the "
+                                                 "measured dispatch table of fused_gumbel/_twin_dispatch.py.")
+    parser.add_argument("--measure", action="store_true", help="time twin and Triton on this GPU (writes "
+                        "twin-measured-<date>.json into --out)")
+    parser.add_argument("--out", default=os.path.join(REPO, "bench", "results"))
+    parser.add_argument("--shapes", nargs="+", choices=list(MEASURE_SHAPES))
+    parser.add_argument("--dtypes", nargs="+", choices=list(MEASURE_DTYPES))
+    parser.add_argument("--budget", type=float, help="seconds: start no new case after this")
+    parser.add_argument("--update-dispatch", nargs="?", const="", metavar="JSON",
+                        help="rewrite the measured table of fused_gumbel/_twin_dispatch.py from JSON (with "
+                             "--measure and no JSON: from the measurement just made)")
+    parser.add_argument("--margin", type=float, default=DISPATCH_MARGIN)
+    args = parser.parse_args(argv)
+    if not args.measure and not args.update_dispatch:
+        parser.error("give --measure and/or --update-dispatch JSON")
+    json_path = args.update_dispatch or None
+    if args.measure:
+        report = measure(args.shapes, args.dtypes, args.budget, log=lambda m: print(m, file=sys.stderr))
+        os.makedirs(args.out, exist_ok=True)
+        written = os.path.join(args.out, f"twin-measured-{report['date']}.json")
+        with open(written, "w") as f:
+            json.dump(report, f, indent=1)
+        print(f"wrote {written}", file=sys.stderr)
+        json_path = json_path or written
+    if args.update_dispatch is not None:
+        with open(json_path) as f:
+            report = json.load(f)
+        table = write_measured_block(report, json_path, args.margin)
+        twin_keys = [k for k, v in table.items() if v["choice"] == "twin"]
+        print(f"measured table from {json_path}: {len(table)} keys, twin for {len(twin_keys)}: "
+              f"{', '.join(twin_keys) or 'none'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,12 +9,12 @@ kernel each way (noise, tempered softmax, one-hot and straight-through backward 
 is in ``fused_gumbel.rng``.
 """
 from . import nn, reference, reference_estimators, rng, schedules
-from .functional import categorical, gumbel_softmax, select_backend
+from .functional import categorical, gumbel_softmax, select_backend, select_implementation
 from .patching import patch, unpatch
 from .relaxed import bernoulli, gumbel_topk, relaxed_bernoulli, sample_subset
 
 __version__ = "0.1.0"
 
-__all__ = ["gumbel_softmax", "categorical", "select_backend", "relaxed_bernoulli", "bernoulli", "gumbel_topk",
-           "sample_subset", "patch", "unpatch", "nn", "schedules", "reference", "reference_estimators", "rng",
+__all__ = ["gumbel_softmax", "categorical", "select_backend", "select_implementation", "relaxed_bernoulli",
+           "bernoulli", "gumbel_topk", "sample_subset", "patch", "unpatch", "nn", "schedules", "reference", "reference_estimators", "rng",
            "__version__"]

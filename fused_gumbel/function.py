@@ -10,8 +10,11 @@ differentiable PyTorch ops (``_autograd``); ``torch.func.vmap`` has a rule (``_f
 Eager calls go through ``apply``, which avoids the host cost of a ``setup_context`` Function
 outside torch.func transforms (see ``_EagerGumbelSoftmaxFunction``).
 CPU tensors launch the native op of ``fused_gumbel._C`` instead (``_native``; the same contract,
-one pass per row) unless the caller asks for Triton's interpreter: the choice is made in
-``sample_forward``/``sample_backward``, so every route above serves both (``_cpu_launcher``).
+one pass per row) unless the caller asks for Triton's interpreter; CUDA tensors launch it (the CUDA
+C++ twin) where ``functional`` picked it (backend "native", FUSED_GUMBEL_CUDA_IMPL=twin, or a measured
+twin-faster class of ``_twin_dispatch`` under auto). The choice is made in
+``sample_forward``/``sample_backward``, so every route above serves both (``_launcher``), and the
+Function keeps it in ``ctx.native``: one call's backward runs on its forward's implementation.
 """
 from __future__ import annotations
 
@@ -35,25 +38,26 @@ def _stats_buffer(shape, mode, dtype, device, save_stats):
     return torch.empty(size, dtype=compute_dtype(dtype), device=device) if size else None
 
 
-class _CpuLauncher(threading.local):
-    """What launches for CPU tensors on this thread: "native" (``fused_gumbel._C``), "triton" (the
-    interpreter), or None for auto (native when ``_C`` loads and TRITON_INTERPRET is unset).
-    ``apply`` sets it for one call; the Function keeps the choice in ``ctx`` for its backward."""
+class _Launcher(threading.local):
+    """What launches on this thread: "native" (``fused_gumbel._C``: the CPU kernel, or the CUDA C++
+    twin for CUDA tensors), "triton" (compiled, or the interpreter on CPU), or None for the default
+    (CPU: native when ``_C`` loads and TRITON_INTERPRET is unset; CUDA: Triton). ``apply`` sets it
+    for one call; the Function keeps the choice in ``ctx`` for its backward."""
 
     def __init__(self):
         self.name = None
 
 
-_cpu_launcher = _CpuLauncher()
+_launcher = _Launcher()
 _native_auto = None
 
 
 def runs_native(device: torch.device) -> bool:
     """Whether a launch for tensors on ``device`` runs the native op on this thread now."""
+    if _launcher.name is not None:
+        return _launcher.name == "native"
     if device.type != "cpu":
         return False
-    if _cpu_launcher.name is not None:
-        return _cpu_launcher.name == "native"
     global _native_auto
     if _native_auto is None:
         _native_auto = _native.available("cpu") and os.environ.get("TRITON_INTERPRET", "0") != "1"
@@ -101,7 +105,9 @@ def sample_backward(grad_y, src, src_strides, tau, dim, seed, offset, hard, tau_
     view when ``hard`` (the kernel regenerates the noise; for rows too long for registers it also
     needs the forward's ``stats``, recomputed here by an index-mode forward when not given).
     Returns (grad_logits, grad_tau or None). ``native`` as in ``sample_forward``."""
-    if native if native is not None else runs_native(src.device):
+    native = native if native is not None else runs_native(src.device)
+    stats = _stats_for_backward(stats, src, native)
+    if native:
         grad_x, grad_tau_rows = _native.backward(grad_y, src, tau, dim, seed, offset, hard, tau_grad, stats)
         return grad_x, None if grad_tau_rows is None else reduce_tau_grad(grad_tau_rows, tau)
     shape = RowShape.of(src.shape, dim)
@@ -117,6 +123,17 @@ def sample_backward(grad_y, src, src_strides, tau, dim, seed, offset, hard, tau_
                                     grad_tau_rows, tau, shape.rows, shape.classes, shape.inner, seed, offset,
                                     regenerate=hard, stats=stats)
     return grad_x, None if grad_tau_rows is None else reduce_tau_grad(grad_tau_rows, tau)
+
+
+def _stats_for_backward(stats, src, native: bool):
+    """The forward's ``stats`` if the backward about to run can read them, else None. Each
+    implementation's hard backward reads only what its own forward kept: the native CPU kernel the
+    soft sample (the logits' shape), Triton the row maxima ([rows]; it recomputes them when None),
+    the CUDA twin nothing (it regenerates the row in one pass). So stats from a forward that ran on
+    the other implementation are dropped, never misread."""
+    if stats is None:
+        return None
+    return stats if (stats.shape == src.shape) == native else None
 
 
 class _PendingStats(threading.local):
@@ -216,13 +233,13 @@ class _EagerGumbelSoftmaxFunction(torch.autograd.Function):
 def apply(logits, tau, hard, dim, seed, offset, launcher=None):
     """``GumbelSoftmaxFunction.apply`` at the least host cost: the Function itself under a torch.func
     transform, its old-style twin when autograd records the call, else the forward launch alone.
-    ``launcher`` ("native" or "triton") picks what launches for CPU tensors (``_CpuLauncher``)."""
-    if launcher is not None and launcher != _cpu_launcher.name:
-        previous, _cpu_launcher.name = _cpu_launcher.name, launcher
+    ``launcher`` ("native" or "triton") picks what launches (``_Launcher``)."""
+    if launcher is not None and launcher != _launcher.name:
+        previous, _launcher.name = _launcher.name, launcher
         try:
             return apply(logits, tau, hard, dim, seed, offset)
         finally:
-            _cpu_launcher.name = previous
+            _launcher.name = previous
     if _functorch.transforms_active():
         return GumbelSoftmaxFunction.apply(logits, tau, hard, dim, seed, offset)
     if _records_autograd(logits, tau):
@@ -248,13 +265,13 @@ def _soft_sample(ctx, src, tau, differentiable: bool):
         return y, _autograd.log_domain(y)
     logits = src
     detached_tau = tau.detach() if isinstance(tau, torch.Tensor) else tau
-    previous, _cpu_launcher.name = _cpu_launcher.name, ("native" if ctx.native else "triton")
+    previous, _launcher.name = _launcher.name, ("native" if ctx.native else "triton")
     try:
         with torch.no_grad():
             y0 = GumbelSoftmaxFunction.apply(logits.detach().to(compute_dtype(logits.dtype)), detached_tau, False,
                                              ctx.dim, ctx.seed, ctx.offset)
     finally:
-        _cpu_launcher.name = previous
+        _launcher.name = previous
     if not differentiable:
         return y0, _autograd.log_domain(y0)
     return _autograd.soft_from_effective_noise(logits, tau, y0, ctx.dim)

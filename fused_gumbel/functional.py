@@ -4,8 +4,10 @@
 2017; Maddison, Mnih, Teh 2017): y = softmax((logits + g) / tau) with g ~ Gumbel(0, 1), or,
 with ``hard=True``, the exact one-hot of argmax(logits + g) with the soft sample's gradient.
 Every input error raises here, before any kernel launch. CUDA tensors run the fused Triton
-kernels (through ``GumbelSoftmaxFunction``); CPU tensors run the fused C++ kernel of
-``fused_gumbel._C`` when it is built: the common eager call entirely in C++
+kernels (through ``GumbelSoftmaxFunction``), or the CUDA C++ twin where it is built and a GPU
+measurement recorded it faster for the call's shape class (``_twin_dispatch``; the environment
+variable FUSED_GUMBEL_CUDA_IMPL overrides; :func:`select_implementation` says which); CPU
+tensors run the fused C++ kernel of ``fused_gumbel._C`` when it is built: the common eager call entirely in C++
 (``_C.sample_eager``, ``kernels/csrc/eager.cpp``: generator draw, kernel, and a C++ autograd
 Function), anything else through the same Function (``_native``), else the PyTorch
 reference with the same noise stream, or the Triton kernels under ``TRITON_INTERPRET=1``. While a graph is being
@@ -24,13 +26,16 @@ from typing import Literal, Optional, Union
 
 import torch
 
-from . import _custom_op, _estimator_op, _functorch, _native, _seeding, reference, reference_estimators
+from . import _custom_op, _estimator_op, _functorch, _native, _seeding, _twin_dispatch, reference, reference_estimators
 from ._layout import RowShape
 
 Backend = Literal["auto", "triton", "native", "reference"]
 BACKENDS = ("auto", "triton", "native", "reference")
 Estimator = Literal["st", "gumbel_rao", "reinmax"]
 BACKEND_ENV = "FUSED_GUMBEL_BACKEND"
+CudaImpl = Literal["auto", "triton", "twin"]
+CUDA_IMPLS = ("auto", "triton", "twin")
+CUDA_IMPL_ENV = "FUSED_GUMBEL_CUDA_IMPL"
 
 
 _TRITON_AVAILABLE: Optional[bool] = None
@@ -67,9 +72,15 @@ def select_backend(device: torch.device, backend: Optional[Backend] = None) -> s
     one; "auto" picks Triton for CUDA tensors; for CPU tensors Triton when ``TRITON_INTERPRET=1``
     (read once, at the first call), else the C++ kernel of ``fused_gumbel._C`` ("native") when it
     is built, else the PyTorch reference. "native" raises (with the reason) where ``_C`` has no
-    kernel for the device. Meta tensors accept any (they only propagate shapes: no kernel runs).
+    kernel for the device (for CUDA tensors "native" is the CUDA C++ twin). Meta tensors accept any
+    (they only propagate shapes: no kernel runs). Under auto a CUDA call may still run the twin
+    rather than Triton, by shape class: :func:`select_implementation` says what a call runs.
     """
-    choice = backend or os.environ.get(BACKEND_ENV, "auto")
+    return _select_backend(device, backend or os.environ.get(BACKEND_ENV, "auto"))
+
+
+def _select_backend(device: torch.device, choice: str) -> str:
+    """``select_backend`` once the request (argument or environment) is known."""
     if choice not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {choice!r}")
     kind = device.type
@@ -115,6 +126,103 @@ def select_backend_for_op(device: torch.device, backend: Optional[Backend], has_
     "reference", which draws the same noise."""
     chosen = select_backend(device, backend)
     return "reference" if chosen == "native" and not has_native else chosen
+
+
+_DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}
+_MODE_NAMES = {_custom_op.MODE_SOFT: "soft", _custom_op.MODE_HARD: "hard", _custom_op.MODE_INDEX: "index"}
+_CUDA_CHOICE_CACHE_SIZE = 4096
+# Whether auto can pick the twin at all (it is built and a measured record picks it somewhere),
+# found out once; {(rows, classes, dtype, mode, backward): twin?} for the calls seen.
+_twin_under_auto: Optional[bool] = None
+_cuda_choices: dict = {}
+
+
+def _cuda_impl_env() -> str:
+    """FUSED_GUMBEL_CUDA_IMPL (read on every call, like FUSED_GUMBEL_BACKEND), checked."""
+    choice = os.environ.get(CUDA_IMPL_ENV, "auto")
+    if choice == "auto" or choice == "triton":
+        return choice
+    if choice != "twin":
+        raise ValueError(f"{CUDA_IMPL_ENV} must be one of {', '.join(map(repr, CUDA_IMPLS))}, got {choice!r}")
+    if not _native.available("cuda"):
+        raise ValueError(f"{CUDA_IMPL_ENV}=twin but the CUDA C++ twin is not available: "
+                         f"{_native.unavailable_reason('cuda')}")
+    return choice
+
+
+def _auto_runs_twin(logits: torch.Tensor, dim: int, mode: int, tau, backward: Optional[bool]) -> bool:
+    """``_twin_dispatch.auto_choice`` for a CUDA call, cached per (rows, classes, dtype, mode,
+    backward): a dict lookup per call, and nothing at all while no measured record picks the twin.
+    ``backward`` None: whether autograd records the call (grad mode, logits or tau need grad)."""
+    global _twin_under_auto
+    if _twin_under_auto is None:
+        _twin_under_auto = _twin_dispatch.twin_measured_anywhere() and _native.available("cuda")
+    if not _twin_under_auto or _graph_mode():  # a graph's shapes may be symbolic: no lookup
+        return False
+    if backward is None:
+        backward = mode != _custom_op.MODE_INDEX and torch.is_grad_enabled() and (
+            logits.requires_grad or (isinstance(tau, torch.Tensor) and tau.requires_grad))
+    classes = logits.shape[dim]
+    cache_key = (logits.numel() // classes, classes, logits.dtype, mode, backward)
+    twin = _cuda_choices.get(cache_key)
+    if twin is None:
+        if len(_cuda_choices) >= _CUDA_CHOICE_CACHE_SIZE:  # many distinct shapes: start over rather than grow
+            _cuda_choices.clear()
+        twin = _cuda_choices[cache_key] = _twin_dispatch.auto_choice(
+            cache_key[0], classes, _DTYPE_NAMES[logits.dtype], _MODE_NAMES[mode], backward) == "twin"
+    return twin
+
+
+def _cuda_launcher(requested: str, logits: torch.Tensor, dim: int, mode: int, tau=None,
+                   backward: Optional[bool] = None) -> str:
+    """"native" (the CUDA C++ twin) or "triton" for a non-empty CUDA call that ``select_backend`` sent
+    to Triton; ``requested`` is the backend asked for (argument or FUSED_GUMBEL_BACKEND). Only an
+    auto request is open to FUSED_GUMBEL_CUDA_IMPL and to the measured table. Recorded graphs
+    (torch.compile: one op for every shape, possibly replayed from a CUDA graph) and CUDA-graph
+    capture keep Triton: the twin takes the seed as host integers, where a captured launch must
+    read it from device memory at replay, which only the Triton kernels do."""
+    if requested != "auto":
+        return "triton"
+    impl = _cuda_impl_env()
+    if impl == "auto":
+        if not _auto_runs_twin(logits, dim, mode, tau, backward):  # (False in graph mode)
+            return "triton"
+    elif impl == "triton" or _graph_mode():
+        return "triton"
+    return "triton" if logits.is_cuda and torch.cuda.is_current_stream_capturing() else "native"
+
+
+def select_implementation(logits: torch.Tensor, dim: int = -1, *, mode: str = "soft", backward: Optional[bool] = None,
+                          backend: Optional[Backend] = None) -> str:
+    """What a call on ``logits`` runs: "triton", "twin" (the CUDA C++ twin of ``fused_gumbel._C``),
+    "native" (its CPU kernel) or "reference" (``select_backend``, refined per call for CUDA tensors).
+
+    ``mode``: "soft", "hard" (``gumbel_softmax``) or "index" (``categorical``); ``backward``: whether
+    the call's backward will run (default: the logits require grad in grad mode; the forward and the
+    backward of one call run the same implementation, so the twin needs both passes faster).
+
+    For CUDA tensors under backend "auto", FUSED_GUMBEL_CUDA_IMPL ("auto", "triton" or "twin", read
+    on every call) picks; under its "auto" the twin runs only where it is built and the table of
+    ``fused_gumbel._twin_dispatch`` holds a *measured* record (``python -m bench.twin``) of it being
+    faster for the call's shape class, dtype, mode and passes. The static cost model's predictions
+    in that table never pick it: the twin has not run on a GPU until such a measurement exists.
+    """
+    _check_logits(logits)
+    dim = _normalize_dim(dim, logits.dim())
+    mode_value = {name: value for value, name in _MODE_NAMES.items()}.get(mode)
+    if mode_value is None:
+        raise ValueError(f"mode must be 'soft', 'hard' or 'index', got {mode!r}")
+    requested = backend or os.environ.get(BACKEND_ENV, "auto")
+    chosen = _select_backend(logits.device, requested)
+    if logits.device.type != "cuda" or chosen != "triton":
+        return "twin" if chosen == "native" and logits.device.type == "cuda" else chosen
+    if backward is None:
+        backward = mode != "index" and torch.is_grad_enabled() and logits.requires_grad
+    classes = logits.shape[dim] if logits.dim() else 1
+    if logits.numel() == 0 or classes == 0:
+        return "triton"
+    view = logits.reshape(1) if logits.dim() == 0 else logits
+    return "twin" if _cuda_launcher(requested, view, dim, mode_value, None, bool(backward)) == "native" else "triton"
 
 
 _function_module = None
@@ -344,12 +452,16 @@ def gumbel_softmax(
         return gumbel_softmax(logits.reshape(1), tau, hard, dim=0, generator=generator, seed=seed,
                               backend=backend, estimator=estimator, mc_samples=mc_samples).reshape(())
     device = logits.device
-    chosen = select_backend_for_op(device, backend, has_native=estimator == "st")
     if estimator != "st":
+        chosen = select_backend_for_op(device, backend, has_native=False)
         return _sample_with_estimator(logits, tau, dim, generator, seed, chosen, estimator, mc_samples)
+    requested = backend or os.environ.get(BACKEND_ENV, "auto")
+    chosen = _select_backend(device, requested)
+    mode = _custom_op.MODE_HARD if hard else _custom_op.MODE_SOFT
+    if chosen == "triton" and device.type == "cuda":
+        chosen = _cuda_launcher(requested, logits, dim, mode, tau)
     if _graph_mode():
         _check_compiled_call(generator, seed)
-        mode = _custom_op.MODE_HARD if hard else _custom_op.MODE_SOFT
         return _custom_op.sample(logits, _tau_for_kernel(tau, logits, dim), mode, dim, seed, chosen)
     if device.type == "meta":
         return reference.gumbel_softmax(logits, tau, hard, dim, noise=torch.zeros_like(logits))
@@ -420,10 +532,13 @@ def categorical(
         return drawn.reshape(())
     logits = logits.detach()
     device = logits.device
-    chosen = select_backend(device, backend)
+    requested = backend or os.environ.get(BACKEND_ENV, "auto")
+    chosen = _select_backend(device, requested)
+    mode = _custom_op.MODE_HARD if one_hot else _custom_op.MODE_INDEX
+    if chosen == "triton" and device.type == "cuda":
+        chosen = _cuda_launcher(requested, logits, dim, mode, backward=False)
     if _graph_mode():
         _check_compiled_call(generator, seed)
-        mode = _custom_op.MODE_HARD if one_hot else _custom_op.MODE_INDEX
         return _custom_op.sample(logits, 1.0, mode, dim, seed, chosen)
     if device.type == "meta":
         return reference.categorical(logits, dim, one_hot=one_hot, noise=torch.zeros_like(logits))
@@ -437,5 +552,4 @@ def categorical(
         if one_hot:
             return drawn
         return drawn.argmax(dim).masked_fill(drawn.isnan().any(dim), -1)
-    mode = _custom_op.MODE_HARD if one_hot else _custom_op.MODE_INDEX
     return function.sample_forward(logits, 1.0, mode, dim, key, offset, native=chosen == "native")[0]

@@ -47,7 +47,8 @@ def test_streamed_trip_counts():
     assert trips == [1.0, 1.0] and warnings
 
 
-def test_runtime_lookup():
+def test_runtime_lookup(monkeypatch):
+    monkeypatch.setattr(_twin_dispatch, "MEASURED", {})  # the static prediction alone
     lookup = _twin_dispatch.shape_class
     assert lookup(1000, 16) == "small" and lookup(1000, 17) == "resident"
     assert lookup(1000, 8192) == "resident" and lookup(1000, 8193) == "streamed"
@@ -55,7 +56,7 @@ def test_runtime_lookup():
     assert _twin_dispatch.preferred(1000, 10, "fp64", "soft", "fwd") == "triton"  # not modelled: Triton
     shapes = {"small": (65536, 10), "resident": (4096, 1000), "streamed": (8192, 32000),
               "streamed-few-rows": (64, 128256)}
-    for key, value in _twin_dispatch.DEFAULT.items():
+    for key, value in _twin_dispatch.STATIC.items():
         shape_class, dtype, mode, pass_ = key.split("/")
         assert value in ("twin", "triton")
         assert _twin_dispatch.preferred(*shapes[shape_class], dtype, mode, pass_) == value
