@@ -68,9 +68,16 @@ TARGET_TILE = 2048
 # which spreads each thread's fixed costs (addresses, reductions, key schedule) thinner.
 ELEMENTS_PER_THREAD = 32
 INDEX_ELEMENTS_PER_THREAD = 128
-# A split program's segment also keeps its offsets and the combine's state live: at most this many
-# elements per thread there (the categorical's 128 would spill).
+# Elements per thread of a split program, whatever the mode: a split program is one row segment
+# with nothing to pack, so it holds twice ELEMENTS_PER_THREAD, spreading each thread's fixed
+# costs (key schedule, addresses, reductions, the ticket) over twice as many elements; the
+# categorical's 128 would spill next to the segment's offsets and the combine's state.
 SPLIT_ELEMENTS_PER_THREAD = 64
+# The categorical splits its rows into one-warp segments (32 threads of SPLIT_ELEMENTS_PER_THREAD):
+# its reductions are warp shuffles with no shared-memory round, the last segment pads a row by
+# less than one warp's worth, and the finer grid fills the SMs more evenly. (The soft forward
+# keeps wide segments: its last program rescales the whole row, segment by segment.)
+INDEX_SPLIT_SEGMENT = 32 * SPLIT_ELEMENTS_PER_THREAD
 # Few long rows are split across programs (two-phase combine) when the row programs alone would
 # not give each SM of a 132-SM GPU two programs, in segments of at least SPLIT_MIN_SEGMENT classes.
 SPLIT_BELOW_PROGRAMS = 264
@@ -179,8 +186,20 @@ def _tile(rows_base, row_mask, chunk, K, s_k, BLOCK_Q: tl.constexpr):
 
 
 @triton.jit
-def _load_planes(ptr, offs, mask, other, COMPUTE: tl.constexpr):
-    return split_words(tl.load(ptr + offs, mask=mask, other=other).to(COMPUTE))
+def _widen(t, FAST: tl.constexpr, COMPUTE: tl.constexpr):
+    """``t.to(COMPUTE)``. A bf16 pair shares a 32-bit register; widened by ``.to`` the high one
+    costs a PRMT and a shift, so on the GPU (FAST == 2) the pair is split with one shift and one
+    AND (bf16 -> float32 is exact: the same bits either way)."""
+    if FAST == 2 and t.dtype == tl.bfloat16 and COMPUTE == tl.float32:
+        return tl.inline_asm_elementwise("{ shl.b32 $0, $2, 16; and.b32 $1, $2, 0xffff0000; }", "=r,=r,r", [t],
+                                         dtype=tl.float32, is_pure=True, pack=2)
+    else:
+        return t.to(COMPUTE)
+
+
+@triton.jit
+def _load_planes(ptr, offs, mask, other, COMPUTE: tl.constexpr, FAST: tl.constexpr = 0):
+    return split_words(_widen(tl.load(ptr + offs, mask=mask, other=other), FAST, COMPUTE))
 
 
 @triton.jit
@@ -206,7 +225,7 @@ def _perturbed_planes(x_ptr, x_rows, x_s_k, rows, row_mask, chunk, K, Q, seed, o
                       COUNTER32: tl.constexpr = False):
     """x + g for one chunk as four planes; -inf outside the tensor (masked loads give -inf)."""
     offs, mask, q4 = _tile(x_rows, row_mask, chunk, K, x_s_k, BLOCK_Q)
-    x0, x1, x2, x3 = _load_planes(x_ptr, offs, mask, float("-inf"), COMPUTE)
+    x0, x1, x2, x3 = _load_planes(x_ptr, offs, mask, float("-inf"), COMPUTE, FAST)
     g0, g1, g2, g3 = _noise_planes(seed, offset, rows, q4, Q, FAST, COMPUTE, COUNTER32)
     return x0 + g0, x1 + g1, x2 + g2, x3 + g3, q4
 
@@ -968,20 +987,23 @@ def _next_power_of_2(n: int) -> int:
 
 
 def tile_config(n_rows: int, classes: int, max_block_k: int | None = None, allow_small: bool = True,
-                elements_per_thread: int | None = None) -> dict:
+                elements_per_thread: int | None = None, max_split_segment: int | None = None) -> dict:
     """Tile shape for a [n_rows, classes] problem: whole rows in registers when they fit in
     ``max_block_k`` classes (default ``MAX_RESIDENT``; packing rows up to ``TARGET_TILE``
     elements), otherwise one row per program streamed in chunks of ``max_block_k`` classes.
-    Rows of at most ``SMALL_K`` classes get the one-row-per-thread kernels (``SMALL``) unless
-    ``allow_small`` is False. Cached: the launchers call it on every call."""
-    return _tile_config(n_rows, classes, MAX_RESIDENT if max_block_k is None else max_block_k, allow_small,
-                        SMALL_K, SPLIT_BELOW_PROGRAMS, SPLIT_MIN_SEGMENT,
-                        elements_per_thread or ELEMENTS_PER_THREAD, SPLIT_ELEMENTS_PER_THREAD)
+    Few long rows split into segments of at most ``max_split_segment`` classes (default
+    ``max_block_k``). Rows of at most ``SMALL_K`` classes get the one-row-per-thread kernels
+    (``SMALL``) unless ``allow_small`` is False. Cached: the launchers call it on every call."""
+    max_block_k = MAX_RESIDENT if max_block_k is None else max_block_k
+    return _tile_config(n_rows, classes, max_block_k, allow_small, SMALL_K, SPLIT_BELOW_PROGRAMS, SPLIT_MIN_SEGMENT,
+                        elements_per_thread or ELEMENTS_PER_THREAD, SPLIT_ELEMENTS_PER_THREAD,
+                        max_split_segment or max_block_k)
 
 
 @functools.lru_cache(maxsize=4096)
 def _tile_config(n_rows: int, classes: int, max_block_k: int, allow_small: bool, small_k: int,
-                 split_below_programs: int, split_min_segment: int, per_thread: int, split_per_thread: int) -> dict:
+                 split_below_programs: int, split_min_segment: int, per_thread: int, split_per_thread: int,
+                 max_split_segment: int) -> dict:
     if classes <= small_k and allow_small:
         rows = max(32, min(SMALL_ROWS, _next_power_of_2(n_rows)))
         return dict(SMALL=True, SPLIT=False, Q=-(-classes // 4), num_chunks=1, SINGLE_CHUNK=True, ROWS=rows, BLOCK_Q=0,
@@ -989,13 +1011,13 @@ def _tile_config(n_rows: int, classes: int, max_block_k: int, allow_small: bool,
     calls_per_row = -(-classes // 4)
     block_q = _next_power_of_2(calls_per_row)
     if n_rows < split_below_programs and classes >= 2 * split_min_segment and allow_small:
-        wanted = max(-(-split_below_programs // max(1, n_rows)), -(-classes // max_block_k))
+        wanted = max(-(-split_below_programs // max(1, n_rows)), -(-classes // max_split_segment))
         segments = min(_next_power_of_2(wanted), _next_power_of_2(-(-classes // split_min_segment)))
-        block_q = min(_next_power_of_2(-(-calls_per_row // segments)), max(1, max_block_k // 4))
+        block_q = min(_next_power_of_2(-(-calls_per_row // segments)), max(1, max_split_segment // 4))
         segments = -(-calls_per_row // block_q)
         return dict(SMALL=False, SPLIT=True, SEGMENTS=segments, SEG_BLOCK=_next_power_of_2(segments),
                     Q=calls_per_row, num_chunks=1, SINGLE_CHUNK=True, ROWS=1, BLOCK_Q=block_q,
-                    num_warps=min(16, max(1, 4 * block_q // (32 * min(per_thread, split_per_thread)))))
+                    num_warps=min(16, max(1, 4 * block_q // (32 * split_per_thread))))
     if 4 * block_q <= max_block_k:
         num_chunks = 1
         target = TARGET_TILE * max(1, per_thread // ELEMENTS_PER_THREAD)
@@ -1087,11 +1109,13 @@ def _seed_args(seed, offset, rng_out, device):
 
 def forward_config(n_rows: int, classes: int, mode: int, max_block_k=None) -> dict:
     """The forward's ``tile_config`` for ``mode``: wider resident rows for the soft forward, more
-    elements per thread for the categorical."""
+    elements per thread and one-warp split segments for the categorical."""
     if max_block_k is None and mode == MODE_SOFT:
         max_block_k = MAX_RESIDENT_SOFT_FORWARD
-    return tile_config(n_rows, classes, max_block_k,
-                       elements_per_thread=INDEX_ELEMENTS_PER_THREAD if mode == MODE_INDEX else None)
+    if mode == MODE_INDEX:
+        return tile_config(n_rows, classes, max_block_k, elements_per_thread=INDEX_ELEMENTS_PER_THREAD,
+                           max_split_segment=INDEX_SPLIT_SEGMENT)
+    return tile_config(n_rows, classes, max_block_k)
 
 
 def needs_row_stats(n_rows: int, classes: int, max_block_k=None) -> bool:
