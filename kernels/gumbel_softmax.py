@@ -26,7 +26,9 @@ shapes, chosen by ``tile_config``:
   four word planes are computed separately (no shuffles), so a 4-class group is one vector load.
 - Few long rows (fewer row programs than ``SPLIT_BELOW_PROGRAMS``) split into (row, segment)
   programs with a two-phase combine (``gumbel_softmax_split_*``): the last program of a row
-  (a per-row ticket counter) merges the partial (max, sum, argmax) and finishes the row.
+  (a per-row ticket counter) merges the partial (max, sum, argmax) and finishes the row. The
+  categorical's segments are one warp each; in the hard and index modes the last segment
+  overlaps its neighbour rather than masking its lanes.
 - Other rows longer than ``MAX_RESIDENT`` stream in chunks: the soft forward writes each chunk
   scaled by its own max and rescales it in a second, noise-free pass over the (L2-resident)
   output; the hard forward keeps the row max (4 bytes a row), with which the hard backward
@@ -173,16 +175,23 @@ def _ln2(COMPUTE: tl.constexpr):
 # ---- word-plane tiles: [ROWS, BLOCK_Q] planes w = 0..3 hold classes 4q + w ----------------------
 
 @triton.jit
-def _tile(rows_base, row_mask, chunk, K, s_k, BLOCK_Q: tl.constexpr):
-    """Offsets and mask of a [ROWS, BLOCK_Q, 4] tile of chunk ``chunk`` (class 4q + w at [., q, w]),
-    and 4q. The chunk's start goes into the per-row base, so each element's offset within the
-    tile is a compile-time constant (no per-element 64-bit index arithmetic for a runtime chunk)."""
-    start = chunk * (4 * BLOCK_Q)
+def _tile_at(rows_base, start, s_k, BLOCK_Q: tl.constexpr):
+    """Offsets of the [ROWS, BLOCK_Q, 4] tile of classes start + 4q + w (at [., q, w]), the
+    columns 4q + w within it, and start + 4q. The start goes into the per-row base, so each
+    element's offset within the tile is a compile-time constant (no per-element 64-bit index
+    arithmetic for a runtime start)."""
     q4 = 4 * tl.arange(0, BLOCK_Q)
     cols = q4[None, :, None] + tl.arange(0, 4)[None, None, :]
-    mask = row_mask[:, None, None] & (cols < K - start)
     base = rows_base + start.to(tl.int64) * s_k
-    return base[:, None, None] + cols.to(tl.int64) * s_k, mask, start + q4
+    return base[:, None, None] + cols.to(tl.int64) * s_k, cols, start + q4
+
+
+@triton.jit
+def _tile(rows_base, row_mask, chunk, K, s_k, BLOCK_Q: tl.constexpr):
+    """Offsets and mask of the tile of chunk ``chunk`` (see ``_tile_at``), and 4q."""
+    start = chunk * (4 * BLOCK_Q)
+    offs, cols, q4 = _tile_at(rows_base, start, s_k, BLOCK_Q)
+    return offs, row_mask[:, None, None] & (cols < K - start), q4
 
 
 @triton.jit
@@ -843,9 +852,12 @@ def gumbel_softmax_split_fwd_kernel(
     seed_lo, seed_hi, offset_lo, offset_hi, rng_ptr, rng_mode,
     MODE: tl.constexpr, TAU_FROM_PTR: tl.constexpr, SAVE_STATS: tl.constexpr, SEGMENTS: tl.constexpr,
     SEG_BLOCK: tl.constexpr, BLOCK_Q: tl.constexpr, COMPUTE: tl.constexpr, FAST: tl.constexpr,
-    COUNTER32: tl.constexpr = False,
+    COUNTER32: tl.constexpr = False, OVERLAP: tl.constexpr = False,
 ):
-    """The forward for few long rows: program (row, segment) of a 2-D grid."""
+    """The forward for few long rows: program (row, segment) of a 2-D grid. ``OVERLAP`` (hard and
+    index modes, K a multiple of 4): the last segment ends at K, overlapping its neighbour, so no
+    lane is masked; the classes read twice draw the same noise and carry the same index, which
+    changes neither the max nor the first argmax."""
     row = tl.program_id(0).to(tl.int64)
     segment = tl.program_id(1)
     seed, offset = _call_seed(seed_lo, seed_hi, offset_lo, offset_hi, rng_ptr, rng_mode,
@@ -856,8 +868,16 @@ def gumbel_softmax_split_fwd_kernel(
     y_rows = _row_offsets(rows, inner, y_s_outer, y_s_inner)
     tau = _tau_rows(tau_ptr, tau_value, tau_s_row, rows, row_mask, 1, TAU_FROM_PTR, COMPUTE)
     scale = _log2e(COMPUTE) / tau
-    a0, a1, a2, a3, q4 = _perturbed_planes(x_ptr, x_rows, x_s_k, rows, row_mask, segment, K, Q, seed, offset,
-                                           BLOCK_Q, FAST, COMPUTE, COUNTER32)
+    if OVERLAP:
+        # (never negative: two segments fit in K; saying so keeps the counters' // 4 a shift)
+        start = tl.maximum(tl.minimum(segment * (4 * BLOCK_Q), K - 4 * BLOCK_Q), 0)
+        offs, cols, q4 = _tile_at(x_rows, start, x_s_k, BLOCK_Q)
+        x0, x1, x2, x3 = split_words(_widen(tl.load(x_ptr + offs), FAST, COMPUTE))
+        g0, g1, g2, g3 = _noise_planes(seed, offset, rows, q4, Q, FAST, COMPUTE, COUNTER32)
+        a0, a1, a2, a3 = x0 + g0, x1 + g1, x2 + g2, x3 + g3
+    else:
+        a0, a1, a2, a3, q4 = _perturbed_planes(x_ptr, x_rows, x_s_k, rows, row_mask, segment, K, Q, seed, offset,
+                                               BLOCK_Q, FAST, COMPUTE, COUNTER32)
     seg_max = _planes_max(a0, a1, a2, a3)
     seg_best = tl.zeros([1], tl.int32)
     if MODE != 0:
@@ -867,12 +887,16 @@ def gumbel_softmax_split_fwd_kernel(
         shift = tl.where(tl.abs(seg_max) < float("inf"), seg_max * scale, 0.0)
         e0, e1, e2, e3 = _exp_planes(a0, a1, a2, a3, scale, shift, FAST)
         seg_sum = _planes_sum(e0, e1, e2, e3)
-    if MODE != 2:
+    if MODE == 0:
         offs, mask, q4 = _tile(y_rows, row_mask, segment, K, y_s_k, BLOCK_Q)
-        if MODE == 0:
-            _store_planes(y_ptr, offs, mask, e0, e1, e2, e3)
+        _store_planes(y_ptr, offs, mask, e0, e1, e2, e3)
+    if MODE == 1:
+        zero = tl.zeros([1, BLOCK_Q], COMPUTE)
+        if OVERLAP:  # the overlap is zeroed twice, before either program's ticket: before the one
+            offs, cols, q4 = _tile_at(y_rows, start, y_s_k, BLOCK_Q)
+            tl.store(y_ptr + offs, join_words(zero, zero, zero, zero).to(y_ptr.dtype.element_ty))
         else:
-            zero = tl.zeros([1, BLOCK_Q], COMPUTE)
+            offs, mask, q4 = _tile(y_rows, row_mask, segment, K, y_s_k, BLOCK_Q)
             _store_planes(y_ptr, offs, mask, zero, zero, zero, zero)
     part = partial_ptr + (row * SEGMENTS + segment) * 3
     tl.store(part + tl.arange(0, 1), seg_max)
@@ -1183,7 +1207,8 @@ def gumbel_softmax_forward(x, x_strides, out, out_strides, index, tau, n_rows, c
             n_rows, classes, cfg["Q"], inner, cfg["SEGMENTS"], *x_strides, *out_strides, tau_stride, *seed_args,
             MODE=mode, TAU_FROM_PTR=tau_from_ptr, SAVE_STATS=stats is not None and mode != MODE_SOFT,
             SEGMENTS=cfg["SEGMENTS"], SEG_BLOCK=cfg["SEG_BLOCK"], BLOCK_Q=cfg["BLOCK_Q"], COMPUTE=compute,
-            FAST=_fast(x.dtype), COUNTER32=_counter32(n_rows, cfg), num_warps=cfg["num_warps"],
+            FAST=_fast(x.dtype), COUNTER32=_counter32(n_rows, cfg),
+            OVERLAP=mode != MODE_SOFT and classes % 4 == 0 and cfg["SEGMENTS"] > 1, num_warps=cfg["num_warps"],
         )
         return
     streamed = not cfg["SINGLE_CHUNK"]
