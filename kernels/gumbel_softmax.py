@@ -199,7 +199,7 @@ def _widen(t, FAST: tl.constexpr, COMPUTE: tl.constexpr):
     """``t.to(COMPUTE)``. A bf16 pair shares a 32-bit register; widened by ``.to`` the high one
     costs a PRMT and a shift, so on the GPU (FAST == 2) the pair is split with one shift and one
     AND (bf16 -> float32 is exact: the same bits either way)."""
-    if FAST == 2 and t.dtype == tl.bfloat16 and COMPUTE == tl.float32:
+    if (FAST == 2 and t.dtype == tl.bfloat16) and COMPUTE == tl.float32:  # triton 3.2 rejects a chained `and`
         return tl.inline_asm_elementwise("{ shl.b32 $0, $2, 16; and.b32 $1, $2, 0xffff0000; }", "=r,=r,r", [t],
                                          dtype=tl.float32, is_pure=True, pack=2)
     else:
