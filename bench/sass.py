@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 # (alu, fma, fmaheavy, fmalite, xu, uniform, lsu, adu, cbu); NVIDIA forum notes on GH100 pipes.
 # Assumptions (not documented by NVIDIA, checked against the GPU when a session has one):
 # I2FP/F2IP (the sm_86+ fast int<->float conversions) and F2FP (fp32 -> bf16x2/fp16x2 pack) on
-# the ALU; MOV on the ALU; VIADD on the FMA-heavy half like IMAD. Opcodes not in the table fall
+# the ALU; MOV on the ALU; VIADD on the FMA-heavy half like IMAD; VIADDMNMX (an add fused with
+# an integer min/max) on the ALU like VIMNMX, the slower of its two candidates. Opcodes not in the table fall
 # into "other" and are listed in the report so a misclassification is visible.
 PIPE_RATES = {"fma": 128, "imad": 64, "alu": 64, "xu": 16, "fp64": 64}
 
@@ -47,7 +48,7 @@ _CLASS_OPCODES = {
     "imad": "IMAD IMAD32I IMUL IMUL32I IDP IDP4A IMADSP VIADD",
     "alu": ("LOP3 LOP LOP32I ISETP FSETP FSET SEL FSEL SHF SHL SHR IADD3 IADD IADD32I LEA ISCADD PRMT IABS IMNMX "
             "VIMNMX VIMNMX3 FMNMX FMNMX3 HMNMX2 HSETP2 HSET2 MOV MOV32I PLOP3 P2R R2P FCHK BMSK SGXT CS2R VOTE "
-            "I2FP F2IP F2FP BFE BFI ICMP FCMP"),
+            "I2FP F2IP F2FP BFE BFI ICMP FCMP VIADDMNMX"),
     "xu": "MUFU I2F F2I F2F I2I FRND POPC FLO BREV",
     "fp64": "DFMA DADD DMUL DSETP DMNMX DSET",
     # Load/store and the SM-shared MIO pipes (shuffles, constant loads, special registers):

@@ -137,17 +137,11 @@ TARGETS = {
     ("K=10", "bf16"): dict(main=50, index=35),
 }
 
-# Cases that miss their target with the current kernels (bench/results/static-sm90-2026-12-02.md);
+# Cases that miss their target with the current kernels (bench/results/static-sm90-<date>.md);
 # the CI test (tests/test_static_model.py) xfails exactly these (non-strict). Remove cases as the
 # kernels meet them: a listed case that meets its target shows as XPASS, an unlisted one that
-# misses fails the test. Both are bf16 forwards of few rows too long for one program, split
-# across programs: the soft one pays the last program's rescale pass over the row (from L2, about
-# 5 instructions an element) on top of a resident row's cost; the split categorical holds 64
-# elements a thread, where the unsplit one holds 128 (128 spill next to the segment's state).
-KNOWN_UNMET = {
-    "gumbel_softmax/soft/fwd/64x128256/bf16",
-    "gumbel_softmax/index/fwd/64x128256/bf16",
-}
+# misses fails the test. Empty: every gumbel_softmax case meets its target.
+KNOWN_UNMET: set[str] = set()
 
 
 def target_for(case: Case) -> float | None:

@@ -26,7 +26,9 @@ shapes, chosen by ``tile_config``:
   four word planes are computed separately (no shuffles), so a 4-class group is one vector load.
 - Few long rows (fewer row programs than ``SPLIT_BELOW_PROGRAMS``) split into (row, segment)
   programs with a two-phase combine (``gumbel_softmax_split_*``): the last program of a row
-  (a per-row ticket counter) merges the partial (max, sum, argmax) and finishes the row.
+  (a per-row ticket counter) merges the partial (max, sum, argmax) and finishes the row. The
+  categorical's segments are one warp each; in the hard and index modes the last segment
+  overlaps its neighbour rather than masking its lanes.
 - Other rows longer than ``MAX_RESIDENT`` stream in chunks: the soft forward writes each chunk
   scaled by its own max and rescales it in a second, noise-free pass over the (L2-resident)
   output; the hard forward keeps the row max (4 bytes a row), with which the hard backward
@@ -68,9 +70,16 @@ TARGET_TILE = 2048
 # which spreads each thread's fixed costs (addresses, reductions, key schedule) thinner.
 ELEMENTS_PER_THREAD = 32
 INDEX_ELEMENTS_PER_THREAD = 128
-# A split program's segment also keeps its offsets and the combine's state live: at most this many
-# elements per thread there (the categorical's 128 would spill).
+# Elements per thread of a split program, whatever the mode: a split program is one row segment
+# with nothing to pack, so it holds twice ELEMENTS_PER_THREAD, spreading each thread's fixed
+# costs (key schedule, addresses, reductions, the ticket) over twice as many elements; the
+# categorical's 128 would spill next to the segment's offsets and the combine's state.
 SPLIT_ELEMENTS_PER_THREAD = 64
+# The categorical splits its rows into one-warp segments (32 threads of SPLIT_ELEMENTS_PER_THREAD):
+# its reductions are warp shuffles with no shared-memory round, the last segment pads a row by
+# less than one warp's worth, and the finer grid fills the SMs more evenly. (The soft forward
+# keeps wide segments: its last program rescales the whole row, segment by segment.)
+INDEX_SPLIT_SEGMENT = 32 * SPLIT_ELEMENTS_PER_THREAD
 # Few long rows are split across programs (two-phase combine) when the row programs alone would
 # not give each SM of a 132-SM GPU two programs, in segments of at least SPLIT_MIN_SEGMENT classes.
 SPLIT_BELOW_PROGRAMS = 264
@@ -166,21 +175,40 @@ def _ln2(COMPUTE: tl.constexpr):
 # ---- word-plane tiles: [ROWS, BLOCK_Q] planes w = 0..3 hold classes 4q + w ----------------------
 
 @triton.jit
-def _tile(rows_base, row_mask, chunk, K, s_k, BLOCK_Q: tl.constexpr):
-    """Offsets and mask of a [ROWS, BLOCK_Q, 4] tile of chunk ``chunk`` (class 4q + w at [., q, w]),
-    and 4q. The chunk's start goes into the per-row base, so each element's offset within the
-    tile is a compile-time constant (no per-element 64-bit index arithmetic for a runtime chunk)."""
-    start = chunk * (4 * BLOCK_Q)
+def _tile_at(rows_base, start, s_k, BLOCK_Q: tl.constexpr):
+    """Offsets of the [ROWS, BLOCK_Q, 4] tile of classes start + 4q + w (at [., q, w]), the
+    columns 4q + w within it, and start + 4q. The start goes into the per-row base, so each
+    element's offset within the tile is a compile-time constant (no per-element 64-bit index
+    arithmetic for a runtime start)."""
     q4 = 4 * tl.arange(0, BLOCK_Q)
     cols = q4[None, :, None] + tl.arange(0, 4)[None, None, :]
-    mask = row_mask[:, None, None] & (cols < K - start)
     base = rows_base + start.to(tl.int64) * s_k
-    return base[:, None, None] + cols.to(tl.int64) * s_k, mask, start + q4
+    return base[:, None, None] + cols.to(tl.int64) * s_k, cols, start + q4
 
 
 @triton.jit
-def _load_planes(ptr, offs, mask, other, COMPUTE: tl.constexpr):
-    return split_words(tl.load(ptr + offs, mask=mask, other=other).to(COMPUTE))
+def _tile(rows_base, row_mask, chunk, K, s_k, BLOCK_Q: tl.constexpr):
+    """Offsets and mask of the tile of chunk ``chunk`` (see ``_tile_at``), and 4q."""
+    start = chunk * (4 * BLOCK_Q)
+    offs, cols, q4 = _tile_at(rows_base, start, s_k, BLOCK_Q)
+    return offs, row_mask[:, None, None] & (cols < K - start), q4
+
+
+@triton.jit
+def _widen(t, FAST: tl.constexpr, COMPUTE: tl.constexpr):
+    """``t.to(COMPUTE)``. A bf16 pair shares a 32-bit register; widened by ``.to`` the high one
+    costs a PRMT and a shift, so on the GPU (FAST == 2) the pair is split with one shift and one
+    AND (bf16 -> float32 is exact: the same bits either way)."""
+    if (FAST == 2 and t.dtype == tl.bfloat16) and COMPUTE == tl.float32:  # triton 3.2 rejects a chained `and`
+        return tl.inline_asm_elementwise("{ shl.b32 $0, $2, 16; and.b32 $1, $2, 0xffff0000; }", "=r,=r,r", [t],
+                                         dtype=tl.float32, is_pure=True, pack=2)
+    else:
+        return t.to(COMPUTE)
+
+
+@triton.jit
+def _load_planes(ptr, offs, mask, other, COMPUTE: tl.constexpr, FAST: tl.constexpr = 0):
+    return split_words(_widen(tl.load(ptr + offs, mask=mask, other=other), FAST, COMPUTE))
 
 
 @triton.jit
@@ -206,7 +234,7 @@ def _perturbed_planes(x_ptr, x_rows, x_s_k, rows, row_mask, chunk, K, Q, seed, o
                       COUNTER32: tl.constexpr = False):
     """x + g for one chunk as four planes; -inf outside the tensor (masked loads give -inf)."""
     offs, mask, q4 = _tile(x_rows, row_mask, chunk, K, x_s_k, BLOCK_Q)
-    x0, x1, x2, x3 = _load_planes(x_ptr, offs, mask, float("-inf"), COMPUTE)
+    x0, x1, x2, x3 = _load_planes(x_ptr, offs, mask, float("-inf"), COMPUTE, FAST)
     g0, g1, g2, g3 = _noise_planes(seed, offset, rows, q4, Q, FAST, COMPUTE, COUNTER32)
     return x0 + g0, x1 + g1, x2 + g2, x3 + g3, q4
 
@@ -824,9 +852,12 @@ def gumbel_softmax_split_fwd_kernel(
     seed_lo, seed_hi, offset_lo, offset_hi, rng_ptr, rng_mode,
     MODE: tl.constexpr, TAU_FROM_PTR: tl.constexpr, SAVE_STATS: tl.constexpr, SEGMENTS: tl.constexpr,
     SEG_BLOCK: tl.constexpr, BLOCK_Q: tl.constexpr, COMPUTE: tl.constexpr, FAST: tl.constexpr,
-    COUNTER32: tl.constexpr = False,
+    COUNTER32: tl.constexpr = False, OVERLAP: tl.constexpr = False,
 ):
-    """The forward for few long rows: program (row, segment) of a 2-D grid."""
+    """The forward for few long rows: program (row, segment) of a 2-D grid. ``OVERLAP`` (hard and
+    index modes, K a multiple of 4): the last segment ends at K, overlapping its neighbour, so no
+    lane is masked; the classes read twice draw the same noise and carry the same index, which
+    changes neither the max nor the first argmax."""
     row = tl.program_id(0).to(tl.int64)
     segment = tl.program_id(1)
     seed, offset = _call_seed(seed_lo, seed_hi, offset_lo, offset_hi, rng_ptr, rng_mode,
@@ -837,8 +868,16 @@ def gumbel_softmax_split_fwd_kernel(
     y_rows = _row_offsets(rows, inner, y_s_outer, y_s_inner)
     tau = _tau_rows(tau_ptr, tau_value, tau_s_row, rows, row_mask, 1, TAU_FROM_PTR, COMPUTE)
     scale = _log2e(COMPUTE) / tau
-    a0, a1, a2, a3, q4 = _perturbed_planes(x_ptr, x_rows, x_s_k, rows, row_mask, segment, K, Q, seed, offset,
-                                           BLOCK_Q, FAST, COMPUTE, COUNTER32)
+    if OVERLAP:
+        # (never negative: two segments fit in K; saying so keeps the counters' // 4 a shift)
+        start = tl.maximum(tl.minimum(segment * (4 * BLOCK_Q), K - 4 * BLOCK_Q), 0)
+        offs, cols, q4 = _tile_at(x_rows, start, x_s_k, BLOCK_Q)
+        x0, x1, x2, x3 = split_words(_widen(tl.load(x_ptr + offs), FAST, COMPUTE))
+        g0, g1, g2, g3 = _noise_planes(seed, offset, rows, q4, Q, FAST, COMPUTE, COUNTER32)
+        a0, a1, a2, a3 = x0 + g0, x1 + g1, x2 + g2, x3 + g3
+    else:
+        a0, a1, a2, a3, q4 = _perturbed_planes(x_ptr, x_rows, x_s_k, rows, row_mask, segment, K, Q, seed, offset,
+                                               BLOCK_Q, FAST, COMPUTE, COUNTER32)
     seg_max = _planes_max(a0, a1, a2, a3)
     seg_best = tl.zeros([1], tl.int32)
     if MODE != 0:
@@ -848,12 +887,16 @@ def gumbel_softmax_split_fwd_kernel(
         shift = tl.where(tl.abs(seg_max) < float("inf"), seg_max * scale, 0.0)
         e0, e1, e2, e3 = _exp_planes(a0, a1, a2, a3, scale, shift, FAST)
         seg_sum = _planes_sum(e0, e1, e2, e3)
-    if MODE != 2:
+    if MODE == 0:
         offs, mask, q4 = _tile(y_rows, row_mask, segment, K, y_s_k, BLOCK_Q)
-        if MODE == 0:
-            _store_planes(y_ptr, offs, mask, e0, e1, e2, e3)
+        _store_planes(y_ptr, offs, mask, e0, e1, e2, e3)
+    if MODE == 1:
+        zero = tl.zeros([1, BLOCK_Q], COMPUTE)
+        if OVERLAP:  # the overlap is zeroed twice, before either program's ticket: before the one
+            offs, cols, q4 = _tile_at(y_rows, start, y_s_k, BLOCK_Q)
+            tl.store(y_ptr + offs, join_words(zero, zero, zero, zero).to(y_ptr.dtype.element_ty))
         else:
-            zero = tl.zeros([1, BLOCK_Q], COMPUTE)
+            offs, mask, q4 = _tile(y_rows, row_mask, segment, K, y_s_k, BLOCK_Q)
             _store_planes(y_ptr, offs, mask, zero, zero, zero, zero)
     part = partial_ptr + (row * SEGMENTS + segment) * 3
     tl.store(part + tl.arange(0, 1), seg_max)
@@ -968,20 +1011,23 @@ def _next_power_of_2(n: int) -> int:
 
 
 def tile_config(n_rows: int, classes: int, max_block_k: int | None = None, allow_small: bool = True,
-                elements_per_thread: int | None = None) -> dict:
+                elements_per_thread: int | None = None, max_split_segment: int | None = None) -> dict:
     """Tile shape for a [n_rows, classes] problem: whole rows in registers when they fit in
     ``max_block_k`` classes (default ``MAX_RESIDENT``; packing rows up to ``TARGET_TILE``
     elements), otherwise one row per program streamed in chunks of ``max_block_k`` classes.
-    Rows of at most ``SMALL_K`` classes get the one-row-per-thread kernels (``SMALL``) unless
-    ``allow_small`` is False. Cached: the launchers call it on every call."""
-    return _tile_config(n_rows, classes, MAX_RESIDENT if max_block_k is None else max_block_k, allow_small,
-                        SMALL_K, SPLIT_BELOW_PROGRAMS, SPLIT_MIN_SEGMENT,
-                        elements_per_thread or ELEMENTS_PER_THREAD, SPLIT_ELEMENTS_PER_THREAD)
+    Few long rows split into segments of at most ``max_split_segment`` classes (default
+    ``max_block_k``). Rows of at most ``SMALL_K`` classes get the one-row-per-thread kernels
+    (``SMALL``) unless ``allow_small`` is False. Cached: the launchers call it on every call."""
+    max_block_k = MAX_RESIDENT if max_block_k is None else max_block_k
+    return _tile_config(n_rows, classes, max_block_k, allow_small, SMALL_K, SPLIT_BELOW_PROGRAMS, SPLIT_MIN_SEGMENT,
+                        elements_per_thread or ELEMENTS_PER_THREAD, SPLIT_ELEMENTS_PER_THREAD,
+                        max_split_segment or max_block_k)
 
 
 @functools.lru_cache(maxsize=4096)
 def _tile_config(n_rows: int, classes: int, max_block_k: int, allow_small: bool, small_k: int,
-                 split_below_programs: int, split_min_segment: int, per_thread: int, split_per_thread: int) -> dict:
+                 split_below_programs: int, split_min_segment: int, per_thread: int, split_per_thread: int,
+                 max_split_segment: int) -> dict:
     if classes <= small_k and allow_small:
         rows = max(32, min(SMALL_ROWS, _next_power_of_2(n_rows)))
         return dict(SMALL=True, SPLIT=False, Q=-(-classes // 4), num_chunks=1, SINGLE_CHUNK=True, ROWS=rows, BLOCK_Q=0,
@@ -989,13 +1035,13 @@ def _tile_config(n_rows: int, classes: int, max_block_k: int, allow_small: bool,
     calls_per_row = -(-classes // 4)
     block_q = _next_power_of_2(calls_per_row)
     if n_rows < split_below_programs and classes >= 2 * split_min_segment and allow_small:
-        wanted = max(-(-split_below_programs // max(1, n_rows)), -(-classes // max_block_k))
+        wanted = max(-(-split_below_programs // max(1, n_rows)), -(-classes // max_split_segment))
         segments = min(_next_power_of_2(wanted), _next_power_of_2(-(-classes // split_min_segment)))
-        block_q = min(_next_power_of_2(-(-calls_per_row // segments)), max(1, max_block_k // 4))
+        block_q = min(_next_power_of_2(-(-calls_per_row // segments)), max(1, max_split_segment // 4))
         segments = -(-calls_per_row // block_q)
         return dict(SMALL=False, SPLIT=True, SEGMENTS=segments, SEG_BLOCK=_next_power_of_2(segments),
                     Q=calls_per_row, num_chunks=1, SINGLE_CHUNK=True, ROWS=1, BLOCK_Q=block_q,
-                    num_warps=min(16, max(1, 4 * block_q // (32 * min(per_thread, split_per_thread)))))
+                    num_warps=min(16, max(1, 4 * block_q // (32 * split_per_thread))))
     if 4 * block_q <= max_block_k:
         num_chunks = 1
         target = TARGET_TILE * max(1, per_thread // ELEMENTS_PER_THREAD)
@@ -1087,11 +1133,13 @@ def _seed_args(seed, offset, rng_out, device):
 
 def forward_config(n_rows: int, classes: int, mode: int, max_block_k=None) -> dict:
     """The forward's ``tile_config`` for ``mode``: wider resident rows for the soft forward, more
-    elements per thread for the categorical."""
+    elements per thread and one-warp split segments for the categorical."""
     if max_block_k is None and mode == MODE_SOFT:
         max_block_k = MAX_RESIDENT_SOFT_FORWARD
-    return tile_config(n_rows, classes, max_block_k,
-                       elements_per_thread=INDEX_ELEMENTS_PER_THREAD if mode == MODE_INDEX else None)
+    if mode == MODE_INDEX:
+        return tile_config(n_rows, classes, max_block_k, elements_per_thread=INDEX_ELEMENTS_PER_THREAD,
+                           max_split_segment=INDEX_SPLIT_SEGMENT)
+    return tile_config(n_rows, classes, max_block_k)
 
 
 def needs_row_stats(n_rows: int, classes: int, max_block_k=None) -> bool:
@@ -1159,7 +1207,8 @@ def gumbel_softmax_forward(x, x_strides, out, out_strides, index, tau, n_rows, c
             n_rows, classes, cfg["Q"], inner, cfg["SEGMENTS"], *x_strides, *out_strides, tau_stride, *seed_args,
             MODE=mode, TAU_FROM_PTR=tau_from_ptr, SAVE_STATS=stats is not None and mode != MODE_SOFT,
             SEGMENTS=cfg["SEGMENTS"], SEG_BLOCK=cfg["SEG_BLOCK"], BLOCK_Q=cfg["BLOCK_Q"], COMPUTE=compute,
-            FAST=_fast(x.dtype), COUNTER32=_counter32(n_rows, cfg), num_warps=cfg["num_warps"],
+            FAST=_fast(x.dtype), COUNTER32=_counter32(n_rows, cfg),
+            OVERLAP=mode != MODE_SOFT and classes % 4 == 0 and cfg["SEGMENTS"] > 1, num_warps=cfg["num_warps"],
         )
         return
     streamed = not cfg["SINGLE_CHUNK"]

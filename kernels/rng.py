@@ -96,6 +96,18 @@ def lg2(x, FAST: tl.constexpr):
 
 
 @triton.jit
+def neg_lg2(x, FAST: tl.constexpr):
+    """log2(-x). On the MUFU unit the negation sits inside the asm block, where ptxas folds it
+    into the instruction's source modifier (``MUFU.LG2 R, -R``); a separate ``-x`` stays a
+    sign-flipping LOP3 per element. Negation is exact, so this equals ``lg2(-x, FAST)``."""
+    if FAST == 2:
+        return tl.inline_asm_elementwise("{ .reg .f32 t; neg.f32 t, $1; lg2.approx.ftz.f32 $0, t; }", "=r,r", [x],
+                                         dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        return tl.log2(-x)
+
+
+@triton.jit
 def ex2(x, FAST: tl.constexpr):
     """2^x; on the MUFU unit when FAST == 2, else tl.exp2."""
     if FAST == 2:
@@ -113,12 +125,13 @@ def gumbel_from_word(word, FAST: tl.constexpr, COMPUTE: tl.constexpr):
     The fast twins return g - ln(log2 e) (a constant shift: no softmax, argmax or gradient sees it)."""
     u = tl.minimum(word | 1, tl.full([], TOP_NUMERATOR, tl.uint32)).to(COMPUTE)  # unsigned: u < 2**32
     if FAST:
-        # E2 = -log2(1 - v): the series below v = 2**-6, else lg2(1 - v) (negated in the select,
-        # which feeds lg2's input modifier).
+        # E2 = -log2(1 - v): the series below v = 2**-6, else lg2(1 - v). Both are selected
+        # negated (the series' sign goes into the select's multiply) and the second logarithm
+        # takes the negation as its input modifier, so the sign costs no instruction.
         series = u * (SERIES_C1 + u * (SERIES_C2 + u * (SERIES_C3 + u * SERIES_C4)))
         mufu = lg2(1.0 - u * GUMBEL_SCALE, FAST)
         negative = tl.where(u < SERIES_BELOW_BITS, -series, mufu)
-        return lg2(-negative, FAST) * -LN2
+        return neg_lg2(negative, FAST) * -LN2
     else:
         v = u * GUMBEL_SCALE
         a = 1.0 - v

@@ -305,18 +305,24 @@ def test_split_rows_match_reference(split_rows, K, hard, dtype):
     assert_long_rows_match_reference(logits, tau, hard, dtype, bf16_rescaled=True)
 
 
-def test_split_rows_give_the_unsplit_samples(monkeypatch):
+@pytest.mark.parametrize("K", [300, 302])
+def test_split_rows_give_the_unsplit_samples(monkeypatch, K):
     """The two-phase combine picks the same index and one-hot bit for bit, and the same soft
-    sample within float32 rounding, as one program per row (same noise, exact argmax)."""
-    logits = torch.randn(5, 300) * 3
+    sample within float32 rounding, as one program per row (same noise, exact argmax). K = 300:
+    the hard and index modes' last segment overlaps its neighbour (K a multiple of 4); 302: it
+    masks its lanes past K."""
+    logits = torch.randn(5, K) * 3
     logits[2] = float("-inf")  # an invalid row: NaN / index -1 on both paths
     logits[3, 7] = float("nan")
+    # Row 4's winner in the last segment, where it overlaps its neighbour when K = 300 (segments
+    # of 16 classes: the 19th starts at 284, not 288), so both programs report it.
+    logits[4, 285] = 50.0
     outputs = []
     for split in (False, True):
         kernels._tile_config.cache_clear()
         monkeypatch.setattr(kernels, "SPLIT_BELOW_PROGRAMS", 10**6 if split else 0)
         monkeypatch.setattr(kernels, "SPLIT_MIN_SEGMENT", 16)
-        assert kernels.tile_config(5, 300)["SPLIT"] == split
+        assert kernels.tile_config(5, K)["SPLIT"] == split
         out = [fused_gumbel.categorical(logits, seed=3, backend="triton"),
                fused_gumbel.gumbel_softmax(logits, hard=True, seed=3, backend="triton"),
                fused_gumbel.gumbel_softmax(logits, 0.5, seed=3, backend="triton")]
@@ -324,6 +330,6 @@ def test_split_rows_give_the_unsplit_samples(monkeypatch):
     (index, hard, soft), (index_s, hard_s, soft_s) = outputs
     # Every row's last program reset its ticket counter: the next launch needs no memset.
     assert kernels._counters and all(int(c.abs().sum()) == 0 for c in kernels._counters.values())
-    assert torch.equal(index, index_s) and index[2] == -1 and index[3] == -1
+    assert torch.equal(index, index_s) and index[2] == -1 and index[3] == -1 and index[4] == 285
     assert torch.equal(hard.nan_to_num(7.0), hard_s.nan_to_num(7.0))
     torch.testing.assert_close(soft, soft_s, atol=1e-6, rtol=1e-5, equal_nan=True)

@@ -75,9 +75,13 @@ SCRIPT = textwrap.dedent("""
                  stats_ptr=torch.float32, partial_ptr=torch.float32, counter_ptr=torch.int32)
     split_fwd = dict(split, x_ptr=torch.bfloat16, y_ptr=torch.bfloat16, index_ptr=torch.int64, x_s_outer=128256,
                      x_s_k=1, x_s_inner=1, y_s_outer=128256, y_s_k=1, y_s_inner=1)
+    # OVERLAP (hard and index modes, K a multiple of 4): the last segment overlaps, unmasked.
     variants = [dict(MODE=mode, TAU_FROM_PTR=mode == 0, SAVE_STATS=mode != 0, SEGMENTS=8, SEG_BLOCK=8, BLOCK_Q=1024,
-                     COMPUTE=tl.float32, FAST=fast, COUNTER32=True, num_warps=4)
-                for mode, fast in itertools.product((k.MODE_SOFT, k.MODE_HARD, k.MODE_INDEX), (2, 0))]
+                     COMPUTE=tl.float32, FAST=fast, COUNTER32=True, OVERLAP=overlap and mode != k.MODE_SOFT,
+                     num_warps=4)
+                for mode, fast, overlap in itertools.product((k.MODE_SOFT, k.MODE_HARD, k.MODE_INDEX), (2, 0),
+                                                             (True, False))
+                if overlap or (mode != k.MODE_SOFT and fast == 2)]
     print("\\n".join(compile_variants(k.gumbel_softmax_split_fwd_kernel, split_fwd, variants)))
     split_bwd = dict(split, grad_y_ptr=torch.float32, src_ptr=torch.bfloat16, grad_x_ptr=torch.bfloat16,
                      grad_tau_ptr=torch.float32, g_s_outer=128256, g_s_k=1, g_s_inner=1, src_s_outer=128256, src_s_k=1,
