@@ -86,7 +86,8 @@ def draw(device: torch.device, generator: Optional[torch.Generator] = None,
         return check_seed(seed), 0
     if is_capturing(device):
         return graph_safe_state(device, generator), 0
-    if device.type == "cpu" and (generator is None or generator.device.type == "cpu"):
+    if device.type == "cpu" and (generator is None or (type(generator) is torch.Generator
+                                                       and generator.device.type == "cpu")):
         key, offset = _cpu_draw()(generator)
     else:
         key, offset = rng.draw_seed_offset(device, generator)

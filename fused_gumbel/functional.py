@@ -430,8 +430,9 @@ def gumbel_softmax(
     Rows whose logits + noise hold a NaN or have no finite maximum (all ``-inf``, or ``+inf``)
     give NaN rows, like ``torch.softmax``. ``-inf`` logits get probability 0 and are never chosen.
     """
+    # CPU calls only: a CUDA call must not pay for asking (the fast path would decline it anyway).
     if (seed is None and estimator == "st" and mc_samples is None and eps == 1e-10
-            and not torch.compiler.is_compiling()):
+            and isinstance(logits, torch.Tensor) and logits.is_cpu and not torch.compiler.is_compiling()):
         sample_eager = _native_eager(backend)
         if sample_eager is not None:
             mode = _custom_op.MODE_HARD if hard else _custom_op.MODE_SOFT
@@ -510,7 +511,7 @@ def categorical(
     ``+inf``) give index -1 (a NaN row when one-hot). Same noise stream as :func:`gumbel_softmax`;
     ``generator`` and ``seed`` as there.
     """
-    if seed is None and not torch.compiler.is_compiling():
+    if seed is None and isinstance(logits, torch.Tensor) and logits.is_cpu and not torch.compiler.is_compiling():
         sample_eager = _native_eager(backend)
         if sample_eager is not None:
             mode = _custom_op.MODE_HARD if one_hot else _custom_op.MODE_INDEX
