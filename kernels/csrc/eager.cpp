@@ -43,6 +43,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/python_variable.h>
 
+#include "cpu/cpu_host.h"
 #include "cpu/gumbel_softmax_cpu_op.h"
 #include "eager.h"
 
@@ -125,8 +126,6 @@ const c10::TypedOperatorHandle<KernelBackward>& kernel_backward_op() {
   return op;
 }
 
-at::ScalarType compute_type(const at::Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
-
 // log(y) where y > 0, else 0 (fused_gumbel/_autograd.py, log_domain).
 at::Tensor log_domain(const at::Tensor& y, const at::Tensor& positive) {
   return at::where(positive, at::log(at::where(positive, y, at::ones_like(y))), at::zeros_like(y));
@@ -179,7 +178,7 @@ struct GumbelSoftmaxFunction : public torch::autograd::Function<GumbelSoftmaxFun
       at::Tensor y;
       if (hard) {
         const at::Tensor& logits = saved[0];
-        const at::Tensor x = logits.to(compute_type(logits));
+        const at::Tensor x = logits.to(cpu::compute_type(logits));
         at::Tensor y0;
         {
           c10::AutoGradMode no_grad(false);
@@ -190,7 +189,7 @@ struct GumbelSoftmaxFunction : public torch::autograd::Function<GumbelSoftmaxFun
         const at::Tensor perturbed = log_domain(y0, positive) * tau + at::where(positive, x - x.detach(), at::zeros_like(y0));
         y = at::softmax(at::where(positive, perturbed / tau, at::full_like(y0, -INFINITY)), dim);
       } else {
-        y = saved[0].to(compute_type(saved[0]));
+        y = saved[0].to(cpu::compute_type(saved[0]));
       }
       const at::Tensor dy = grad_y.to(y.scalar_type());
       const at::Tensor s = y * (dy - (dy * y).sum(dim, /*keepdim=*/true));
