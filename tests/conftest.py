@@ -7,10 +7,17 @@ on a CUDA machine (``bench/gpu_suite.sh`` does); elsewhere they are skipped.
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# Under pytest-xdist (the README's test command runs one worker per core) each worker, and each
+# process a test starts, computes on one thread: more would only contend for the same cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
 import pytest  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
