@@ -87,6 +87,24 @@ def _row_strides(sizes, strides, dim: int) -> tuple[int, int, int] | None:
 _row_strides_cached = functools.lru_cache(maxsize=1024)(_row_strides)
 
 
+def rows_layout(t: torch.Tensor, dim: int) -> tuple[RowShape, tuple[int, int, int] | None]:
+    """``RowShape.of(t.shape, dim)`` and ``row_strides(t, dim)`` in one memoised lookup (a kernel
+    launch needs both on every call)."""
+    sizes = t.shape
+    if not sizes:
+        return RowShape(1, 1, 1), (0, 0, 0)
+    strides = t.stride()
+    try:
+        return _rows_layout_cached(sizes, strides, dim)
+    except TypeError:  # a symbolic size or stride (torch.compile) does not hash
+        return _row_shape(sizes, dim), _row_strides(sizes, strides, dim)
+
+
+@functools.lru_cache(maxsize=1024)
+def _rows_layout_cached(sizes, strides, dim: int):
+    return _row_shape(sizes, dim), _row_strides(sizes, strides, dim)
+
+
 def as_rows(t: torch.Tensor, dim: int) -> tuple[torch.Tensor, tuple[int, int, int]]:
     """``t`` (copied to contiguous only if it has no [outer, K, inner] view) and its strides."""
     strides = row_strides(t, dim)

@@ -35,11 +35,13 @@ def rank_key(rank: int) -> int:
     return (rank * RANK_KEY_MULTIPLIER) % KEY_LIMIT
 
 
+_DISTRIBUTED = torch.distributed.is_available()  # a property of the torch build
+
+
 def process_rank() -> int:
     """This process's rank in the default ``torch.distributed`` group, 0 when not distributed."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank()
+    if _DISTRIBUTED and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
     return 0
 
 

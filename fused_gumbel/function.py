@@ -18,6 +18,7 @@ Function keeps it in ``ctx.native``: one call's backward runs on its forward's i
 """
 from __future__ import annotations
 
+import functools
 import os
 import threading
 
@@ -25,7 +26,7 @@ import torch
 from torch.autograd import forward_ad as _forward_ad
 
 from . import _autograd, _functorch, _native
-from ._layout import RowShape, as_rows
+from ._layout import RowShape, as_rows, rows_layout
 from .reference import compute_dtype
 from .kernels import gumbel_softmax as kernels
 
@@ -74,18 +75,37 @@ def sample_forward(logits, tau, mode, dim, seed, offset, rng_out=None, save_stat
     if native if native is not None else runs_native(logits.device):
         out, soft = _native.forward(logits, tau, mode, dim, seed, offset, keep_soft=save_stats)
         return out, logits, None, soft
-    shape = RowShape.of(logits.shape, dim)
-    x, x_strides = as_rows(logits, dim)
-    stats = _stats_buffer(shape, mode, logits.dtype, logits.device, save_stats)
+    shape, x_strides = rows_layout(logits, dim)
+    x = logits
+    if x_strides is None:  # no [outer, K, inner] view: the kernel reads a contiguous copy
+        x, x_strides = as_rows(logits, dim)
+    plan = kernels.forward_plan(shape.rows, shape.classes, mode, logits.dtype, isinstance(tau, torch.Tensor),
+                                save_stats)
+    stats = torch.empty(plan.stats_words, dtype=compute_dtype(logits.dtype), device=logits.device) \
+        if plan.stats_words else None
     if mode == kernels.MODE_INDEX:
         index = torch.empty(shape.rows, dtype=torch.int64, device=logits.device)
         kernels.gumbel_softmax_forward(x, x_strides, None, (0, 0, 0), index, tau, shape.rows, shape.classes,
-                                       shape.inner, seed, offset, mode, rng_out=rng_out, stats=stats)
-        return index.reshape(logits.shape[:dim] + logits.shape[dim + 1:]), x, x_strides, stats
-    y = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+                                       shape.inner, seed, offset, mode, rng_out=rng_out, stats=stats, plan=plan)
+        return index.reshape(_index_shape(logits.shape, dim)), x, x_strides, stats
+    # empty_like: a third of the host time of torch.empty(logits.shape, dtype=..., device=...).
+    y = torch.empty_like(logits, memory_format=torch.contiguous_format)
     kernels.gumbel_softmax_forward(x, x_strides, y, shape.contiguous_strides, None, tau, shape.rows, shape.classes,
-                                   shape.inner, seed, offset, mode, rng_out=rng_out, stats=stats)
+                                   shape.inner, seed, offset, mode, rng_out=rng_out, stats=stats, plan=plan)
     return y, x, x_strides, (stats if mode == kernels.MODE_HARD else None)
+
+
+def _index_shape(shape, dim: int):
+    """``shape`` without ``dim``: the categorical's output shape (memoised, as the layout is)."""
+    try:
+        return _index_shape_cached(shape, dim)
+    except TypeError:  # a symbolic size (torch.compile) does not hash
+        return shape[:dim] + shape[dim + 1:]
+
+
+@functools.lru_cache(maxsize=1024)
+def _index_shape_cached(shape, dim: int):
+    return shape[:dim] + shape[dim + 1:]
 
 
 def tau_grad_buffer(tau, needed: bool, size: int, like: torch.Tensor):
@@ -117,7 +137,10 @@ def sample_backward(grad_y, src, src_strides, tau, dim, seed, offset, hard, tau_
         kernels.gumbel_softmax_forward(src, src_strides, None, (0, 0, 0), index, tau, shape.rows, shape.classes,
                                        shape.inner, seed, offset, kernels.MODE_INDEX, stats=stats)
     grad_y, grad_y_strides = as_rows(grad_y, dim)
-    grad_x = torch.empty(grad_y.shape, dtype=src.dtype, device=src.device)
+    # Autograd hands over a gradient of the output's dtype, the logits' (src's); empty_like costs a
+    # third of torch.empty(shape, dtype=..., device=...).
+    grad_x = torch.empty_like(grad_y, memory_format=torch.contiguous_format) if grad_y.dtype == src.dtype \
+        else torch.empty(grad_y.shape, dtype=src.dtype, device=src.device)
     grad_tau_rows = tau_grad_buffer(tau, tau_grad, shape.rows, src)
     kernels.gumbel_softmax_backward(grad_y, grad_y_strides, src, src_strides, grad_x, shape.contiguous_strides,
                                     grad_tau_rows, tau, shape.rows, shape.classes, shape.inner, seed, offset,
@@ -177,15 +200,7 @@ class GumbelSoftmaxFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        logits, tau, hard, dim, seed, offset = inputs
-        tau_tensor = tau if isinstance(tau, torch.Tensor) else None
-        # Soft mode keeps its output; hard mode keeps the logits and regenerates the noise.
-        src = logits if hard else output
-        ctx.save_for_backward(src, tau_tensor, _pending_stats.take(output))
-        ctx.save_for_forward(src, tau_tensor)
-        ctx.tau_float = None if tau_tensor is not None else tau
-        ctx.hard, ctx.dim, ctx.seed, ctx.offset = hard, dim, seed, offset
-        ctx.native = runs_native(logits.device)
+        _save_context(ctx, *inputs, output, _pending_stats.take(output), runs_native(inputs[0].device), True)
 
     @staticmethod
     def backward(ctx, grad_y):
@@ -213,6 +228,18 @@ class GumbelSoftmaxFunction(torch.autograd.Function):
                                               seed, offset)
 
 
+def _save_context(ctx, logits, tau, hard, dim, seed, offset, output, stats, native: bool, for_forward: bool):
+    """What the backward (and, with ``for_forward``, the jvp) of one call reads."""
+    tau_tensor = tau if isinstance(tau, torch.Tensor) else None
+    # Soft mode keeps its output; hard mode keeps the logits and regenerates the noise.
+    src = logits if hard else output
+    ctx.save_for_backward(src, tau_tensor, stats)
+    if for_forward:
+        ctx.save_for_forward(src, tau_tensor)
+    ctx.tau_float = None if tau_tensor is not None else tau
+    ctx.hard, ctx.dim, ctx.seed, ctx.offset, ctx.native = hard, dim, seed, offset, native
+
+
 class _EagerGumbelSoftmaxFunction(torch.autograd.Function):
     """``GumbelSoftmaxFunction`` as an old-style Function (``forward(ctx, ...)``, no ``setup_context``)
     for calls outside every torch.func transform (``apply``): the same forward, backward and jvp.
@@ -221,10 +248,15 @@ class _EagerGumbelSoftmaxFunction(torch.autograd.Function):
     that form (and get it), plain autograd and forward-mode AD do not."""
 
     @staticmethod
-    def forward(ctx, *inputs):
-        output = GumbelSoftmaxFunction.forward(*inputs)
-        GumbelSoftmaxFunction.setup_context(ctx, inputs, output)
-        return output
+    def forward(ctx, logits, tau, hard, dim, seed, offset):
+        native = runs_native(logits.device)
+        mode = kernels.MODE_HARD if hard else kernels.MODE_SOFT
+        y, _, _, stats = sample_forward(logits, tau, mode, dim, seed, offset, save_stats=hard, native=native)
+        # jvp runs only inside a forward-AD dual level, during this call: outside one, nothing reads
+        # what save_for_forward keeps.
+        _save_context(ctx, logits, tau, hard, dim, seed, offset, y, stats, native,
+                      getattr(_forward_ad, "_current_level", 0) >= 0)
+        return y
 
     backward = GumbelSoftmaxFunction.__dict__["backward"]
     jvp = GumbelSoftmaxFunction.__dict__["jvp"]
@@ -234,17 +266,19 @@ def apply(logits, tau, hard, dim, seed, offset, launcher=None):
     """``GumbelSoftmaxFunction.apply`` at the least host cost: the Function itself under a torch.func
     transform, its old-style twin when autograd records the call, else the forward launch alone.
     ``launcher`` ("native" or "triton") picks what launches (``_Launcher``)."""
-    if launcher is not None and launcher != _launcher.name:
-        previous, _launcher.name = _launcher.name, launcher
-        try:
-            return apply(logits, tau, hard, dim, seed, offset)
-        finally:
-            _launcher.name = previous
-    if _functorch.transforms_active():
-        return GumbelSoftmaxFunction.apply(logits, tau, hard, dim, seed, offset)
-    if _records_autograd(logits, tau):
-        return _EagerGumbelSoftmaxFunction.apply(logits, tau, hard, dim, seed, offset)
-    return sample_forward(logits, tau, kernels.MODE_HARD if hard else kernels.MODE_SOFT, dim, seed, offset)[0]
+    transformed = _functorch.transforms_active()
+    if not transformed and not _records_autograd(logits, tau):  # nothing to record: launch
+        native = None if launcher is None else launcher == "native"
+        return sample_forward(logits, tau, kernels.MODE_HARD if hard else kernels.MODE_SOFT, dim, seed, offset,
+                              native=native)[0]
+    function = GumbelSoftmaxFunction if transformed else _EagerGumbelSoftmaxFunction
+    if launcher is None or launcher == _launcher.name:
+        return function.apply(logits, tau, hard, dim, seed, offset)
+    previous, _launcher.name = _launcher.name, launcher
+    try:
+        return function.apply(logits, tau, hard, dim, seed, offset)
+    finally:
+        _launcher.name = previous
 
 
 def _records_autograd(logits, tau) -> bool:

@@ -38,6 +38,23 @@ CUDA_IMPLS = ("auto", "triton", "twin")
 CUDA_IMPL_ENV = "FUSED_GUMBEL_CUDA_IMPL"
 
 
+# os.environ's own dict (POSIX CPython: fsencoded bytes keys and values), which os.environ.get
+# reads through two codec calls: _env reads the same entries at a fraction of the host cost.
+_ENVIRON_DATA = os.environ._data if os.name == "posix" and isinstance(getattr(os.environ, "_data", None), dict) \
+    else None
+
+
+def _env(name: str, default: str) -> str:
+    """``os.environ.get(name, default)``, for the variables read on every call."""
+    if _ENVIRON_DATA is None:
+        return os.environ.get(name, default)
+    value = _ENVIRON_DATA.get(_ENV_KEYS.get(name) or os.fsencode(name))
+    return default if value is None else os.fsdecode(value)
+
+
+_ENV_KEYS = {name: os.fsencode(name) for name in (BACKEND_ENV, CUDA_IMPL_ENV)}
+
+
 _TRITON_AVAILABLE: Optional[bool] = None
 # Not named _interpreted: bench.static replaces every fused_gumbel module's _interpreted() while recording.
 _INTERPRETED: Optional[bool] = None
@@ -76,7 +93,7 @@ def select_backend(device: torch.device, backend: Optional[Backend] = None) -> s
     (they only propagate shapes: no kernel runs). Under auto a CUDA call may still run the twin
     rather than Triton, by shape class: :func:`select_implementation` says what a call runs.
     """
-    return _select_backend(device, backend or os.environ.get(BACKEND_ENV, "auto"))
+    return _select_backend(device, backend or _env(BACKEND_ENV, "auto"))
 
 
 def _select_backend(device: torch.device, choice: str) -> str:
@@ -128,6 +145,7 @@ def select_backend_for_op(device: torch.device, backend: Optional[Backend], has_
     return "reference" if chosen == "native" and not has_native else chosen
 
 
+_MODE_SOFT, _MODE_HARD, _MODE_INDEX = _custom_op.MODE_SOFT, _custom_op.MODE_HARD, _custom_op.MODE_INDEX
 _DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}
 _MODE_NAMES = {_custom_op.MODE_SOFT: "soft", _custom_op.MODE_HARD: "hard", _custom_op.MODE_INDEX: "index"}
 _CUDA_CHOICE_CACHE_SIZE = 4096
@@ -139,7 +157,7 @@ _cuda_choices: dict = {}
 
 def _cuda_impl_env() -> str:
     """FUSED_GUMBEL_CUDA_IMPL (read on every call, like FUSED_GUMBEL_BACKEND), checked."""
-    choice = os.environ.get(CUDA_IMPL_ENV, "auto")
+    choice = _env(CUDA_IMPL_ENV, "auto")
     if choice == "auto" or choice == "triton":
         return choice
     if choice != "twin":
@@ -212,7 +230,7 @@ def select_implementation(logits: torch.Tensor, dim: int = -1, *, mode: str = "s
     mode_value = {name: value for value, name in _MODE_NAMES.items()}.get(mode)
     if mode_value is None:
         raise ValueError(f"mode must be 'soft', 'hard' or 'index', got {mode!r}")
-    requested = backend or os.environ.get(BACKEND_ENV, "auto")
+    requested = backend or _env(BACKEND_ENV, "auto")
     chosen = _select_backend(logits.device, requested)
     if logits.device.type != "cuda" or chosen != "triton":
         return "twin" if chosen == "native" and logits.device.type == "cuda" else chosen
@@ -239,13 +257,16 @@ def _function():
     return _function_module
 
 
-def _check_logits(logits: torch.Tensor) -> None:
+def _check_logits(logits: torch.Tensor) -> torch.device:
+    """The logits' device, once they are known to be a floating tensor on a supported device."""
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
     if not logits.is_floating_point():
         raise TypeError(f"logits must have a floating dtype (float16, bfloat16, float32, float64), got {logits.dtype}")
-    if logits.device.type not in ("cpu", "cuda", "meta"):
-        raise ValueError(f"fused_gumbel supports CPU, CUDA and meta tensors, got device {logits.device}")
+    device = logits.device
+    if device.type not in ("cpu", "cuda", "meta"):
+        raise ValueError(f"fused_gumbel supports CPU, CUDA and meta tensors, got device {device}")
+    return device
 
 
 def _normalize_dim(dim: int, ndim: int) -> int:
@@ -335,6 +356,8 @@ def _scalar_tensor(value, dtype: torch.dtype, device: torch.device) -> torch.Ten
 
 def _tau_for_kernel(tau, logits: torch.Tensor, dim: int):
     """float, 0-dim tensor or a contiguous [rows] tensor in RNG-spec row order (differentiable)."""
+    if type(tau) is float and logits.dtype is not torch.float64 and not torch.compiler.is_compiling():
+        return tau  # the common eager call: Triton takes the float as float32, the compute dtype
     compute = reference.compute_dtype(logits.dtype)
     if isinstance(tau, _SYMBOLIC_SCALARS) or (torch.compiler.is_compiling() and not isinstance(tau, torch.Tensor)):
         return _scalar_tensor(tau, compute, logits.device)
@@ -442,29 +465,30 @@ def gumbel_softmax(
     if eps != 1e-10:
         # A plain UserWarning, as PyTorch's (a DeprecationWarning is hidden by default).
         warnings.warn("`eps` parameter is deprecated and has no effect.", stacklevel=2)
-    _check_logits(logits)
-    dim = _normalize_dim(dim, logits.dim())
+    device = _check_logits(logits)
+    ndim = logits.dim()
+    dim = _normalize_dim(dim, ndim)
     tau = _check_tau(tau, logits, dim)
     if estimator != "st" or mc_samples is not None:
         mc_samples = reference_estimators.check_estimator(estimator, hard, mc_samples)
     if logits.numel() == 0:
         return _empty_like_result(logits)
-    if logits.dim() == 0:
+    if ndim == 0:
         return gumbel_softmax(logits.reshape(1), tau, hard, dim=0, generator=generator, seed=seed,
                               backend=backend, estimator=estimator, mc_samples=mc_samples).reshape(())
-    device = logits.device
     if estimator != "st":
         chosen = select_backend_for_op(device, backend, has_native=False)
         return _sample_with_estimator(logits, tau, dim, generator, seed, chosen, estimator, mc_samples)
-    requested = backend or os.environ.get(BACKEND_ENV, "auto")
+    requested = backend or _env(BACKEND_ENV, "auto")
     chosen = _select_backend(device, requested)
-    mode = _custom_op.MODE_HARD if hard else _custom_op.MODE_SOFT
-    if chosen == "triton" and device.type == "cuda":
+    mode = _MODE_HARD if hard else _MODE_SOFT
+    kind = device.type
+    if chosen == "triton" and kind == "cuda":
         chosen = _cuda_launcher(requested, logits, dim, mode, tau)
     if _graph_mode():
         _check_compiled_call(generator, seed)
         return _custom_op.sample(logits, _tau_for_kernel(tau, logits, dim), mode, dim, seed, chosen)
-    if device.type == "meta":
+    if kind == "meta":
         return reference.gumbel_softmax(logits, tau, hard, dim, noise=torch.zeros_like(logits))
     key, offset = _draw(device, logits, tau, generator, seed)
     if chosen == "reference":
@@ -518,30 +542,30 @@ def categorical(
             drawn = sample_eager(logits, 1.0, mode, dim, generator, _seeding.rank_salt(), backend is None, True)
             if drawn is not None:
                 return drawn
-    _check_logits(logits)
-    dim = _normalize_dim(dim, logits.dim())
-    shape = RowShape.of(logits.shape, dim)
-    out_shape = logits.shape[:dim] + logits.shape[dim + 1:]
-    if shape.classes == 0 and shape.rows > 0:
-        raise ValueError(f"cannot sample from zero categories (logits shape {tuple(logits.shape)}, dim {dim})")
+    device = _check_logits(logits)
+    ndim = logits.dim()
+    dim = _normalize_dim(dim, ndim)
     if logits.numel() == 0:
+        shape = RowShape.of(logits.shape, dim)
+        if shape.classes == 0 and shape.rows > 0:
+            raise ValueError(f"cannot sample from zero categories (logits shape {tuple(logits.shape)}, dim {dim})")
         if one_hot:
             return torch.empty_like(logits)
-        return torch.empty(out_shape, dtype=torch.int64, device=logits.device)
-    if logits.dim() == 0:
+        return torch.empty(logits.shape[:dim] + logits.shape[dim + 1:], dtype=torch.int64, device=device)
+    if ndim == 0:
         drawn = categorical(logits.reshape(1), 0, generator=generator, one_hot=one_hot, seed=seed, backend=backend)
         return drawn.reshape(())
     logits = logits.detach()
-    device = logits.device
-    requested = backend or os.environ.get(BACKEND_ENV, "auto")
+    requested = backend or _env(BACKEND_ENV, "auto")
     chosen = _select_backend(device, requested)
-    mode = _custom_op.MODE_HARD if one_hot else _custom_op.MODE_INDEX
-    if chosen == "triton" and device.type == "cuda":
+    mode = _MODE_HARD if one_hot else _MODE_INDEX
+    kind = device.type
+    if chosen == "triton" and kind == "cuda":
         chosen = _cuda_launcher(requested, logits, dim, mode, backward=False)
     if _graph_mode():
         _check_compiled_call(generator, seed)
         return _custom_op.sample(logits, 1.0, mode, dim, seed, chosen)
-    if device.type == "meta":
+    if kind == "meta":
         return reference.categorical(logits, dim, one_hot=one_hot, noise=torch.zeros_like(logits))
     key, offset = _draw(device, logits, None, generator, seed)
     if chosen == "reference":

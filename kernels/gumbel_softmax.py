@@ -48,6 +48,7 @@ loading a module (``cuModuleLoadData``) is forbidden while a stream is capturing
 """
 import functools
 import os
+from typing import NamedTuple
 
 import triton
 import triton.language as tl
@@ -1121,9 +1122,15 @@ def _int32_words(value: int) -> tuple[int, int]:
 def _seed_args(seed, offset, rng_out, device):
     """(seed_lo, seed_hi, offset_lo, offset_hi, rng_ptr, rng_mode) for an int seed (with
     ``offset``) or an int64 [2] device tensor (seed, offset)."""
+    if type(seed) is int and rng_out is None and 0 <= seed < 2**63 and 0 <= offset < 2**63:
+        # An eager call (the common case, inlined): always an int64 pointer, so eager and
+        # captured launches share one specialisation.
+        seed_lo, offset_lo = seed & 0xFFFFFFFF, offset & 0xFFFFFFFF
+        seed_hi, offset_hi = seed >> 32, offset >> 32
+        return (seed_lo - (seed_lo >> 31 << 32), seed_hi - (seed_hi >> 31 << 32), offset_lo - (offset_lo >> 31 << 32),
+                offset_hi - (offset_hi >> 31 << 32), _dummy_tensor(device), RNG_SCALAR)
     if isinstance(seed, int):
         if rng_out is None:
-            # Always an int64 pointer, so eager and captured launches share one specialisation.
             return (*_int32_words(seed), *_int32_words(offset), _dummy_tensor(device), RNG_SCALAR)
         return (*_int32_words(seed), *_int32_words(offset), rng_out, RNG_STORE)
     if rng_out is not None:
@@ -1152,7 +1159,12 @@ def needs_row_stats(n_rows: int, classes: int, max_block_k=None) -> bool:
 def stats_size(n_rows: int, classes: int, mode: int, max_block_k=None) -> int:
     """Words (compute dtype) of the ``stats`` buffer the forward of ``mode`` takes: per-chunk
     maxima for streamed soft rows (scratch), the row max for the hard/index modes of rows that
-    need it (kept for the hard backward, which sums the row itself); 0: none."""
+    need it (kept for the hard backward, which sums the row itself); 0: none. Planned once per
+    problem, as the launches are (``_plan``)."""
+    return _plan(_stats_size, n_rows, classes, mode, max_block_k)
+
+
+def _stats_size(n_rows: int, classes: int, mode: int, max_block_k) -> int:
     cfg = forward_config(n_rows, classes, mode, max_block_k)
     if not (cfg["SPLIT"] or not cfg["SINGLE_CHUNK"]):  # needs_row_stats
         return 0
@@ -1164,12 +1176,12 @@ def stats_size(n_rows: int, classes: int, mode: int, max_block_k=None) -> int:
 _counters = {}
 
 
-def _split_buffers(n_rows, cfg, device, compute):
+def _split_buffers(n_rows, segments, device, dtype):
     """Per-launch partials, and the per-row ticket counters of the split kernels. The counters
     are zero between launches (the last program of a row resets its own), so one buffer per device
     and stream serves every launch without a memset; launches on one stream never overlap."""
-    dtype = torch.float64 if compute == tl.float64 else torch.float32
-    partial = torch.empty(n_rows * cfg["SEGMENTS"] * 4, dtype=dtype, device=device)
+    partial = torch.empty(n_rows * segments * 4, dtype=torch.float64 if dtype == torch.float64 else torch.float32,
+                          device=device)
     stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
     key = (device, stream)
     counters = _counters.get(key)
@@ -1178,53 +1190,118 @@ def _split_buffers(n_rows, cfg, device, compute):
     return partial, counters
 
 
+class LaunchPlan(NamedTuple):
+    """What one launch needs besides its tensors, seed and strides: a function of the problem
+    alone. ``kind`` names the kernel ("small", "split" or "rows"); ``head`` are the integer
+    arguments before ``inner``, ``tail`` those after it (chunks or segments); ``consts`` the
+    constexprs and launch options. Planned once per problem (``_plan``): a call pays one dict
+    lookup instead of the tile choice, the counter-range check and the dtype maps."""
+    kind: str
+    grid: tuple
+    head: tuple
+    tail: tuple
+    consts: dict
+    needs_row_stats: bool
+    stats_words: int = 0
+
+
+# {problem: LaunchPlan}. The key holds every module-level tunable a plan reads (tests and the
+# static model change them), so a changed tunable plans afresh rather than reusing a stale plan.
+_plans: dict = {}
+_PLAN_CACHE_SIZE = 4096
+
+
+def _plan(make, *problem):
+    """``make(*problem)``, computed once per problem and set of tunables."""
+    key = (make, *problem, MAX_RESIDENT, MAX_RESIDENT_SOFT_FORWARD, TARGET_TILE, ELEMENTS_PER_THREAD,
+           INDEX_ELEMENTS_PER_THREAD, SPLIT_ELEMENTS_PER_THREAD, INDEX_SPLIT_SEGMENT, SPLIT_BELOW_PROGRAMS,
+           SPLIT_MIN_SEGMENT, SMALL_K, SMALL_ROWS, _fast, _interpreted)
+    plan = _plans.get(key)
+    if plan is None:
+        if len(_plans) >= _PLAN_CACHE_SIZE:  # many distinct shapes: start over rather than grow
+            _plans.clear()
+        plan = _plans[key] = make(*problem)
+    return plan
+
+
+def _make_plan(cfg, n_rows, classes, consts) -> LaunchPlan:
+    """The plan of a ``tile_config`` ``cfg``; ``consts`` the pass's own constexprs."""
+    needs_row_stats = cfg["SPLIT"] or not cfg["SINGLE_CHUNK"]
+    consts["num_warps"] = cfg["num_warps"]
+    consts["COUNTER32"] = _counter32(n_rows, cfg)
+    if cfg["SMALL"]:
+        consts.update(K=classes, ROWS=cfg["ROWS"])
+        return LaunchPlan("small", (-(-n_rows // cfg["ROWS"]),), (n_rows, cfg["Q"]), (), consts, needs_row_stats)
+    if cfg["SPLIT"]:
+        consts.update(SEGMENTS=cfg["SEGMENTS"], SEG_BLOCK=cfg["SEG_BLOCK"], BLOCK_Q=cfg["BLOCK_Q"])
+        return LaunchPlan("split", (n_rows, cfg["SEGMENTS"]), (n_rows, classes, cfg["Q"]), (cfg["SEGMENTS"],),
+                          consts, needs_row_stats)
+    consts.update(SINGLE_CHUNK=cfg["SINGLE_CHUNK"], ROWS=cfg["ROWS"], BLOCK_Q=cfg["BLOCK_Q"])
+    return LaunchPlan("rows", (-(-n_rows // cfg["ROWS"]),), (n_rows, classes, cfg["Q"]), (cfg["num_chunks"],),
+                      consts, needs_row_stats)
+
+
+def forward_plan(n_rows: int, classes: int, mode: int, dtype, tau_from_ptr: bool, save_stats: bool,
+                 max_block_k=None) -> LaunchPlan:
+    """The forward launch of ``mode`` for a call that allocates its own ``stats``: ``stats_words``
+    (``stats_size``; 0 in index mode unless ``save_stats``) words, passed back with the plan to
+    ``gumbel_softmax_forward``. One planning lookup for both."""
+    return _plan(_planned_forward, n_rows, classes, mode, dtype, max_block_k, tau_from_ptr, save_stats)
+
+
+def _planned_forward(n_rows, classes, mode, dtype, max_block_k, tau_from_ptr, save_stats) -> LaunchPlan:
+    words = stats_size(n_rows, classes, mode, max_block_k) if mode != MODE_INDEX or save_stats else 0
+    return _forward_plan(n_rows, classes, mode, dtype, max_block_k, tau_from_ptr, words > 0)._replace(
+        stats_words=words)
+
+
+def _forward_plan(n_rows, classes, mode, dtype, max_block_k, tau_from_ptr, with_stats) -> LaunchPlan:
+    cfg = forward_config(n_rows, classes, mode, max_block_k)
+    streamed = not (cfg["SMALL"] or cfg["SPLIT"] or cfg["SINGLE_CHUNK"])
+    if streamed and mode == MODE_SOFT and not with_stats:
+        raise ValueError("the soft forward of streamed rows needs a scratch buffer (see stats_size)")
+    consts = dict(MODE=mode, TAU_FROM_PTR=tau_from_ptr, COMPUTE=_compute_dtype(dtype), FAST=_fast(dtype))
+    if cfg["SPLIT"]:
+        consts.update(SAVE_STATS=with_stats and mode != MODE_SOFT,
+                      OVERLAP=mode != MODE_SOFT and classes % 4 == 0 and cfg["SEGMENTS"] > 1)
+    elif not cfg["SMALL"]:
+        consts.update(SAVE_STATS=streamed and mode != MODE_SOFT and with_stats)
+    return _make_plan(cfg, n_rows, classes, consts)
+
+
+def _backward_plan(n_rows, classes, dtype, regenerate, max_block_k, tau_from_ptr, tau_grad) -> LaunchPlan:
+    consts = dict(REGENERATE=regenerate, TAU_GRAD=tau_grad, TAU_FROM_PTR=tau_from_ptr, COMPUTE=_compute_dtype(dtype),
+                  FAST=_fast(dtype))
+    return _make_plan(tile_config(n_rows, classes, max_block_k), n_rows, classes, consts)
+
+
 def gumbel_softmax_forward(x, x_strides, out, out_strides, index, tau, n_rows, classes, inner, seed, offset,
-                           mode, max_block_k=None, rng_out=None, stats=None):
+                           mode, max_block_k=None, rng_out=None, stats=None, plan=None):
     """Launch the forward kernel once. ``x``/``out`` are [outer, K, inner] views given by their
     (outer, class, inner) strides; ``index`` is an int64 [n_rows] tensor for ``MODE_INDEX``.
     ``seed`` is an int (with ``offset``), or an int64 [2] device tensor holding (seed, offset);
     ``rng_out`` (int64 [2], optional) receives the scalar (seed, offset) the kernel used.
     ``stats``: for streamed rows, float32 of ``stats_size`` words: required scratch in soft mode;
-    in hard/index mode, optional, it receives the row maxima for the hard backward."""
-    cfg = forward_config(n_rows, classes, mode, max_block_k)
-    seed_args = _seed_args(seed, offset, rng_out, x.device)
+    in hard/index mode, optional, it receives the row maxima for the hard backward. ``plan``: the
+    call's ``forward_plan`` (with ``stats`` of its ``stats_words``), else planned here."""
     tau_ptr, tau_value, tau_stride, tau_from_ptr = _tau_args(tau, x)
-    grid = ((n_rows + cfg["ROWS"] - 1) // cfg["ROWS"],)
-    if cfg["SMALL"]:
-        gumbel_softmax_small_fwd_kernel[grid](
-            x, x if out is None else out, x if index is None else index, tau_ptr, tau_value, n_rows, cfg["Q"], inner,
-            *x_strides, *out_strides, tau_stride, *seed_args,
-            K=classes, MODE=mode, TAU_FROM_PTR=tau_from_ptr, ROWS=cfg["ROWS"], COMPUTE=_compute_dtype(x.dtype),
-            FAST=_fast(x.dtype), COUNTER32=_counter32(n_rows, cfg), num_warps=cfg["num_warps"],
-        )
-        return
-    if cfg["SPLIT"]:
-        compute = _compute_dtype(x.dtype)
-        partial, counter = _split_buffers(n_rows, cfg, x.device, compute)
-        gumbel_softmax_split_fwd_kernel[(n_rows, cfg["SEGMENTS"])](
-            x, x if out is None else out, x if index is None else index,
-            partial if stats is None else stats, partial, counter, tau_ptr, tau_value,
-            n_rows, classes, cfg["Q"], inner, cfg["SEGMENTS"], *x_strides, *out_strides, tau_stride, *seed_args,
-            MODE=mode, TAU_FROM_PTR=tau_from_ptr, SAVE_STATS=stats is not None and mode != MODE_SOFT,
-            SEGMENTS=cfg["SEGMENTS"], SEG_BLOCK=cfg["SEG_BLOCK"], BLOCK_Q=cfg["BLOCK_Q"], COMPUTE=compute,
-            FAST=_fast(x.dtype), COUNTER32=_counter32(n_rows, cfg),
-            OVERLAP=mode != MODE_SOFT and classes % 4 == 0 and cfg["SEGMENTS"] > 1, num_warps=cfg["num_warps"],
-        )
-        return
-    streamed = not cfg["SINGLE_CHUNK"]
-    if streamed and mode == MODE_SOFT and stats is None:
-        raise ValueError("the soft forward of streamed rows needs a scratch buffer (see stats_size)")
-    save_stats = streamed and mode != MODE_SOFT and stats is not None
-    gumbel_softmax_fwd_kernel[grid](
-        x, x if out is None else out, x if index is None else index,
-        _dummy_tensor(x.device, "float32") if stats is None else stats, tau_ptr, tau_value,
-        n_rows, classes, cfg["Q"], inner, cfg["num_chunks"],
-        *x_strides, *out_strides, tau_stride,
-        *seed_args,
-        MODE=mode, TAU_FROM_PTR=tau_from_ptr, SINGLE_CHUNK=cfg["SINGLE_CHUNK"], SAVE_STATS=save_stats,
-        ROWS=cfg["ROWS"], BLOCK_Q=cfg["BLOCK_Q"], COMPUTE=_compute_dtype(x.dtype), FAST=_fast(x.dtype),
-        COUNTER32=_counter32(n_rows, cfg), num_warps=cfg["num_warps"],
-    )
+    if plan is None:
+        plan = _plan(_forward_plan, n_rows, classes, mode, x.dtype, max_block_k, tau_from_ptr, stats is not None)
+    seed_args = _seed_args(seed, offset, rng_out, x.device)
+    pointers = (x, x if out is None else out, x if index is None else index)
+    if plan.kind == "small":
+        gumbel_softmax_small_fwd_kernel[plan.grid](
+            *pointers, tau_ptr, tau_value, *plan.head, inner, *x_strides, *out_strides, tau_stride, *seed_args,
+            **plan.consts)
+    elif plan.kind == "split":
+        partial, counter = _split_buffers(n_rows, plan.tail[0], x.device, x.dtype)
+        gumbel_softmax_split_fwd_kernel[plan.grid](
+            *pointers, partial if stats is None else stats, partial, counter, tau_ptr, tau_value, *plan.head, inner,
+            *plan.tail, *x_strides, *out_strides, tau_stride, *seed_args, **plan.consts)
+    else:
+        gumbel_softmax_fwd_kernel[plan.grid](
+            *pointers, _dummy_tensor(x.device, "float32") if stats is None else stats, tau_ptr, tau_value,
+            *plan.head, inner, *plan.tail, *x_strides, *out_strides, tau_stride, *seed_args, **plan.consts)
 
 
 def gumbel_softmax_backward(grad_y, grad_y_strides, src, src_strides, grad_x, grad_x_strides, grad_tau_rows,
@@ -1233,41 +1310,24 @@ def gumbel_softmax_backward(grad_y, grad_y_strides, src, src_strides, grad_x, gr
     ``regenerate`` (hard mode); ``grad_tau_rows`` ([n_rows], compute dtype) or None. ``seed``
     is an int (with ``offset``) or an int64 [2] device tensor holding (seed, offset); ``stats``
     the hard forward's row maxima when rows are streamed or split."""
-    cfg = tile_config(n_rows, classes, max_block_k)
-    if regenerate and stats is None and (cfg["SPLIT"] or not cfg["SINGLE_CHUNK"]):  # needs_row_stats
-        raise ValueError("the hard backward of streamed rows needs the forward's row statistics")
-    seed_args = _seed_args(seed, offset, None, src.device)
     tau_ptr, tau_value, tau_stride, tau_from_ptr = _tau_args(tau, src)
     compute_from = src.dtype if regenerate else grad_x.dtype
-    grid = ((n_rows + cfg["ROWS"] - 1) // cfg["ROWS"],)
-    if cfg["SPLIT"]:
-        compute = _compute_dtype(compute_from)
-        partial, counter = _split_buffers(n_rows, cfg, src.device, compute)
-        gumbel_softmax_split_bwd_kernel[(n_rows, cfg["SEGMENTS"])](
-            grad_y, src, grad_x, grad_x if grad_tau_rows is None else grad_tau_rows,
-            partial if stats is None else stats, partial, counter, tau_ptr, tau_value,
-            n_rows, classes, cfg["Q"], inner, cfg["SEGMENTS"], *grad_y_strides, *src_strides, *grad_x_strides,
-            tau_stride, *seed_args, REGENERATE=regenerate, TAU_GRAD=grad_tau_rows is not None, TAU_FROM_PTR=tau_from_ptr,
-            SEGMENTS=cfg["SEGMENTS"], SEG_BLOCK=cfg["SEG_BLOCK"], BLOCK_Q=cfg["BLOCK_Q"], COMPUTE=compute,
-            FAST=_fast(compute_from), COUNTER32=_counter32(n_rows, cfg), num_warps=cfg["num_warps"],
-        )
-        return
-    if cfg["SMALL"]:
-        gumbel_softmax_small_bwd_kernel[grid](
-            grad_y, src, grad_x, grad_x if grad_tau_rows is None else grad_tau_rows, tau_ptr, tau_value, n_rows,
-            cfg["Q"], inner, *grad_y_strides, *src_strides, *grad_x_strides, tau_stride, *seed_args,
-            K=classes, REGENERATE=regenerate, TAU_GRAD=grad_tau_rows is not None, TAU_FROM_PTR=tau_from_ptr,
-            ROWS=cfg["ROWS"], COMPUTE=_compute_dtype(compute_from), FAST=_fast(compute_from),
-            COUNTER32=_counter32(n_rows, cfg), num_warps=cfg["num_warps"],
-        )
-        return
-    gumbel_softmax_bwd_kernel[grid](
-        grad_y, src, grad_x, grad_x if grad_tau_rows is None else grad_tau_rows,
-        _dummy_tensor(src.device, "float32") if stats is None else stats, tau_ptr, tau_value,
-        n_rows, classes, cfg["Q"], inner, cfg["num_chunks"],
-        *grad_y_strides, *src_strides, *grad_x_strides, tau_stride,
-        *seed_args,
-        REGENERATE=regenerate, TAU_GRAD=grad_tau_rows is not None, TAU_FROM_PTR=tau_from_ptr,
-        SINGLE_CHUNK=cfg["SINGLE_CHUNK"], ROWS=cfg["ROWS"], BLOCK_Q=cfg["BLOCK_Q"],
-        COMPUTE=_compute_dtype(compute_from), FAST=_fast(compute_from), COUNTER32=_counter32(n_rows, cfg), num_warps=cfg["num_warps"],
-    )
+    plan = _plan(_backward_plan, n_rows, classes, compute_from, regenerate, max_block_k, tau_from_ptr,
+                 grad_tau_rows is not None)
+    if regenerate and stats is None and plan.needs_row_stats:
+        raise ValueError("the hard backward of streamed rows needs the forward's row statistics")
+    seed_args = _seed_args(seed, offset, None, src.device)
+    pointers = (grad_y, src, grad_x, grad_x if grad_tau_rows is None else grad_tau_rows)
+    strides = (*grad_y_strides, *src_strides, *grad_x_strides, tau_stride)
+    if plan.kind == "small":
+        gumbel_softmax_small_bwd_kernel[plan.grid](
+            *pointers, tau_ptr, tau_value, *plan.head, inner, *strides, *seed_args, **plan.consts)
+    elif plan.kind == "split":
+        partial, counter = _split_buffers(n_rows, plan.tail[0], src.device, compute_from)
+        gumbel_softmax_split_bwd_kernel[plan.grid](
+            *pointers, partial if stats is None else stats, partial, counter, tau_ptr, tau_value, *plan.head, inner,
+            *plan.tail, *strides, *seed_args, **plan.consts)
+    else:
+        gumbel_softmax_bwd_kernel[plan.grid](
+            *pointers, _dummy_tensor(src.device, "float32") if stats is None else stats, tau_ptr, tau_value,
+            *plan.head, inner, *plan.tail, *strides, *seed_args, **plan.consts)

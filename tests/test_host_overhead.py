@@ -3,6 +3,7 @@ eager call goes through, that it never pays for ``inspect.signature``, and that 
 the same sample and gradients. Host times themselves are measured by ``python -m bench.static
 --host``, not asserted here (a shared machine is too noisy)."""
 import inspect
+import os
 
 import pytest
 import torch
@@ -10,7 +11,8 @@ from torch.autograd import forward_ad
 from torch.func import grad, jvp, vmap
 
 import fused_gumbel
-from fused_gumbel import _layout, function
+from fused_gumbel import _layout, function, functional
+from fused_gumbel.kernels import gumbel_softmax as kernels
 
 def _sample(x, hard, backend, tau=0.7):
     return fused_gumbel.gumbel_softmax(x, tau, hard, seed=5, backend=backend)
@@ -82,3 +84,42 @@ def test_memoised_layout_matches_the_definition(sizes, strides, dim):
     assert _layout.row_strides(t, dim) == _layout._row_strides(t.shape, t.stride(), dim)
     assert _layout.RowShape.of(t.shape, dim) == _layout._row_shape(t.shape, dim)
     assert _layout.RowShape.of(t.shape, dim) is _layout.RowShape.of(torch.Size(sizes), dim)  # cached
+    assert _layout.rows_layout(t, dim) == (_layout._row_shape(t.shape, dim),
+                                           _layout._row_strides(t.shape, t.stride(), dim))
+
+
+def test_launch_plans_are_reused_and_follow_the_tunables(monkeypatch):
+    """One plan per problem, reused by the next call; a changed module tunable (as tests and the
+    static model set them) plans afresh rather than launching a stale tile."""
+    kernels._plans.clear()
+    x = torch.randn(5, 40)
+    first = fused_gumbel.gumbel_softmax(x, seed=1, backend="triton")
+    planned = dict(kernels._plans)
+    assert planned and torch.equal(fused_gumbel.gumbel_softmax(x, seed=1, backend="triton"), first)
+    assert kernels._plans == planned
+    assert kernels.forward_plan(5, 40, kernels.MODE_SOFT, torch.float32, False, False).kind == "rows"
+    monkeypatch.setattr(kernels, "MAX_RESIDENT", 16)
+    monkeypatch.setattr(kernels, "MAX_RESIDENT_SOFT_FORWARD", 16)
+    streamed = kernels.forward_plan(5, 40, kernels.MODE_SOFT, torch.float32, False, False)
+    assert streamed.tail == (3,) and streamed.stats_words == 2 * 5 * 3  # three chunks, per-chunk scratch
+    torch.testing.assert_close(fused_gumbel.gumbel_softmax(x, seed=1, backend="triton"), first)
+    assert len(kernels._plans) > len(planned)
+    # The plan also carries the index forward's row maxima only when asked for.
+    assert kernels.forward_plan(5, 40, kernels.MODE_INDEX, torch.float32, False, False).stats_words == 0
+    assert kernels.forward_plan(5, 40, kernels.MODE_INDEX, torch.float32, False, True).stats_words == 5
+
+
+def test_environment_reads_follow_os_environ(monkeypatch):
+    """The variables read on every call (FUSED_GUMBEL_BACKEND, FUSED_GUMBEL_CUDA_IMPL) are read
+    from os.environ's own dict: setting, changing and deleting them through os.environ applies."""
+    for name in ("FUSED_GUMBEL_BACKEND", "FUSED_GUMBEL_TEST_UNLISTED"):
+        monkeypatch.delenv(name, raising=False)
+        assert functional._env(name, "auto") == "auto"
+        monkeypatch.setenv(name, "reference")
+        assert functional._env(name, "auto") == "reference" == os.environ.get(name)
+        os.environ[name] = "native\u00e9"
+        assert functional._env(name, "auto") == os.environ[name]
+        del os.environ[name]
+        assert functional._env(name, "auto") == "auto"
+    monkeypatch.setenv("FUSED_GUMBEL_BACKEND", "reference")
+    assert fused_gumbel.select_backend(torch.device("cpu")) == "reference"
