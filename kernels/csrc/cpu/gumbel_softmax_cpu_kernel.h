@@ -135,8 +135,11 @@ void gumbel_from_words(const uint32_t* words, acc_t* g, int64_t n) {
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(g + i, goldberg_e(_mm256_mul_ps(words_to_float(words + i), scale)));
     for (i = 0; i + 8 <= n; i += 8) {
-      const __m256 log_e = log_from_parts(log_parts(_mm256_loadu_ps(g + i)));
-      _mm256_storeu_ps(g + i, _mm256_xor_ps(log_e, _mm256_set1_ps(-0.0f)));
+      // g = -log(E), the sign folded into the last three FMAs
+      const LogParts l = log_parts(_mm256_loadu_ps(g + i));
+      const __m256 neg_log_m = _mm256_fnmsub_ps(l.x, l.xs, l.x);
+      _mm256_storeu_ps(g + i, _mm256_fmadd_ps(l.e, _mm256_set1_ps(-0.693359375f),
+                                              _mm256_fmadd_ps(l.e, _mm256_set1_ps(2.12194440e-4f), neg_log_m)));
     }
     for (; i < n; ++i) {
       const float v = float(std::min(words[i] | 1u, kTopNumerator)) * 2.3283064365386963e-10f;
@@ -382,6 +385,17 @@ void perturbed_block(uint64_t seed, uint64_t offset, const scalar_t* x, const Ro
   uint32_t* words = s.words.data();
   philox_words(seed, offset, uint64_t(r0) * uint64_t(Q), count * Q, words);
   if (padded != K) {  // drop the padding words of each row: no noise is computed for them
+#if defined(__AVX2__) && !defined(__AVX512F__)
+    if (K > 8 && K < 16) {  // two 8-word copies per row, [0, 8) and [K - 8, K), both loaded first: no call per row
+      for (int64_t j = 1; j < count; ++j) {
+        const __m256i* src = reinterpret_cast<const __m256i*>(words + j * padded);
+        const __m256i head = _mm256_loadu_si256(src);
+        const __m256i tail = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(words + j * padded + K - 8));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(words + j * K), head);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(words + j * K + K - 8), tail);
+      }
+    } else
+#endif
     for (int64_t j = 1; j < count; ++j) std::memmove(words + j * K, words + j * padded, K * sizeof(uint32_t));
   }
   acc_t* a = s.a.data();
