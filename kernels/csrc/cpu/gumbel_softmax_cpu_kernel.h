@@ -124,28 +124,39 @@ inline __m256 goldberg_e(__m256 v) {
 }
 #endif
 
+#if defined(__AVX2__) && !defined(__AVX512F__)
+// The AVX2 noise of n words plus x (x + g: the logits' pass fused into the noise's last one), or g
+// alone when x is null. Two flat passes (E, then -log E): each iteration's dependency chain is
+// short enough that the core overlaps several of them.
+inline void gumbel_plus(const uint32_t* words, const float* x, float* g, int64_t n) {
+  const __m256 scale = _mm256_set1_ps(2.3283064365386963e-10f);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(g + i, goldberg_e(_mm256_mul_ps(words_to_float(words + i), scale)));
+  const auto neg_log = [](__m256 e) {  // -log(e), the sign folded into the last three FMAs
+    const LogParts l = log_parts(e);
+    return _mm256_fmadd_ps(l.e, _mm256_set1_ps(-0.693359375f),
+                           _mm256_fmadd_ps(l.e, _mm256_set1_ps(2.12194440e-4f), _mm256_fnmsub_ps(l.x, l.xs, l.x)));
+  };
+  if (x) {
+    for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(g + i, _mm256_add_ps(neg_log(_mm256_loadu_ps(g + i)), _mm256_loadu_ps(x + i)));
+  } else {
+    for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(g + i, neg_log(_mm256_loadu_ps(g + i)));
+  }
+  for (; i < n; ++i) {
+    const float v = float(std::min(words[i] | 1u, kTopNumerator)) * 2.3283064365386963e-10f;
+    const float a = 1.0f - v;
+    g[i] = -std::log(a == 1.0f ? v : v * std::log(a) / (a - 1.0f));
+    if (x) g[i] += x[i];
+  }
+}
+#endif
+
 // Spec steps 3-5, exact twin: g[i] = -log(E), E = -log1p(-v) by Goldberg's v log(a) / (a - 1).
 template <typename acc_t>
 void gumbel_from_words(const uint32_t* words, acc_t* g, int64_t n) {
 #if defined(__AVX2__) && !defined(__AVX512F__)
   if constexpr (std::is_same_v<acc_t, float>) {
-    // Two flat passes (E, then -log E): each iteration's dependency chain is short enough that
-    // the core overlaps several of them.
-    const __m256 scale = _mm256_set1_ps(2.3283064365386963e-10f);
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(g + i, goldberg_e(_mm256_mul_ps(words_to_float(words + i), scale)));
-    for (i = 0; i + 8 <= n; i += 8) {
-      // g = -log(E), the sign folded into the last three FMAs
-      const LogParts l = log_parts(_mm256_loadu_ps(g + i));
-      const __m256 neg_log_m = _mm256_fnmsub_ps(l.x, l.xs, l.x);
-      _mm256_storeu_ps(g + i, _mm256_fmadd_ps(l.e, _mm256_set1_ps(-0.693359375f),
-                                              _mm256_fmadd_ps(l.e, _mm256_set1_ps(2.12194440e-4f), neg_log_m)));
-    }
-    for (; i < n; ++i) {
-      const float v = float(std::min(words[i] | 1u, kTopNumerator)) * 2.3283064365386963e-10f;
-      const float a = 1.0f - v;
-      g[i] = -std::log(a == 1.0f ? v : v * std::log(a) / (a - 1.0f));
-    }
+    gumbel_plus(words, nullptr, g, n);
     return;
   }
 #elif defined(__AVX512F__)
@@ -377,6 +388,22 @@ struct Scratch {
 // row at a time for long rows.
 inline int64_t block_rows(int64_t K) { return std::max<int64_t>(1, kBlockWords / (4 * ((K + 3) / 4))); }
 
+// Each row's max of the block s.a ([count, K]; NaN if the row holds a NaN) into s.row_max.
+template <typename acc_t>
+void row_maxima(Scratch<acc_t>& s, int64_t count, int64_t K) {
+  const acc_t* a = s.a.data();
+#if defined(__AVX2__)  // AVX-512 too: each build's own short_mask / short_row_max
+  if constexpr (std::is_same_v<acc_t, float>) {
+    if (K <= kShortRow) {
+      const auto mask = short_mask(K);
+      for (int64_t j = 0; j < count; ++j) s.row_max[j] = short_row_max(a + j * K, mask);
+      return;
+    }
+  }
+#endif
+  for (int64_t j = 0; j < count; ++j) s.row_max[j] = row_max(a + j * K, K);
+}
+
 // x + g for rows [r0, r0 + count) into s.a ([count, K]) and each row's max (NaN if it holds a NaN).
 template <typename scalar_t, typename acc_t>
 void perturbed_block(uint64_t seed, uint64_t offset, const scalar_t* x, const RowLayout& layout, int64_t r0,
@@ -399,6 +426,23 @@ void perturbed_block(uint64_t seed, uint64_t offset, const scalar_t* x, const Ro
     for (int64_t j = 1; j < count; ++j) std::memmove(words + j * K, words + j * padded, K * sizeof(uint32_t));
   }
   acc_t* a = s.a.data();
+#if defined(__AVX2__) && !defined(__AVX512F__)
+  if constexpr (std::is_same_v<acc_t, float>) {
+    if (dense_rows(layout, K)) {  // x + g in the noise's last pass
+      const scalar_t* base = x + layout.row_offset(r0);
+      const float* logits = nullptr;
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        logits = base;
+      } else {
+        to_compute(base, s.expand_a.data(), count * K);
+        logits = s.expand_a.data();
+      }
+      gumbel_plus(words, logits, a, count * K);
+      row_maxima(s, count, K);
+      return;
+    }
+  }
+#endif
   gumbel_from_words(words, a, count * K);
   if (dense_rows(layout, K)) {
     const scalar_t* base = x + layout.row_offset(r0);
@@ -414,16 +458,7 @@ void perturbed_block(uint64_t seed, uint64_t offset, const scalar_t* x, const Ro
       add_into(a + j * K, s.row.data(), K);
     }
   }
-#if defined(__AVX2__)  // AVX-512 too: each build's own short_mask / short_row_max
-  if constexpr (std::is_same_v<acc_t, float>) {
-    if (K <= kShortRow) {
-      const auto mask = short_mask(K);
-      for (int64_t j = 0; j < count; ++j) s.row_max[j] = short_row_max(a + j * K, mask);
-      return;
-    }
-  }
-#endif
-  for (int64_t j = 0; j < count; ++j) s.row_max[j] = row_max(a + j * K, K);
+  row_maxima(s, count, K);
 }
 
 template <typename acc_t>
@@ -689,6 +724,23 @@ void backward_impl(const BackwardArgs& args, int64_t begin, int64_t end) {
           _mm256_storeu_ps(prod.data() + j * K + 8, _mm256_mul_ps(_mm256_mul_ps(_mm256_sub_ps(d_hi, dot_j), it), v_hi));
         }
         store_block(prod.data(), r0, count, K, grad_x, args.gx_layout);
+        continue;
+      }
+      if (!tau_grad) {  // longer rows: dot, then dx over dy, one pass each per row in L1 (no fills)
+        for (int64_t j = 0; j < count; ++j) {
+          float* d = dy.data() + j * K;
+          const float* v = y + j * K;
+          __m256 acc = _mm256_setzero_ps();
+          int64_t k = 0;
+          for (; k + 8 <= K; k += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(d + k), _mm256_loadu_ps(v + k), acc);
+          float dot_j = hsum(acc);
+          for (; k < K; ++k) dot_j += d[k] * v[k];
+          const __m256 dot_v = _mm256_set1_ps(dot_j), it = _mm256_set1_ps(tau_inv[j]);
+          for (k = 0; k + 8 <= K; k += 8)
+            _mm256_storeu_ps(d + k, _mm256_mul_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(d + k), dot_v), it), _mm256_loadu_ps(v + k)));
+          for (; k < K; ++k) d[k] = (d[k] - dot_j) * tau_inv[j] * v[k];
+        }
+        store_block(dy.data(), r0, count, K, grad_x, args.gx_layout);
         continue;
       }
     }
