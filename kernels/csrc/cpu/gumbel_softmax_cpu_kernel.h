@@ -56,37 +56,111 @@ inline __m256 words_to_float(const uint32_t* w) {
 }
 #endif
 
-#if defined(__AVX2__)
+#if defined(__AVX512F__)
 }  // namespace
 }  // namespace KERNEL_ISA
 }  // namespace cpu
 }  // namespace fused_gumbel
-// libtorch_cpu's Sleef, as at::vec's own log calls (its 1-ulp Sleef_logf{8,16}_u10).
+// libtorch_cpu's Sleef, as at::vec's own log calls (its 1-ulp Sleef_logf16_u10).
 extern "C" __m512 Sleef_logf16_u35(__m512);
-extern "C" __m256 Sleef_logf8_u35(__m256);
 namespace fused_gumbel {
 namespace cpu {
 namespace KERNEL_ISA {
 namespace {
-// Sleef's 3.5-ulp log for both logs of the noise (about 3x faster than the 1-ulp one on an AVX2
-// Zen core). Inside Goldberg's log1p only its relative error reaches E (E = v log(a) / (a - 1)):
-// at most 2.1e-7 nats of g. The outer log's error is g's own: checked against EXACT_NOISE_BOUND
-// (2e-6) over all 2^31 draws, at most 1.97e-6, on both builds (AVX-512 and AVX2; the command is
-// in docs/benchmarks.md); tests/test_native.py repeats the check on every draw below 2^20,
-// where g is largest, and every 997th above.
-#if defined(__AVX512F__)
+// Sleef's 3.5-ulp log for both logs of the noise on AVX-512 (about 3x faster than the 1-ulp one).
+// Inside Goldberg's log1p only its relative error reaches E (E = v log(a) / (a - 1)): at most
+// 2.1e-7 nats of g. The outer log's error is g's own: checked against EXACT_NOISE_BOUND (2e-6)
+// over all 2^31 draws, at most 1.97e-6 (the command is in docs/benchmarks.md);
+// tests/test_native.py repeats the check on every draw below 2^20, where g is largest, and every
+// 997th above.
 inline Vec<float> log_u35(const Vec<float>& a) { return Vec<float>(Sleef_logf16_u35(__m512(a))); }
-#else
-inline Vec<float> log_u35(const Vec<float>& a) { return Vec<float>(Sleef_logf8_u35(__m256(a))); }
 #endif
-#else
-inline Vec<float> log_u35(const Vec<float>& a) { return a.log(); }
+
+#if defined(__AVX2__) && !defined(__AVX512F__)
+// The AVX2 build's logs, inline and without a division (Sleef's logf8 ends in one, and its call's
+// long dependency chain stalled a Zen core: the two logs were ~half the forward). As Cephes' logf:
+// a = 2^e m, m in [sqrt(1/2), sqrt(2)), x = m - 1 (exact), log(1 + x) = x + x^2 (x P(x) - 1/2),
+// e ln 2 added in two parts (e ln2_hi is exact). P is a degree-6 weighted least-squares fit of
+// (log1p(x) - x + x^2/2) / x^3 on that range (float32 log(m) within 3e-8; R = log(m) / x, below,
+// within 1.2e-7 relative): ~1e-7 of the 2e-6 EXACT_NOISE_BOUND, which g's own rounding (half an
+// ulp, 9.5e-7 at g > 16) dominates: 9.83e-7 at most over all 2^31 draws (Sleef's u35: 1.97e-6;
+// the command is in docs/benchmarks.md).
+struct LogParts {
+  __m256 e, x, xs;  // exponent, m - 1, and x (x P(x) - 1/2): log(m) = x + x xs, log(m) / x = 1 + xs
+};
+
+inline LogParts log_parts(__m256 a) {  // a normal and positive
+  const __m256i bits = _mm256_castps_si256(a);
+  // Subtracting sqrt(1/2)'s bits moves the exponent boundary to sqrt(1/2): m = a 2^-e lands in [sqrt(1/2), sqrt(2)).
+  const __m256i e = _mm256_srai_epi32(_mm256_sub_epi32(bits, _mm256_set1_epi32(0x3F3504F3)), 23);
+  const __m256 x = _mm256_sub_ps(_mm256_castsi256_ps(_mm256_sub_epi32(bits, _mm256_slli_epi32(e, 23))), _mm256_set1_ps(1.0f));
+  // P by Estrin's scheme: a 3-deep chain of FMAs rather than Horner's 6 (measured ~10% faster here).
+  const __m256 x2 = _mm256_mul_ps(x, x), x4 = _mm256_mul_ps(x2, x2);
+  const __m256 p01 = _mm256_fmadd_ps(_mm256_set1_ps(-2.5001696547e-1f), x, _mm256_set1_ps(3.3334165398e-1f));
+  const __m256 p23 = _mm256_fmadd_ps(_mm256_set1_ps(-1.6564502739e-1f), x, _mm256_set1_ps(1.9954894707e-1f));
+  const __m256 p45 = _mm256_fmadd_ps(_mm256_set1_ps(-1.4378354940e-1f), x, _mm256_set1_ps(1.4977871089e-1f));
+  const __m256 p46 = _mm256_fmadd_ps(_mm256_set1_ps(8.6716983562e-2f), x2, p45);
+  const __m256 p = _mm256_fmadd_ps(p46, x4, _mm256_fmadd_ps(p23, x2, p01));
+  const __m256 xs = _mm256_mul_ps(x, _mm256_fmsub_ps(x, p, _mm256_set1_ps(0.5f)));
+  return {_mm256_cvtepi32_ps(e), x, xs};
+}
+
+inline __m256 log_from_parts(const LogParts& l) {
+  const __m256 log_m = _mm256_fmadd_ps(l.x, l.xs, l.x);
+  return _mm256_fmadd_ps(l.e, _mm256_set1_ps(0.693359375f), _mm256_fmadd_ps(l.e, _mm256_set1_ps(-2.12194440e-4f), log_m));
+}
+
+// Goldberg's E = v log(a) / (a - 1), a = 1 - v rounded. Where e = 0 (a >= sqrt(1/2): most draws,
+// the whole winning tail) a - 1 = x and E = v (1 + xs): no division (a = 1: E = v). Below, with
+// d = 1 - a and delta = v - d (both exact, Sterbenz), v / d = 1 + delta / d and |delta / d| <=
+// 2^-25 / 0.29: E = -log(a) (1 + delta / d) with a 12-bit reciprocal of d costs < 1e-10.
+inline __m256 goldberg_e(__m256 v) {
+  const __m256 one = _mm256_set1_ps(1.0f), a = _mm256_sub_ps(one, v);
+  const LogParts l = log_parts(a);
+  const __m256 d = _mm256_sub_ps(one, a), delta = _mm256_sub_ps(v, d);
+  const __m256 log_a = log_from_parts(l);
+  const __m256 far = _mm256_fnmsub_ps(_mm256_mul_ps(log_a, delta), _mm256_rcp_ps(d), log_a);
+  const __m256 near = _mm256_fmadd_ps(v, l.xs, v);
+  return _mm256_blendv_ps(far, near, _mm256_cmp_ps(l.e, _mm256_setzero_ps(), _CMP_EQ_OQ));
+}
+#endif
+
+#if defined(__AVX2__) && !defined(__AVX512F__)
+// The AVX2 noise of n words plus x (x + g: the logits' pass fused into the noise's last one), or g
+// alone when x is null. Two flat passes (E, then -log E): each iteration's dependency chain is
+// short enough that the core overlaps several of them.
+inline void gumbel_plus(const uint32_t* words, const float* x, float* g, int64_t n) {
+  const __m256 scale = _mm256_set1_ps(2.3283064365386963e-10f);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(g + i, goldberg_e(_mm256_mul_ps(words_to_float(words + i), scale)));
+  const auto neg_log = [](__m256 e) {  // -log(e), the sign folded into the last three FMAs
+    const LogParts l = log_parts(e);
+    return _mm256_fmadd_ps(l.e, _mm256_set1_ps(-0.693359375f),
+                           _mm256_fmadd_ps(l.e, _mm256_set1_ps(2.12194440e-4f), _mm256_fnmsub_ps(l.x, l.xs, l.x)));
+  };
+  if (x) {
+    for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(g + i, _mm256_add_ps(neg_log(_mm256_loadu_ps(g + i)), _mm256_loadu_ps(x + i)));
+  } else {
+    for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(g + i, neg_log(_mm256_loadu_ps(g + i)));
+  }
+  for (; i < n; ++i) {
+    const float v = float(std::min(words[i] | 1u, kTopNumerator)) * 2.3283064365386963e-10f;
+    const float a = 1.0f - v;
+    g[i] = -std::log(a == 1.0f ? v : v * std::log(a) / (a - 1.0f));
+    if (x) g[i] += x[i];
+  }
+}
 #endif
 
 // Spec steps 3-5, exact twin: g[i] = -log(E), E = -log1p(-v) by Goldberg's v log(a) / (a - 1).
 template <typename acc_t>
 void gumbel_from_words(const uint32_t* words, acc_t* g, int64_t n) {
-#if defined(__AVX2__)
+#if defined(__AVX2__) && !defined(__AVX512F__)
+  if constexpr (std::is_same_v<acc_t, float>) {
+    gumbel_plus(words, nullptr, g, n);
+    return;
+  }
+#elif defined(__AVX512F__)
   if constexpr (std::is_same_v<acc_t, float>) {  // words to noise in one vector pass, no staging store
     using V = Vec<float>;
     const V scale(2.3283064365386963e-10f), one(1.0f);
@@ -185,6 +259,79 @@ inline int64_t short_first_index_of(const float* a, __mmask16 mask, float value)
   const __mmask16 hit = _mm512_mask_cmp_ps_mask(mask, _mm512_maskz_loadu_ps(mask, a), _mm512_set1_ps(value), _CMP_EQ_OQ);
   return hit ? int64_t(__builtin_ctz(unsigned(hit))) : 0;
 }
+#elif defined(__AVX2__)
+// Rows of at most 16 float classes (the VAE's K = 10) on AVX2: two vectors per row (lanes 0-7
+// and 8-15, the lanes >= K masked out by blends), so the per-row reductions are a few shuffles
+// rather than scalar loops and fills of per-row terms. There are no cheap masked stores (Zen's
+// vmaskmovps store is microcoded): a row's two stores go to a buffer the pass does not read and
+// spill up to 16 - K lanes into the next row, which that row's stores overwrite in turn; every
+// buffer such a pass reads or writes has kRowSlack elements beyond its last row.
+constexpr int64_t kShortRow = 16;
+
+struct ShortMask {
+  __m256 lo, hi;  // all-ones lanes k < K
+};
+
+inline ShortMask short_mask(int64_t K) {
+  const __m256i k = _mm256_set1_epi32(int(K));
+  return {_mm256_castsi256_ps(_mm256_cmpgt_epi32(k, _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))),
+          _mm256_castsi256_ps(_mm256_cmpgt_epi32(k, _mm256_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15)))};
+}
+
+inline float hmax(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+}
+
+inline float hsum(__m256 v) {
+  __m128 m = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_add_ps(m, _mm_movehl_ps(m, m));
+  return _mm_cvtss_f32(_mm_add_ss(m, _mm_movehdup_ps(m)));
+}
+
+// Sum of a row's K <= 16 values (lanes >= K dropped).
+inline float short_row_sum(const float* a, const ShortMask& mask) {
+  return hsum(_mm256_add_ps(_mm256_and_ps(_mm256_loadu_ps(a), mask.lo), _mm256_and_ps(_mm256_loadu_ps(a + 8), mask.hi)));
+}
+
+inline float short_row_max(const float* a, const ShortMask& mask) {
+  const __m256 lo = _mm256_loadu_ps(a), hi = _mm256_loadu_ps(a + 8);
+  const __m256 nan = _mm256_or_ps(_mm256_and_ps(_mm256_cmp_ps(lo, lo, _CMP_UNORD_Q), mask.lo),
+                                  _mm256_and_ps(_mm256_cmp_ps(hi, hi, _CMP_UNORD_Q), mask.hi));
+  if (_mm256_movemask_ps(nan)) return std::numeric_limits<float>::quiet_NaN();
+  const __m256 low = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  return hmax(_mm256_max_ps(_mm256_blendv_ps(low, lo, mask.lo), _mm256_blendv_ps(low, hi, mask.hi)));
+}
+
+inline int64_t short_first_index_of(const float* a, const ShortMask& mask, float value) {
+  const __m256 v = _mm256_set1_ps(value);
+  const unsigned hit = unsigned(_mm256_movemask_ps(_mm256_and_ps(_mm256_cmp_ps(_mm256_loadu_ps(a), v, _CMP_EQ_OQ), mask.lo))) |
+                       unsigned(_mm256_movemask_ps(_mm256_and_ps(_mm256_cmp_ps(_mm256_loadu_ps(a + 8), v, _CMP_EQ_OQ), mask.hi))) << 8;
+  return hit ? int64_t(__builtin_ctz(hit)) : 0;
+}
+
+// exp inline (at::vec's is a call to Sleef's expf8_u10, whose chain stalls as its log did), as
+// Cephes' expf: t = n ln 2 + r, |r| <= ln 2 / 2, exp(r) by a degree-7 polynomial (~1 ulp), times
+// 2^n built in the exponent bits. t below -87.3 (where 2^n would leave the normal range) gives 0
+// (Sleef gives a subnormal there: < 1.2e-38, invisible next to a row's largest term, exp(0) = 1);
+// t = -inf gives 0 and NaN stays NaN (max/min return their second operand on NaN).
+inline __m256 exp_avx2(__m256 t) {
+  const __m256 floor_t = _mm256_set1_ps(-87.33654f);
+  const __m256 x = _mm256_min_ps(_mm256_set1_ps(88.37626f), _mm256_max_ps(floor_t, t));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x));
+  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(1.9875691500e-4f), r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i scale = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  const __m256 e = _mm256_mul_ps(p, _mm256_castsi256_ps(scale));
+  return _mm256_andnot_ps(_mm256_cmp_ps(t, floor_t, _CMP_LT_OQ), e);
+}
 #endif
 
 
@@ -224,19 +371,39 @@ inline void add_into(acc_t* a, const acc_t* b, int64_t n) {
   for (; k < n; ++k) a[k] += b[k];
 }
 
+// Elements past a block's last row in its flat buffers: the AVX2 short-row path reads and writes
+// 16 lanes per row of K <= 16.
+constexpr int64_t kRowSlack = 16;
+
 // Per-block scratch of one thread: Philox words, x + g, and one row in the compute dtype.
 template <typename acc_t>
 struct Scratch {
   std::vector<uint32_t> words;
   std::vector<acc_t> a, expand_a, expand_b, row, row_max;
   Scratch(int64_t per_block, int64_t K)
-      : words(per_block * 4 * ((K + 3) / 4)), a(words.size()), expand_a(words.size()), expand_b(words.size()),
+      : words(per_block * 4 * ((K + 3) / 4)), a(words.size() + kRowSlack), expand_a(a.size()), expand_b(a.size()),
         row(K), row_max(per_block) {}
 };
 
 // Rows per block: enough that the block's noise is one flat vectorised pass (short rows), one
 // row at a time for long rows.
 inline int64_t block_rows(int64_t K) { return std::max<int64_t>(1, kBlockWords / (4 * ((K + 3) / 4))); }
+
+// Each row's max of the block s.a ([count, K]; NaN if the row holds a NaN) into s.row_max.
+template <typename acc_t>
+void row_maxima(Scratch<acc_t>& s, int64_t count, int64_t K) {
+  const acc_t* a = s.a.data();
+#if defined(__AVX2__)  // AVX-512 too: each build's own short_mask / short_row_max
+  if constexpr (std::is_same_v<acc_t, float>) {
+    if (K <= kShortRow) {
+      const auto mask = short_mask(K);
+      for (int64_t j = 0; j < count; ++j) s.row_max[j] = short_row_max(a + j * K, mask);
+      return;
+    }
+  }
+#endif
+  for (int64_t j = 0; j < count; ++j) s.row_max[j] = row_max(a + j * K, K);
+}
 
 // x + g for rows [r0, r0 + count) into s.a ([count, K]) and each row's max (NaN if it holds a NaN).
 template <typename scalar_t, typename acc_t>
@@ -246,9 +413,37 @@ void perturbed_block(uint64_t seed, uint64_t offset, const scalar_t* x, const Ro
   uint32_t* words = s.words.data();
   philox_words(seed, offset, uint64_t(r0) * uint64_t(Q), count * Q, words);
   if (padded != K) {  // drop the padding words of each row: no noise is computed for them
+#if defined(__AVX2__) && !defined(__AVX512F__)
+    if (K > 8 && K < 16) {  // two 8-word copies per row, [0, 8) and [K - 8, K), both loaded first: no call per row
+      for (int64_t j = 1; j < count; ++j) {
+        const __m256i* src = reinterpret_cast<const __m256i*>(words + j * padded);
+        const __m256i head = _mm256_loadu_si256(src);
+        const __m256i tail = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(words + j * padded + K - 8));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(words + j * K), head);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(words + j * K + K - 8), tail);
+      }
+    } else
+#endif
     for (int64_t j = 1; j < count; ++j) std::memmove(words + j * K, words + j * padded, K * sizeof(uint32_t));
   }
   acc_t* a = s.a.data();
+#if defined(__AVX2__) && !defined(__AVX512F__)
+  if constexpr (std::is_same_v<acc_t, float>) {
+    if (dense_rows(layout, K)) {  // x + g in the noise's last pass
+      const scalar_t* base = x + layout.row_offset(r0);
+      const float* logits = nullptr;
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        logits = base;
+      } else {
+        to_compute(base, s.expand_a.data(), count * K);
+        logits = s.expand_a.data();
+      }
+      gumbel_plus(words, logits, a, count * K);
+      row_maxima(s, count, K);
+      return;
+    }
+  }
+#endif
   gumbel_from_words(words, a, count * K);
   if (dense_rows(layout, K)) {
     const scalar_t* base = x + layout.row_offset(r0);
@@ -264,16 +459,7 @@ void perturbed_block(uint64_t seed, uint64_t offset, const scalar_t* x, const Ro
       add_into(a + j * K, s.row.data(), K);
     }
   }
-#if defined(__AVX512F__)
-  if constexpr (std::is_same_v<acc_t, float>) {
-    if (K <= kShortRow) {
-      const __mmask16 mask = short_mask(K);
-      for (int64_t j = 0; j < count; ++j) s.row_max[j] = short_row_max(a + j * K, mask);
-      return;
-    }
-  }
-#endif
-  for (int64_t j = 0; j < count; ++j) s.row_max[j] = row_max(a + j * K, K);
+  row_maxima(s, count, K);
 }
 
 template <typename acc_t>
@@ -321,6 +507,52 @@ void soft_block(Scratch<acc_t>& s, int64_t r0, int64_t count, int64_t K, const v
       }
       return;
     }
+  }
+#elif defined(__AVX2__)
+  if constexpr (std::is_same_v<acc_t, float>) {
+    if (K <= kShortRow) {
+      // Two vectors per row for (a - M) / tau (into t) and for the sum and scale (back into a), the
+      // exponentials as one flat pass over t.
+      const ShortMask mask = short_mask(K);
+      const int64_t n = count * K;
+      float* t = s.expand_a.data();
+      for (int64_t j = 0; j < count; ++j) {
+        const float m = s.row_max[j];
+        const __m256 shift = _mm256_set1_ps(finite_max(m) ? m : 0.0f);
+        const __m256 inv_tau = _mm256_set1_ps(1.0f / row_tau<float>(tau_rows, tau, r0 + j));
+        _mm256_storeu_ps(t + j * K, _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(a + j * K), shift), inv_tau));
+        _mm256_storeu_ps(t + j * K + 8, _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(a + j * K + 8), shift), inv_tau));
+      }
+      int64_t i = 0;
+      for (; i + 8 <= n; i += 8) _mm256_storeu_ps(t + i, exp_avx2(_mm256_loadu_ps(t + i)));
+      for (; i < n; ++i) t[i] = std::exp(t[i]);
+      for (int64_t j = 0; j < count; ++j) {
+        const float inv = finite_max(s.row_max[j]) ? 1.0f / short_row_sum(t + j * K, mask) : nan;
+        _mm256_storeu_ps(a + j * K, _mm256_mul_ps(_mm256_loadu_ps(t + j * K), _mm256_set1_ps(inv)));
+        _mm256_storeu_ps(a + j * K + 8, _mm256_mul_ps(_mm256_loadu_ps(t + j * K + 8), _mm256_set1_ps(inv)));
+      }
+      return;
+    }
+    // Longer rows: exp((a - M) / tau) and its sum in one pass over each row (in L1), then the scale.
+    for (int64_t j = 0; j < count; ++j) {
+      float* row = a + j * K;
+      const float m = s.row_max[j];
+      const __m256 shift = _mm256_set1_ps(finite_max(m) ? m : 0.0f);
+      const float inv_tau = 1.0f / row_tau<float>(tau_rows, tau, r0 + j);
+      __m256 sum = _mm256_setzero_ps();
+      int64_t k = 0;
+      for (; k + 8 <= K; k += 8) {
+        const __m256 e = exp_avx2(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(row + k), shift), _mm256_set1_ps(inv_tau)));
+        sum = _mm256_add_ps(sum, e);
+        _mm256_storeu_ps(row + k, e);
+      }
+      float total = hsum(sum);
+      for (; k < K; ++k) total += row[k] = std::exp((row[k] - (finite_max(m) ? m : 0.0f)) * inv_tau);
+      const __m256 inv = _mm256_set1_ps(finite_max(m) ? 1.0f / total : nan);
+      for (k = 0; k + 8 <= K; k += 8) _mm256_storeu_ps(row + k, _mm256_mul_ps(_mm256_loadu_ps(row + k), inv));
+      for (; k < K; ++k) row[k] *= _mm256_cvtss_f32(inv);
+    }
+    return;
   }
 #endif
   const int64_t n = count * K;
@@ -378,7 +610,7 @@ void forward_impl(const ForwardArgs& args, int64_t begin, int64_t end) {
     if (args.mode != 0) {
       for (int64_t j = 0; j < count; ++j) {
         const acc_t m = s.row_max[j];
-#if defined(__AVX512F__)
+#if defined(__AVX2__)  // AVX-512 too: each build's own short_mask / short_first_index_of
         if constexpr (std::is_same_v<acc_t, float>) {
           if (K <= kShortRow) {
             best[j] = finite_max(m) ? short_first_index_of(s.a.data() + j * K, short_mask(K), m) : -1;
@@ -437,7 +669,7 @@ void backward_impl(const BackwardArgs& args, int64_t begin, int64_t end) {
   auto* grad_x = static_cast<scalar_t*>(args.grad_x);
   auto* tau_grad = static_cast<acc_t*>(args.tau_grad_rows);
   Scratch<acc_t> s(per_block, K);
-  const int64_t size = per_block * 4 * ((K + 3) / 4);
+  const int64_t size = per_block * 4 * ((K + 3) / 4) + kRowSlack;
   std::vector<acc_t> dy(size), prod(size), row_value(size), inv_tau(size), t(tau_grad ? size : 0);
   std::vector<acc_t> dot(per_block), tau_inv(per_block), sum_a(per_block), sum_b(per_block);
   for (int64_t r0 = begin; r0 < end; r0 += per_block) {
@@ -473,6 +705,43 @@ void backward_impl(const BackwardArgs& args, int64_t begin, int64_t end) {
           _mm512_mask_storeu_ps(prod.data() + j * K, mask, dx);
         }
         store_block(prod.data(), r0, count, K, grad_x, args.gx_layout);
+        continue;
+      }
+    }
+#elif defined(__AVX2__)
+    if constexpr (std::is_same_v<acc_t, float>) {
+      if (K <= kShortRow && !tau_grad) {  // two vectors per row: dot, then dx, no per-row fills
+        const ShortMask mask = short_mask(K);
+        for (int64_t j = 0; j < count; ++j) {
+          const float* d = dy.data() + j * K;
+          const float* v = y + j * K;
+          const __m256 d_lo = _mm256_loadu_ps(d), d_hi = _mm256_loadu_ps(d + 8);
+          const __m256 v_lo = _mm256_loadu_ps(v), v_hi = _mm256_loadu_ps(v + 8);
+          const __m256 dot_j = _mm256_set1_ps(hsum(_mm256_add_ps(_mm256_and_ps(_mm256_mul_ps(d_lo, v_lo), mask.lo),
+                                                                 _mm256_and_ps(_mm256_mul_ps(d_hi, v_hi), mask.hi))));
+          const __m256 it = _mm256_set1_ps(tau_inv[j]);
+          // Into another buffer, in row order: each row's spill past K is overwritten by the next row.
+          _mm256_storeu_ps(prod.data() + j * K, _mm256_mul_ps(_mm256_mul_ps(_mm256_sub_ps(d_lo, dot_j), it), v_lo));
+          _mm256_storeu_ps(prod.data() + j * K + 8, _mm256_mul_ps(_mm256_mul_ps(_mm256_sub_ps(d_hi, dot_j), it), v_hi));
+        }
+        store_block(prod.data(), r0, count, K, grad_x, args.gx_layout);
+        continue;
+      }
+      if (!tau_grad) {  // longer rows: dot, then dx over dy, one pass each per row in L1 (no fills)
+        for (int64_t j = 0; j < count; ++j) {
+          float* d = dy.data() + j * K;
+          const float* v = y + j * K;
+          __m256 acc = _mm256_setzero_ps();
+          int64_t k = 0;
+          for (; k + 8 <= K; k += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(d + k), _mm256_loadu_ps(v + k), acc);
+          float dot_j = hsum(acc);
+          for (; k < K; ++k) dot_j += d[k] * v[k];
+          const __m256 dot_v = _mm256_set1_ps(dot_j), it = _mm256_set1_ps(tau_inv[j]);
+          for (k = 0; k + 8 <= K; k += 8)
+            _mm256_storeu_ps(d + k, _mm256_mul_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(d + k), dot_v), it), _mm256_loadu_ps(v + k)));
+          for (; k < K; ++k) d[k] = (d[k] - dot_j) * tau_inv[j] * v[k];
+        }
+        store_block(dy.data(), r0, count, K, grad_x, args.gx_layout);
         continue;
       }
     }
