@@ -61,7 +61,7 @@ def install(version: str) -> str:
     partial = f"{site}.partial-{os.getpid()}"  # renamed into place only once complete
     shutil.rmtree(partial, ignore_errors=True)
     done = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-input",
-                           "--disable-pip-version-check", "--target", partial, f"triton=={version}"],
+                           "--disable-pip-version-check", "--no-compile", "--target", partial, f"triton=={version}"],
                           capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         shutil.rmtree(partial, ignore_errors=True)
