@@ -193,8 +193,7 @@ class GumbelSoftmaxFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(logits, tau, hard, dim, seed, offset):
-        mode = kernels.MODE_HARD if hard else kernels.MODE_SOFT
-        y, _, _, stats = sample_forward(logits, tau, mode, dim, seed, offset, save_stats=hard)
+        y, stats = _forward_launch(logits, tau, hard, dim, seed, offset)
         _pending_stats.put(y, stats)
         return y
 
@@ -228,6 +227,13 @@ class GumbelSoftmaxFunction(torch.autograd.Function):
                                               seed, offset)
 
 
+def _forward_launch(logits, tau, hard, dim, seed, offset, native=None):
+    """Both Functions' forward: the sample and the statistics its hard backward reads."""
+    mode = kernels.MODE_HARD if hard else kernels.MODE_SOFT
+    y, _, _, stats = sample_forward(logits, tau, mode, dim, seed, offset, save_stats=hard, native=native)
+    return y, stats
+
+
 def _save_context(ctx, logits, tau, hard, dim, seed, offset, output, stats, native: bool, for_forward: bool):
     """What the backward (and, with ``for_forward``, the jvp) of one call reads."""
     tau_tensor = tau if isinstance(tau, torch.Tensor) else None
@@ -250,8 +256,7 @@ class _EagerGumbelSoftmaxFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, tau, hard, dim, seed, offset):
         native = runs_native(logits.device)
-        mode = kernels.MODE_HARD if hard else kernels.MODE_SOFT
-        y, _, _, stats = sample_forward(logits, tau, mode, dim, seed, offset, save_stats=hard, native=native)
+        y, stats = _forward_launch(logits, tau, hard, dim, seed, offset, native)
         # jvp runs only inside a forward-AD dual level, during this call: outside one, nothing reads
         # what save_for_forward keeps.
         _save_context(ctx, logits, tau, hard, dim, seed, offset, y, stats, native,

@@ -1122,15 +1122,9 @@ def _int32_words(value: int) -> tuple[int, int]:
 def _seed_args(seed, offset, rng_out, device):
     """(seed_lo, seed_hi, offset_lo, offset_hi, rng_ptr, rng_mode) for an int seed (with
     ``offset``) or an int64 [2] device tensor (seed, offset)."""
-    if type(seed) is int and rng_out is None and 0 <= seed < 2**63 and 0 <= offset < 2**63:
-        # An eager call (the common case, inlined): always an int64 pointer, so eager and
-        # captured launches share one specialisation.
-        seed_lo, offset_lo = seed & 0xFFFFFFFF, offset & 0xFFFFFFFF
-        seed_hi, offset_hi = seed >> 32, offset >> 32
-        return (seed_lo - (seed_lo >> 31 << 32), seed_hi - (seed_hi >> 31 << 32), offset_lo - (offset_lo >> 31 << 32),
-                offset_hi - (offset_hi >> 31 << 32), _dummy_tensor(device), RNG_SCALAR)
     if isinstance(seed, int):
         if rng_out is None:
+            # Always an int64 pointer, so eager and captured launches share one specialisation.
             return (*_int32_words(seed), *_int32_words(offset), _dummy_tensor(device), RNG_SCALAR)
         return (*_int32_words(seed), *_int32_words(offset), rng_out, RNG_STORE)
     if rng_out is not None:
