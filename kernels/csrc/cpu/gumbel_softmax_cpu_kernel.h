@@ -79,65 +79,75 @@ inline Vec<float> log_u35(const Vec<float>& a) { return Vec<float>(Sleef_logf16_
 #if defined(__AVX2__) && !defined(__AVX512F__)
 // The AVX2 build's logs, inline and without a division (Sleef's logf8 ends in one, and its call's
 // long dependency chain stalled a Zen core: the two logs were ~half the forward). As Cephes' logf:
-// a = 2^e m, m in [sqrt(1/2), sqrt(2)), x = m - 1 (exact), log(1 + x) = x + x^2 (x P(x) - 1/2),
-// e ln 2 added in two parts (e ln2_hi is exact). P is a degree-6 weighted least-squares fit of
-// (log1p(x) - x + x^2/2) / x^3 on that range (float32 log(m) within 3e-8; R = log(m) / x, below,
-// within 1.2e-7 relative): ~1e-7 of the 2e-6 EXACT_NOISE_BOUND, which g's own rounding (half an
-// ulp, 9.5e-7 at g > 16) dominates: 9.83e-7 at most over all 2^31 draws (Sleef's u35: 1.97e-6;
-// the command is in docs/benchmarks.md).
+// a = 2^e m, m in [sqrt(1/2), sqrt(2)), x = m - 1 (exact), log(1 + x) = x + x^2 Q(x),
+// Q(x) = x P(x) - 1/2, e ln 2 added in two parts (e ln2_hi is exact). P is a degree-6 weighted
+// least-squares fit of (log1p(x) - x + x^2/2) / x^3 on that range (float32 log(m) within 3e-8;
+// log(m) / x = 1 + x Q, below, within 1.2e-7 relative): ~1e-7 of the 2e-6 EXACT_NOISE_BOUND,
+// which g's own rounding (half an ulp, 9.5e-7 at g > 16) dominates: 9.83e-7 at most over all
+// 2^31 draws (Sleef's u35: 1.97e-6; the command is in docs/benchmarks.md).
+// Zen 1's out-of-order window holds about two iterations of these passes, so their speed is
+// their dependency chains' length: Q is one Estrin tree (x, x^2, x^4 and the coefficient pairs
+// in parallel, three FMAs deep, -1/2 folded in), and every term that does not need Q (e ln 2, x,
+// the far path's factor) is formed beside it, so one FMA follows Q.
 struct LogParts {
-  __m256 e, x, xs;  // exponent, m - 1, and x (x P(x) - 1/2): log(m) = x + x xs, log(m) / x = 1 + xs
+  __m256 e, x, x2, q;  // exponent, m - 1, x^2, Q(x): log(m) = x + x2 q
 };
 
 inline LogParts log_parts(__m256 a) {  // a normal and positive
-  const __m256i bits = _mm256_castps_si256(a);
+  const __m256i bits = _mm256_castps_si256(a), sqrt_half = _mm256_set1_epi32(0x3F3504F3);
   // Subtracting sqrt(1/2)'s bits moves the exponent boundary to sqrt(1/2): m = a 2^-e lands in [sqrt(1/2), sqrt(2)).
-  const __m256i e = _mm256_srai_epi32(_mm256_sub_epi32(bits, _mm256_set1_epi32(0x3F3504F3)), 23);
-  const __m256 x = _mm256_sub_ps(_mm256_castsi256_ps(_mm256_sub_epi32(bits, _mm256_slli_epi32(e, 23))), _mm256_set1_ps(1.0f));
-  // P by Estrin's scheme: a 3-deep chain of FMAs rather than Horner's 6 (measured ~10% faster here).
+  const __m256i shifted = _mm256_sub_epi32(bits, sqrt_half);
+  const __m256i m = _mm256_add_epi32(_mm256_and_si256(shifted, _mm256_set1_epi32(0x007FFFFF)), sqrt_half);
+  const __m256 x = _mm256_sub_ps(_mm256_castsi256_ps(m), _mm256_set1_ps(1.0f));
   const __m256 x2 = _mm256_mul_ps(x, x), x4 = _mm256_mul_ps(x2, x2);
-  const __m256 p01 = _mm256_fmadd_ps(_mm256_set1_ps(-2.5001696547e-1f), x, _mm256_set1_ps(3.3334165398e-1f));
-  const __m256 p23 = _mm256_fmadd_ps(_mm256_set1_ps(-1.6564502739e-1f), x, _mm256_set1_ps(1.9954894707e-1f));
-  const __m256 p45 = _mm256_fmadd_ps(_mm256_set1_ps(-1.4378354940e-1f), x, _mm256_set1_ps(1.4977871089e-1f));
-  const __m256 p46 = _mm256_fmadd_ps(_mm256_set1_ps(8.6716983562e-2f), x2, p45);
-  const __m256 p = _mm256_fmadd_ps(p46, x4, _mm256_fmadd_ps(p23, x2, p01));
-  const __m256 xs = _mm256_mul_ps(x, _mm256_fmsub_ps(x, p, _mm256_set1_ps(0.5f)));
-  return {_mm256_cvtepi32_ps(e), x, xs};
+  const __m256 q01 = _mm256_fmadd_ps(_mm256_set1_ps(3.3334165398e-1f), x, _mm256_set1_ps(-0.5f));
+  const __m256 q23 = _mm256_fmadd_ps(_mm256_set1_ps(1.9954894707e-1f), x, _mm256_set1_ps(-2.5001696547e-1f));
+  const __m256 q45 = _mm256_fmadd_ps(_mm256_set1_ps(1.4977871089e-1f), x, _mm256_set1_ps(-1.6564502739e-1f));
+  const __m256 q67 = _mm256_fmadd_ps(_mm256_set1_ps(8.6716983562e-2f), x, _mm256_set1_ps(-1.4378354940e-1f));
+  const __m256 q = _mm256_fmadd_ps(_mm256_fmadd_ps(q67, x2, q45), x4, _mm256_fmadd_ps(q23, x2, q01));
+  return {_mm256_cvtepi32_ps(_mm256_srai_epi32(shifted, 23)), x, x2, q};
 }
 
-inline __m256 log_from_parts(const LogParts& l) {
-  const __m256 log_m = _mm256_fmadd_ps(l.x, l.xs, l.x);
-  return _mm256_fmadd_ps(l.e, _mm256_set1_ps(0.693359375f), _mm256_fmadd_ps(l.e, _mm256_set1_ps(-2.12194440e-4f), log_m));
+// e ln2_hi + (e ln2_lo + x): log(a) but for the x^2 Q term (e ln2_hi is exact).
+inline __m256 log_without_q(const LogParts& l) {
+  return _mm256_fmadd_ps(l.e, _mm256_set1_ps(0.693359375f), _mm256_fmadd_ps(l.e, _mm256_set1_ps(-2.12194440e-4f), l.x));
 }
 
-// Goldberg's E = v log(a) / (a - 1), a = 1 - v rounded. Where e = 0 (a >= sqrt(1/2): most draws,
-// the whole winning tail) a - 1 = x and E = v (1 + xs): no division (a = 1: E = v). Below, with
-// d = 1 - a and delta = v - d (both exact, Sterbenz), v / d = 1 + delta / d and |delta / d| <=
-// 2^-25 / 0.29: E = -log(a) (1 + delta / d) with a 12-bit reciprocal of d costs < 1e-10.
-inline __m256 goldberg_e(__m256 v) {
-  const __m256 one = _mm256_set1_ps(1.0f), a = _mm256_sub_ps(one, v);
+// Goldberg's E = v log(a) / (a - 1), a = 1 - v rounded (v = uf 2^-32, uf the rounded word). Where
+// e = 0 (a >= sqrt(1/2): most draws, the whole winning tail) a - 1 = x and E = v (1 + x Q): no
+// division (a = 1: E = v). Below, with d = 1 - a and delta = v - d (both exact, Sterbenz),
+// v / d = 1 + delta / d and |delta / d| <= 2^-25 / 0.29: E = -log(a) (1 + delta / d) with a
+// 12-bit reciprocal of d costs < 1e-10; the factor -(1 + delta / d) multiplies log(a)'s two
+// parts beside Q.
+inline __m256 goldberg_e(__m256 uf) {
+  const __m256 one = _mm256_set1_ps(1.0f), scale = _mm256_set1_ps(2.3283064365386963e-10f);
+  const __m256 v = _mm256_mul_ps(uf, scale), a = _mm256_fnmadd_ps(uf, scale, one);  // a = 1 - v, rounded once
   const LogParts l = log_parts(a);
   const __m256 d = _mm256_sub_ps(one, a), delta = _mm256_sub_ps(v, d);
-  const __m256 log_a = log_from_parts(l);
-  const __m256 far = _mm256_fnmsub_ps(_mm256_mul_ps(log_a, delta), _mm256_rcp_ps(d), log_a);
-  const __m256 near = _mm256_fmadd_ps(v, l.xs, v);
+  const __m256 neg_f = _mm256_fnmsub_ps(delta, _mm256_rcp_ps(d), one);  // -(1 + delta / d)
+  const __m256 far = _mm256_fmadd_ps(_mm256_mul_ps(neg_f, l.x2), l.q, _mm256_mul_ps(neg_f, log_without_q(l)));
+  const __m256 near = _mm256_fmadd_ps(_mm256_mul_ps(v, l.x), l.q, v);
   return _mm256_blendv_ps(far, near, _mm256_cmp_ps(l.e, _mm256_setzero_ps(), _CMP_EQ_OQ));
+}
+
+// -log(E), the sign folded in: -(e ln2_hi + (e ln2_lo + x + x^2 Q)), the x^2 Q term second to last.
+inline __m256 neg_log(__m256 e) {
+  const LogParts l = log_parts(e);
+  const __m256 rest = _mm256_fnmsub_ps(l.e, _mm256_set1_ps(-2.12194440e-4f), l.x);  // -(e ln2_lo) - x
+  return _mm256_fnmadd_ps(l.e, _mm256_set1_ps(0.693359375f), _mm256_fnmadd_ps(l.x2, l.q, rest));
 }
 #endif
 
 #if defined(__AVX2__) && !defined(__AVX512F__)
 // The AVX2 noise of n words plus x (x + g: the logits' pass fused into the noise's last one), or g
-// alone when x is null. Two flat passes (E, then -log E): each iteration's dependency chain is
-// short enough that the core overlaps several of them.
+// alone when x is null. Three flat passes over the block in L1 (the words as floats, E, then
+// -log E): each iteration's dependency chain is short enough that the core overlaps several of
+// them (on Zen 1, two passes fused into one run 27% slower, and converting the words apart from
+// E's pass is 12% faster).
 inline void gumbel_plus(const uint32_t* words, const float* x, float* g, int64_t n) {
-  const __m256 scale = _mm256_set1_ps(2.3283064365386963e-10f);
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(g + i, goldberg_e(_mm256_mul_ps(words_to_float(words + i), scale)));
-  const auto neg_log = [](__m256 e) {  // -log(e), the sign folded into the last three FMAs
-    const LogParts l = log_parts(e);
-    return _mm256_fmadd_ps(l.e, _mm256_set1_ps(-0.693359375f),
-                           _mm256_fmadd_ps(l.e, _mm256_set1_ps(2.12194440e-4f), _mm256_fnmsub_ps(l.x, l.xs, l.x)));
-  };
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(g + i, words_to_float(words + i));
+  for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(g + i, goldberg_e(_mm256_loadu_ps(g + i)));
   if (x) {
     for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(g + i, _mm256_add_ps(neg_log(_mm256_loadu_ps(g + i)), _mm256_loadu_ps(x + i)));
   } else {
@@ -322,12 +332,14 @@ inline __m256 exp_avx2(__m256 t) {
   const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x));
-  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(1.9875691500e-4f), r, _mm256_set1_ps(1.3981999507e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  // The polynomial by Estrin's scheme (three FMAs deep, not Horner's five): the chain, not the
+  // op count, sets this pass's speed on Zen 1, as for the logs.
+  const __m256 r2 = _mm256_mul_ps(r, r);
+  const __m256 p01 = _mm256_fmadd_ps(_mm256_set1_ps(1.9875691500e-4f), r, _mm256_set1_ps(1.3981999507e-3f));
+  const __m256 p23 = _mm256_fmadd_ps(_mm256_set1_ps(8.3334519073e-3f), r, _mm256_set1_ps(4.1665795894e-2f));
+  const __m256 p45 = _mm256_fmadd_ps(_mm256_set1_ps(1.6666665459e-1f), r, _mm256_set1_ps(5.0000001201e-1f));
+  __m256 p = _mm256_fmadd_ps(_mm256_fmadd_ps(p01, r2, p23), r2, p45);
+  p = _mm256_fmadd_ps(p, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
   const __m256i scale = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   const __m256 e = _mm256_mul_ps(p, _mm256_castsi256_ps(scale));
   return _mm256_andnot_ps(_mm256_cmp_ps(t, floor_t, _CMP_LT_OQ), e);
@@ -475,10 +487,14 @@ inline int64_t first_index_of(const acc_t* a, int64_t n, acc_t value) {
   return 0;
 }
 
-// The soft sample of a perturbed block in place: a[j, k] = exp((a - M_j) / tau_j) / S_j (NaN rows
-// for invalid rows). The exponentials run as one flat pass over the block.
+// The soft sample of a perturbed block: exp((a - M_j) / tau_j) / S_j (NaN rows for invalid rows)
+// into out ([count, K], dense), or in place in s.a when out is null. The exponentials run as one
+// flat pass over the block. The AVX2 build's float paths write out directly (its short-row form
+// stores 16 lanes from each row's start: out must have 16 - K elements past its last row that
+// nothing else writes later); the others copy the block there.
 template <typename acc_t>
-void soft_block(Scratch<acc_t>& s, int64_t r0, int64_t count, int64_t K, const void* tau_rows, double tau) {
+void soft_block(Scratch<acc_t>& s, int64_t r0, int64_t count, int64_t K, const void* tau_rows, double tau,
+                acc_t* out = nullptr) {
   acc_t* a = s.a.data();
   const acc_t nan = std::numeric_limits<acc_t>::quiet_NaN();
 #if defined(__AVX512F__)
@@ -505,11 +521,13 @@ void soft_block(Scratch<acc_t>& s, int64_t r0, int64_t count, int64_t K, const v
         const float inv = finite_max(s.row_max[j]) ? 1.0f / _mm512_mask_reduce_add_ps(mask, e) : nan;
         _mm512_mask_storeu_ps(a + j * K, mask, _mm512_mul_ps(e, _mm512_set1_ps(inv)));
       }
+      if (out) std::copy(a, a + n, out);
       return;
     }
   }
 #elif defined(__AVX2__)
   if constexpr (std::is_same_v<acc_t, float>) {
+    float* dst = out ? out : a;
     if (K <= kShortRow) {
       // Two vectors per row for (a - M) / tau (into t) and for the sum and scale (back into a), the
       // exponentials as one flat pass over t.
@@ -528,8 +546,8 @@ void soft_block(Scratch<acc_t>& s, int64_t r0, int64_t count, int64_t K, const v
       for (; i < n; ++i) t[i] = std::exp(t[i]);
       for (int64_t j = 0; j < count; ++j) {
         const float inv = finite_max(s.row_max[j]) ? 1.0f / short_row_sum(t + j * K, mask) : nan;
-        _mm256_storeu_ps(a + j * K, _mm256_mul_ps(_mm256_loadu_ps(t + j * K), _mm256_set1_ps(inv)));
-        _mm256_storeu_ps(a + j * K + 8, _mm256_mul_ps(_mm256_loadu_ps(t + j * K + 8), _mm256_set1_ps(inv)));
+        _mm256_storeu_ps(dst + j * K, _mm256_mul_ps(_mm256_loadu_ps(t + j * K), _mm256_set1_ps(inv)));
+        _mm256_storeu_ps(dst + j * K + 8, _mm256_mul_ps(_mm256_loadu_ps(t + j * K + 8), _mm256_set1_ps(inv)));
       }
       return;
     }
@@ -549,8 +567,9 @@ void soft_block(Scratch<acc_t>& s, int64_t r0, int64_t count, int64_t K, const v
       float total = hsum(sum);
       for (; k < K; ++k) total += row[k] = std::exp((row[k] - (finite_max(m) ? m : 0.0f)) * inv_tau);
       const __m256 inv = _mm256_set1_ps(finite_max(m) ? 1.0f / total : nan);
-      for (k = 0; k + 8 <= K; k += 8) _mm256_storeu_ps(row + k, _mm256_mul_ps(_mm256_loadu_ps(row + k), inv));
-      for (; k < K; ++k) row[k] *= _mm256_cvtss_f32(inv);
+      float* dst_row = dst + j * K;
+      for (k = 0; k + 8 <= K; k += 8) _mm256_storeu_ps(dst_row + k, _mm256_mul_ps(_mm256_loadu_ps(row + k), inv));
+      for (; k < K; ++k) dst_row[k] = row[k] * _mm256_cvtss_f32(inv);
     }
     return;
   }
@@ -574,6 +593,7 @@ void soft_block(Scratch<acc_t>& s, int64_t r0, int64_t count, int64_t K, const v
   i = 0;
   for (; i + V::size() <= n; i += V::size()) (V::loadu(a + i) * V::loadu(scale + i)).store(a + i);
   for (; i < n; ++i) a[i] *= scale[i];
+  if (out) std::copy(a, a + n, out);
 }
 
 // Copy rows [r0, r0 + count) of a strided view into a flat [count, K] compute-dtype block.
@@ -626,9 +646,20 @@ void forward_impl(const ForwardArgs& args, int64_t begin, int64_t end) {
       continue;
     }
     if (args.mode == 0 || args.mode == 3) {
-      soft_block(s, r0, count, K, args.tau_rows, args.tau);
-      store_block(s.a.data(), r0, count, K, static_cast<scalar_t*>(args.mode == 0 ? args.y : args.soft),
-                  args.y_layout);
+      auto* soft = static_cast<scalar_t*>(args.mode == 0 ? args.y : args.soft);
+      bool direct = false;
+#if defined(__AVX2__) && !defined(__AVX512F__)
+      // Dense float32 output: the soft rows go straight there, not through s.a and a copy, unless
+      // the short-row stores' spill (16 - K elements) would reach past this thread's rows.
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        direct = dense_rows(args.y_layout, K) && (K > kShortRow || (r0 + count) * K + kShortRow - K <= end * K);
+        if (direct) soft_block(s, r0, count, K, args.tau_rows, args.tau, soft + args.y_layout.row_offset(r0));
+      }
+#endif
+      if (!direct) {
+        soft_block(s, r0, count, K, args.tau_rows, args.tau);
+        store_block(s.a.data(), r0, count, K, soft, args.y_layout);
+      }
       if (args.mode == 0) continue;
     }
     for (int64_t j = 0; j < count; ++j) {  // the one-hot, in the output dtype: exact 0/1, NaN rows where invalid
@@ -660,6 +691,45 @@ inline void expand_rows(const acc_t* per_row, int64_t count, int64_t K, acc_t* o
   for (int64_t j = 0; j < count; ++j) std::fill(out + j * K, out + (j + 1) * K, per_row[j]);
 }
 
+#if defined(__AVX2__) && !defined(__AVX512F__)
+// The soft backward without the temperature gradient on count rows of y and dy:
+// dx = (dy - sum(dy y)) y / tau. Rows of K <= 16: two vectors per row (dot, then dx, no per-row
+// fills); each row's 16-lane loads and stores reach 16 - K elements past it, so dx must not alias
+// y or dy (a row's spill lands on the next row's dx before that row is written, in row order).
+// Longer rows: dot, then dx, one pass each per row; dx may be dy.
+inline void soft_dx(const float* y, const float* dy, float* dx, int64_t count, int64_t K, const float* tau_inv) {
+  if (K <= kShortRow) {
+    const ShortMask mask = short_mask(K);
+    for (int64_t j = 0; j < count; ++j) {
+      const float* d = dy + j * K;
+      const float* v = y + j * K;
+      const __m256 d_lo = _mm256_loadu_ps(d), d_hi = _mm256_loadu_ps(d + 8);
+      const __m256 v_lo = _mm256_loadu_ps(v), v_hi = _mm256_loadu_ps(v + 8);
+      const __m256 dot_j = _mm256_set1_ps(hsum(_mm256_add_ps(_mm256_and_ps(_mm256_mul_ps(d_lo, v_lo), mask.lo),
+                                                             _mm256_and_ps(_mm256_mul_ps(d_hi, v_hi), mask.hi))));
+      const __m256 it = _mm256_set1_ps(tau_inv[j]);
+      _mm256_storeu_ps(dx + j * K, _mm256_mul_ps(_mm256_mul_ps(_mm256_sub_ps(d_lo, dot_j), it), v_lo));
+      _mm256_storeu_ps(dx + j * K + 8, _mm256_mul_ps(_mm256_mul_ps(_mm256_sub_ps(d_hi, dot_j), it), v_hi));
+    }
+    return;
+  }
+  for (int64_t j = 0; j < count; ++j) {
+    const float* d = dy + j * K;
+    const float* v = y + j * K;
+    float* out = dx + j * K;
+    __m256 acc = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 8 <= K; k += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(d + k), _mm256_loadu_ps(v + k), acc);
+    float dot_j = hsum(acc);
+    for (; k < K; ++k) dot_j += d[k] * v[k];
+    const __m256 dot_v = _mm256_set1_ps(dot_j), it = _mm256_set1_ps(tau_inv[j]);
+    for (k = 0; k + 8 <= K; k += 8)
+      _mm256_storeu_ps(out + k, _mm256_mul_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(d + k), dot_v), it), _mm256_loadu_ps(v + k)));
+    for (; k < K; ++k) out[k] = (d[k] - dot_j) * tau_inv[j] * v[k];
+  }
+}
+#endif
+
 template <typename scalar_t, typename acc_t>
 void backward_impl(const BackwardArgs& args, int64_t begin, int64_t end) {
   // Blocks no larger than this range: a tiny call allocates (and zeroes) tiny scratch.
@@ -675,6 +745,20 @@ void backward_impl(const BackwardArgs& args, int64_t begin, int64_t end) {
   for (int64_t r0 = begin; r0 < end; r0 += per_block) {
     const int64_t count = std::min(per_block, end - r0), n = count * K;
     for (int64_t j = 0; j < count; ++j) tau_inv[j] = acc_t(1) / row_tau<acc_t>(args.tau_rows, args.tau, r0 + j);
+#if defined(__AVX2__) && !defined(__AVX512F__)
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      // Dense float32 rows and a saved y: dx from the tensors themselves, without copying y and
+      // dy into scratch and dx out of it (a third of this backward at 3000 x 10). Short rows
+      // read and write 16 lanes (kShortRow) from each row's start: a block whose last row would
+      // reach past this thread's range takes the copying path (the next range is another thread's).
+      if (!args.regenerate && !tau_grad && dense_rows(args.src_layout, K) && dense_rows(args.g_layout, K) &&
+          dense_rows(args.gx_layout, K) && (K > kShortRow || (r0 + count) * K + kShortRow - K <= end * K)) {
+        soft_dx(src + args.src_layout.row_offset(r0), grad_y + args.g_layout.row_offset(r0),
+                grad_x + args.gx_layout.row_offset(r0), count, K, tau_inv.data());
+        continue;
+      }
+    }
+#endif
     acc_t* y = s.a.data();
     if (args.regenerate) {
       perturbed_block(args.seed, args.offset, src, args.src_layout, r0, count, K, s);
@@ -710,38 +794,11 @@ void backward_impl(const BackwardArgs& args, int64_t begin, int64_t end) {
     }
 #elif defined(__AVX2__)
     if constexpr (std::is_same_v<acc_t, float>) {
-      if (K <= kShortRow && !tau_grad) {  // two vectors per row: dot, then dx, no per-row fills
-        const ShortMask mask = short_mask(K);
-        for (int64_t j = 0; j < count; ++j) {
-          const float* d = dy.data() + j * K;
-          const float* v = y + j * K;
-          const __m256 d_lo = _mm256_loadu_ps(d), d_hi = _mm256_loadu_ps(d + 8);
-          const __m256 v_lo = _mm256_loadu_ps(v), v_hi = _mm256_loadu_ps(v + 8);
-          const __m256 dot_j = _mm256_set1_ps(hsum(_mm256_add_ps(_mm256_and_ps(_mm256_mul_ps(d_lo, v_lo), mask.lo),
-                                                                 _mm256_and_ps(_mm256_mul_ps(d_hi, v_hi), mask.hi))));
-          const __m256 it = _mm256_set1_ps(tau_inv[j]);
-          // Into another buffer, in row order: each row's spill past K is overwritten by the next row.
-          _mm256_storeu_ps(prod.data() + j * K, _mm256_mul_ps(_mm256_mul_ps(_mm256_sub_ps(d_lo, dot_j), it), v_lo));
-          _mm256_storeu_ps(prod.data() + j * K + 8, _mm256_mul_ps(_mm256_mul_ps(_mm256_sub_ps(d_hi, dot_j), it), v_hi));
-        }
-        store_block(prod.data(), r0, count, K, grad_x, args.gx_layout);
-        continue;
-      }
-      if (!tau_grad) {  // longer rows: dot, then dx over dy, one pass each per row in L1 (no fills)
-        for (int64_t j = 0; j < count; ++j) {
-          float* d = dy.data() + j * K;
-          const float* v = y + j * K;
-          __m256 acc = _mm256_setzero_ps();
-          int64_t k = 0;
-          for (; k + 8 <= K; k += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(d + k), _mm256_loadu_ps(v + k), acc);
-          float dot_j = hsum(acc);
-          for (; k < K; ++k) dot_j += d[k] * v[k];
-          const __m256 dot_v = _mm256_set1_ps(dot_j), it = _mm256_set1_ps(tau_inv[j]);
-          for (k = 0; k + 8 <= K; k += 8)
-            _mm256_storeu_ps(d + k, _mm256_mul_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(d + k), dot_v), it), _mm256_loadu_ps(v + k)));
-          for (; k < K; ++k) d[k] = (d[k] - dot_j) * tau_inv[j] * v[k];
-        }
-        store_block(dy.data(), r0, count, K, grad_x, args.gx_layout);
+      if (!tau_grad) {
+        // Short rows write dx to another buffer (their stores spill into the next row, see soft_dx).
+        float* dx = K <= kShortRow ? prod.data() : dy.data();
+        soft_dx(y, dy.data(), dx, count, K, tau_inv.data());
+        store_block(dx, r0, count, K, grad_x, args.gx_layout);
         continue;
       }
     }
