@@ -144,8 +144,9 @@ def test_looped_path_categorical_and_dims(small_blocks):
 
 
 def test_large_vocabulary_single_row():
-    """K = 262,144 (an LLM vocabulary) through the default looped path, one row."""
-    logits = torch.randn(1, 262_144)
+    """K = 128,256 (Llama 3's vocabulary: not a power of two, so the last chunk is partial) through
+    the default looped path, one row."""
+    logits = torch.randn(1, 128_256)
     logits[0, 12345] = 30.0  # dominant class: the sample is almost surely it
     torch.manual_seed(0)
     index = fused_gumbel.categorical(logits)
