@@ -152,11 +152,16 @@ def _native_build():
             if ext.name == "fused_gumbel._C" and isa_sources:
                 post = list(ext.extra_compile_args["cxx"] if isinstance(ext.extra_compile_args, dict)
                             else ext.extra_compile_args)
-                objects = []
+                # One compile call per flag set (not per file): with ninja each call builds its
+                # files in parallel (the AVX2 builds of both kernels together, then the AVX-512 ones).
+                by_flags = {}
                 for source, flags in isa_sources.items():
-                    objects += self.compiler.compile([source], output_dir=self.build_temp, macros=ext.define_macros,
+                    by_flags.setdefault(tuple(flags), []).append(source)
+                objects = []
+                for flags, group in by_flags.items():
+                    objects += self.compiler.compile(group, output_dir=self.build_temp, macros=ext.define_macros,
                                                      include_dirs=ext.include_dirs, debug=self.debug,
-                                                     extra_postargs=post + flags)
+                                                     extra_postargs=post + list(flags))
                 # After the baseline objects on the link line: the linker keeps the first copy of
                 # each inline (COMDAT) function, so shared helpers are the baseline-ISA ones.
                 ext.extra_objects = [obj for obj in ext.extra_objects or [] if obj not in objects] + objects

@@ -25,6 +25,7 @@ TESTS=(
   tests/test_compile.py::test_seed_pointer_kernel_variants_compile_for_sm90
   tests/test_gumbel_topk.py::test_kernels_compile_for_h100
   tests/test_relaxed_bernoulli.py::test_kernels_compile_for_h100
+  tests/test_estimators.py::test_kernel_compiles_for_sm90
 )
 mkdir -p "$LOGS"
 STATUS=0

@@ -61,9 +61,13 @@ def load():
 
 
 def _constant_under_compile(fn):
-    """torch.compile calls ``fn`` once while tracing and keeps its result (loading _C cannot be traced)."""
-    dynamo = getattr(torch, "_dynamo", None)
-    return dynamo.assume_constant_result(fn) if hasattr(dynamo, "assume_constant_result") else fn
+    """torch.compile calls ``fn`` once while tracing and keeps its result (loading _C cannot be traced).
+
+    What ``torch._dynamo.assume_constant_result`` does (it sets this one attribute, which Dynamo
+    reads; tests/test_native.py checks that it still does), without importing ``torch._dynamo``
+    at ``import fused_gumbel``: that import alone took ~2 s of every process's start-up."""
+    fn._dynamo_marked_constant = True
+    return fn
 
 
 @_constant_under_compile

@@ -5,6 +5,12 @@ interpreter replaces @triton.jit functions); ``tests/test_kernel_compile.py`` do
 Usage: ``compile_variants(kernel, args, variants)`` where ``args`` maps every runtime argument
 to an example value (a torch dtype stands for a pointer to it, an int or float for a scalar) and
 each variant maps the constexpr arguments (plus optional ``num_warps``) to values.
+
+With ``FUSED_GUMBEL_SM90_GPU_VARIANTS=1`` (``tests/test_triton_versions.py`` sets it for the other
+Triton versions) the variants no GPU launch ever compiles are skipped: the float32 exact and
+exact-math fast twins (``FAST`` 0 or 1 with ``COMPUTE=float32``), which only the interpreter runs
+(on a GPU float32 math is always ``FAST=2``, ``kernels.gumbel_softmax._fast``). The installed
+Triton still compiles them in the suite's own compile tests.
 """
 from __future__ import annotations
 
@@ -36,10 +42,21 @@ def _type_of(value) -> str:
     raise TypeError(f"unsupported example argument {value!r}")
 
 
+def launched_on_a_gpu(variant: dict) -> bool:
+    """False for the interpreter-only float32 noise twins (``FAST`` 0 or 1 with float32 math)."""
+    import triton.language as tl
+
+    return variant.get("FAST", 2) == 2 or variant.get("COMPUTE") == tl.float64
+
+
 def compile_variants(kernel, args: dict, variants: list[dict]) -> list[str]:
     """Compile ``kernel`` to a cubin for every variant; returns one line per variant."""
     lines = []
+    gpu_only = os.environ.get("FUSED_GUMBEL_SM90_GPU_VARIANTS") == "1"
     for variant in variants:
+        if gpu_only and not launched_on_a_gpu(variant):
+            lines.append(f"{kernel.__name__} {variant}: skipped (interpreter-only twin)")
+            continue
         variant = dict(variant)
         num_warps = variant.pop("num_warps", 4)
         signature, constexprs = {}, {}

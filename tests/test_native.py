@@ -325,3 +325,28 @@ def test_estimators_on_native_run_the_reference(estimator):
         out[backend] = (y.detach(), x.grad)
     assert torch.equal(out["native"][0], out["reference"][0])
     assert torch.equal(out["native"][1], out["reference"][1])
+
+
+def test_constant_under_compile_marks_functions_as_dynamo_does():
+    """_native marks ``available`` constant for torch.compile without importing torch._dynamo; what it
+    sets must stay what ``torch._dynamo.assume_constant_result`` sets (test_compiled_custom_op_runs_native
+    checks the effect under compile)."""
+    import torch._dynamo
+
+    def by_dynamo():
+        return True
+
+    def by_native():
+        return True
+
+    torch._dynamo.assume_constant_result(by_dynamo)
+    _native._constant_under_compile(by_native)
+    assert vars(by_dynamo) == vars(by_native) == {"_dynamo_marked_constant": True}
+
+
+def test_import_does_not_load_the_compiler_stack():
+    """``import fused_gumbel`` leaves torch._dynamo and Triton unimported (seconds of start-up each)."""
+    code = "import sys, fused_gumbel; print(sorted(m for m in ('torch._dynamo', 'triton') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

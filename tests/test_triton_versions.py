@@ -17,7 +17,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import test_compile
+import test_estimators
 import test_gumbel_topk
 import test_kernel_compile
 import test_relaxed_bernoulli
@@ -27,11 +29,13 @@ REPO = os.path.dirname(TESTS)
 GPU_IMAGE_TRITON = "3.6.0"  # the GPU machines: torch 2.11 + triton 3.6 (Python 3.12)
 CACHE = os.environ.get("FUSED_GUMBEL_TRITON_CACHE") or os.path.join(
     os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "fused-gumbel-triton")
-# The compile scripts of tests/test_kernel_compile.py, test_compile.py, test_gumbel_topk.py and
-# test_relaxed_bernoulli.py (each a str.format template over {tests}, see helpers.compile_for_sm90).
+# The compile scripts of tests/test_kernel_compile.py, test_compile.py, test_estimators.py,
+# test_gumbel_topk.py and test_relaxed_bernoulli.py (each a str.format template over {tests}, see
+# helpers.compile_for_sm90): every Triton kernel module of the package.
 SCRIPTS = {
     "test_kernel_compile": test_kernel_compile.SCRIPT,
     "test_compile": test_compile.SM90_CHECK,
+    "test_estimators": test_estimators.SM90_SCRIPT,
     "test_gumbel_topk": test_gumbel_topk._COMPILE_SCRIPT,
     "test_relaxed_bernoulli": test_relaxed_bernoulli._COMPILE_SCRIPT,
 }
@@ -89,6 +93,7 @@ def test_kernels_compile_for_sm90_under_admitted_triton(version, tmp_path):
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([site] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     env["TRITON_CACHE_DIR"] = str(tmp_path / "triton-cache")  # empty: a cache hit would prove nothing new
+    env["FUSED_GUMBEL_SM90_GPU_VARIANTS"] = "1"
     done = subprocess.run([sys.executable, str(program)], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=900)
     # stderr names each variant before compiling it, so its tail shows which one failed and why.
@@ -99,3 +104,13 @@ def test_kernels_compile_for_sm90_under_admitted_triton(version, tmp_path):
     assert [section.split("\n", 1)[0] for section in sections] == list(SCRIPTS)
     for section in sections:
         assert ": ok" in section, section  # every script compiled something
+
+
+def test_gpu_launches_compute_float32_with_fast_math(monkeypatch):
+    """What lets the version test skip the float32 FAST=0/1 twins (tests/sm90_compile.py): outside
+    the interpreter every float32/bfloat16/float16 launch takes FAST=2, float64 FAST=0."""
+    from fused_gumbel.kernels import gumbel_softmax as kernels
+
+    monkeypatch.setattr(kernels, "_interpreted", lambda: False)
+    assert [kernels._fast(dtype) for dtype in (torch.float32, torch.bfloat16, torch.float16)] == [2, 2, 2]
+    assert kernels._fast(torch.float64) == 0
