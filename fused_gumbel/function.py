@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
+from typing import NamedTuple, Optional
 
 import torch
 from torch.autograd import forward_ad as _forward_ad
@@ -81,18 +82,27 @@ def sample_forward(logits, tau, mode, dim, seed, offset, rng_out=None, save_stat
         x, x_strides = as_rows(logits, dim)
     plan = kernels.forward_plan(shape.rows, shape.classes, mode, logits.dtype, isinstance(tau, torch.Tensor),
                                 save_stats)
-    stats = torch.empty(plan.stats_words, dtype=compute_dtype(logits.dtype), device=logits.device) \
-        if plan.stats_words else None
     if mode == kernels.MODE_INDEX:
+        stats = torch.empty(plan.stats_words, dtype=compute_dtype(logits.dtype), device=logits.device) \
+            if plan.stats_words else None
         index = torch.empty(shape.rows, dtype=torch.int64, device=logits.device)
         kernels.gumbel_softmax_forward(x, x_strides, None, (0, 0, 0), index, tau, shape.rows, shape.classes,
                                        shape.inner, seed, offset, mode, rng_out=rng_out, stats=stats, plan=plan)
         return index.reshape(_index_shape(logits.shape, dim)), x, x_strides, stats
     # empty_like: a third of the host time of torch.empty(logits.shape, dtype=..., device=...).
-    y = torch.empty_like(logits, memory_format=torch.contiguous_format)
+    y, stats = _sample_launch(x, x_strides, shape, plan, torch.empty_like(logits, memory_format=torch.contiguous_format),
+                              tau, seed, offset, mode, rng_out)
+    return y, x, x_strides, stats
+
+
+def _sample_launch(x, x_strides, shape, plan, y, tau, seed, offset, mode, rng_out=None):
+    """The soft or hard forward launch of ``plan`` (``kernels.forward_plan``) into ``y`` (contiguous,
+    the logits' shape); returns ``y`` and the statistics the hard backward reads (None in soft
+    mode: there they are scratch)."""
+    stats = torch.empty(plan.stats_words, dtype=compute_dtype(x.dtype), device=x.device) if plan.stats_words else None
     kernels.gumbel_softmax_forward(x, x_strides, y, shape.contiguous_strides, None, tau, shape.rows, shape.classes,
                                    shape.inner, seed, offset, mode, rng_out=rng_out, stats=stats, plan=plan)
-    return y, x, x_strides, (stats if mode == kernels.MODE_HARD else None)
+    return y, (stats if mode == kernels.MODE_HARD else None)
 
 
 def _index_shape(shape, dim: int):
@@ -203,16 +213,29 @@ class GumbelSoftmaxFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y):
+        # (Seven gradients: the eager twin's apply takes the call's EagerCall as a seventh input;
+        # autograd drops a trailing None where there are six.)
         src, tau_tensor, stats = ctx.saved_tensors
+        call = ctx.call
+        if call is not None and not torch.is_grad_enabled() and call.generation == kernels.generation \
+                and grad_y.stride() == call.out_strides and grad_y.dtype == call.dtype:
+            # The common eager backward (see EagerCall): a contiguous gradient, its plan made in the forward.
+            grad_x = torch.empty_like(grad_y)
+            shape = call.shape
+            kernels.gumbel_softmax_backward(grad_y, shape.contiguous_strides, src, call.src_strides, grad_x,
+                                            shape.contiguous_strides, None, ctx.tau_float, shape.rows, shape.classes,
+                                            shape.inner, ctx.seed, ctx.offset, ctx.hard, stats=stats,
+                                            plan=call.backward_plan)
+            return grad_x, None, None, None, None, None, None
         tau = ctx.tau_float if tau_tensor is None else tau_tensor
         if torch.is_grad_enabled():  # create_graph=True: the kernel's gradient would have no graph
             y, t = _soft_sample(ctx, src, tau, differentiable=True)
             grad_x, grad_tau = _autograd.vjp(grad_y, y, t, tau, ctx.dim, src.dtype, ctx.needs_input_grad[1])
-            return grad_x, grad_tau, None, None, None, None
+            return grad_x, grad_tau, None, None, None, None, None
         src, src_strides = as_rows(src, ctx.dim)
         grad_x, grad_tau = sample_backward(grad_y, src, src_strides, tau, ctx.dim, ctx.seed, ctx.offset,
                                            ctx.hard, ctx.needs_input_grad[1], stats, ctx.native)
-        return grad_x, grad_tau, None, None, None, None
+        return grad_x, grad_tau, None, None, None, None, None
 
     @staticmethod
     def jvp(ctx, logits_tangent, tau_tangent, *_):
@@ -234,8 +257,10 @@ def _forward_launch(logits, tau, hard, dim, seed, offset, native=None):
     return y, stats
 
 
-def _save_context(ctx, logits, tau, hard, dim, seed, offset, output, stats, native: bool, for_forward: bool):
-    """What the backward (and, with ``for_forward``, the jvp) of one call reads."""
+def _save_context(ctx, logits, tau, hard, dim, seed, offset, output, stats, native: bool, for_forward: bool,
+                  call=None):
+    """What the backward (and, with ``for_forward``, the jvp) of one call reads; ``call``: the
+    call's ``EagerCall`` (the eager fast path), whose backward plan the backward may launch."""
     tau_tensor = tau if isinstance(tau, torch.Tensor) else None
     # Soft mode keeps its output; hard mode keeps the logits and regenerates the noise.
     src = logits if hard else output
@@ -243,7 +268,7 @@ def _save_context(ctx, logits, tau, hard, dim, seed, offset, output, stats, nati
     if for_forward:
         ctx.save_for_forward(src, tau_tensor)
     ctx.tau_float = None if tau_tensor is not None else tau
-    ctx.hard, ctx.dim, ctx.seed, ctx.offset, ctx.native = hard, dim, seed, offset, native
+    ctx.hard, ctx.dim, ctx.seed, ctx.offset, ctx.native, ctx.call = hard, dim, seed, offset, native, call
 
 
 class _EagerGumbelSoftmaxFunction(torch.autograd.Function):
@@ -254,7 +279,12 @@ class _EagerGumbelSoftmaxFunction(torch.autograd.Function):
     that form (and get it), plain autograd and forward-mode AD do not."""
 
     @staticmethod
-    def forward(ctx, logits, tau, hard, dim, seed, offset):
+    def forward(ctx, logits, tau, hard, dim, seed, offset, call=None):
+        if call is not None:  # eager_sample's call: a Triton launch planned for its signature
+            y, stats = _sample_launch(logits, call.x_strides, call.shape, call.plan, call.empty_output(logits), tau,
+                                      seed, offset, call.mode)
+            _save_context(ctx, logits, tau, hard, dim, seed, offset, y, stats, False, False, call)
+            return y
         native = runs_native(logits.device)
         y, stats = _forward_launch(logits, tau, hard, dim, seed, offset, native)
         # jvp runs only inside a forward-AD dual level, during this call: outside one, nothing reads
@@ -284,6 +314,78 @@ def apply(logits, tau, hard, dim, seed, offset, launcher=None):
         return function.apply(logits, tau, hard, dim, seed, offset)
     finally:
         _launcher.name = previous
+
+
+class EagerCall(NamedTuple):
+    """What an eager Triton call launches with, as far as that is a function of its signature: the
+    logits' sizes, strides, dtype and device, ``dim``, ``hard``, whether autograd records the call,
+    and a float ``tau`` (``eager_call``). ``sample_forward``'s layout and plan, and for a recorded call
+    its backward's plan and the layouts that backward takes without a check (the saved source's,
+    and a gradient with the output's strides, ``out_strides``). Derived in the kernels'
+    ``generation``; a later generation (a changed tunable, stubbed kernels) derives it again."""
+    mode: int
+    dim: int
+    dtype: torch.dtype
+    shape: RowShape
+    x_strides: tuple
+    contiguous: bool
+    plan: kernels.LaunchPlan
+    backward_plan: Optional[kernels.LaunchPlan]
+    src_strides: Optional[tuple]
+    out_strides: Optional[tuple]
+    generation: int
+
+    def empty_output(self, logits: torch.Tensor) -> torch.Tensor:
+        """The contiguous sample's storage (``empty_like`` keeps a contiguous input's strides and
+        costs less without a ``memory_format``)."""
+        return torch.empty_like(logits) if self.contiguous else \
+            torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
+def eager_call(logits: torch.Tensor, dim: int, hard: bool, records: bool) -> Optional[EagerCall]:
+    """The ``EagerCall`` of a valid, non-empty call with a float tau (``dim`` normalised), or None
+    where the signature takes the general path: float64 logits (tau goes to the kernel as a
+    float64 tensor, ``functional._tau_for_kernel``) and logits with no [outer, K, inner] view
+    (the kernel reads a copy)."""
+    if logits.dtype == torch.float64 or logits.dim() == 0:
+        return None
+    shape, x_strides = rows_layout(logits, dim)
+    if x_strides is None:
+        return None
+    mode = kernels.MODE_HARD if hard else kernels.MODE_SOFT
+    plan = kernels.forward_plan(shape.rows, shape.classes, mode, logits.dtype, False, records and hard)
+    out_strides = _contiguous_strides(logits.shape)
+    backward_plan = src_strides = None
+    if records:
+        backward_plan = kernels.backward_plan(shape.rows, shape.classes, logits.dtype, hard, False, False)
+        src_strides = x_strides if hard else shape.contiguous_strides
+    return EagerCall(mode, dim, logits.dtype, shape, x_strides, logits.stride() == out_strides, plan, backward_plan,
+                     src_strides, out_strides if records else None, kernels.generation)
+
+
+def _contiguous_strides(sizes) -> tuple:
+    strides, step = [], 1
+    for size in reversed(sizes):
+        strides.append(step)
+        step *= size
+    return tuple(reversed(strides))
+
+
+def eager_sample(call: EagerCall, logits, tau: float, hard: bool, seed: int, offset: int, records: bool):
+    """``apply(logits, tau, hard, call.dim, seed, offset, "triton")`` for a call of ``call``'s
+    signature outside torch.func transforms and forward-mode AD (the caller checked): the eager
+    twin of the Function when autograd records the call, else the forward launch alone."""
+    if records:
+        return _EagerGumbelSoftmaxFunction.apply(logits, tau, hard, call.dim, seed, offset, call)
+    if call.plan.stats_words:
+        return _sample_launch(logits, call.x_strides, call.shape, call.plan, call.empty_output(logits), tau, seed,
+                              offset, call.mode)[0]
+    # _sample_launch without its statistics (this plan has none), for the host time of one call less.
+    y = torch.empty_like(logits) if call.contiguous else torch.empty_like(logits, memory_format=torch.contiguous_format)
+    shape = call.shape
+    kernels.gumbel_softmax_forward(logits, call.x_strides, y, shape.contiguous_strides, None, tau, shape.rows,
+                                   shape.classes, shape.inner, seed, offset, call.mode, plan=call.plan)
+    return y
 
 
 def _records_autograd(logits, tau) -> bool:

@@ -25,6 +25,7 @@ import warnings
 from typing import Literal, Optional, Union
 
 import torch
+from torch.autograd import forward_ad as _forward_ad
 
 from . import _custom_op, _estimator_op, _functorch, _native, _seeding, _twin_dispatch, reference, reference_estimators
 from ._layout import RowShape
@@ -289,6 +290,11 @@ def _graph_mode() -> bool:
     return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
+# torch.jit.is_tracing() without its Python wrapper (which first asks whether TorchScript is
+# compiling this code: never, for this function).
+_jit_tracing = getattr(torch._C, "_is_tracing", torch.jit.is_tracing)
+
+
 def _is_tracing() -> bool:
     """Recording a graph or capturing a CUDA graph: host-side value checks are skipped."""
     capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
@@ -397,6 +403,66 @@ def _draw(device: torch.device, logits: torch.Tensor, tau, generator: Optional[t
         return _seeding.draw(device, generator, seed)
 
 
+# {signature: function.EagerCall or None} of the eager Triton calls seen (``_eager_triton``).
+_eager_calls: dict = {}
+_EAGER_CALL_CACHE_SIZE = 4096
+_UNSEEN = object()
+
+
+def _eager_triton(logits: torch.Tensor, tau: float, hard: bool, dim: int, backend: Optional[str], on_cpu: bool):
+    """The sample of a common eager call that runs the Triton kernels, or None: the rest of
+    ``gumbel_softmax`` then runs (and raises what it raises). The caller checked: no ``seed=``,
+    generator or estimator, a float tau, an int dim, a bool hard, no graph being recorded by
+    torch.compile. This checks what no cache can hold (tau's value; tracing, torch.func
+    transforms, forward-mode AD, CUDA-graph capture; the environment; grad mode) and looks up the
+    rest by the call's signature: everything ``gumbel_softmax`` validates and derives from the
+    logits' sizes, strides, dtype and device, ``dim``, ``hard`` and the backend asked for, once
+    (``function.EagerCall``). Then it draws the seed as ``_draw`` does and launches."""
+    function = _function_module
+    if not 0 < tau <= _FLOAT_MAX or function is None or _functorch.transforms_active() or _jit_tracing() \
+            or getattr(_forward_ad, "_current_level", 0) >= 0:
+        return None
+    if on_cpu:
+        device_index = -1
+    elif logits.is_cuda:
+        device_index = logits.get_device()
+    else:
+        return None
+    requested = backend or _env(BACKEND_ENV, "auto")
+    records = torch.is_grad_enabled() and logits.requires_grad
+    key = (logits.shape, logits.stride(), logits.dtype, device_index, dim, hard, records, requested, _INTERPRETED,
+           function.kernels.generation)
+    call = _eager_calls.get(key, _UNSEEN)
+    if call is _UNSEEN:
+        call = _new_eager_call(key, logits, dim, hard, records, requested)
+    if call is None:
+        return None
+    if not on_cpu:
+        if torch.cuda.is_current_stream_capturing() or \
+                _cuda_launcher(requested, logits, call.dim, call.mode, tau, records) != "triton":
+            return None  # capture (the seed comes from the device) or the CUDA C++ twin: the general path
+    key, offset = _seeding.draw_generator(None if on_cpu else logits.device)
+    return function.eager_sample(call, logits, tau, hard, key, offset, records)
+
+
+def _new_eager_call(key: tuple, logits: torch.Tensor, dim: int, hard: bool, records: bool, requested: str):
+    """``function.EagerCall`` for a valid signature that runs Triton, else None; kept for ``key``.
+    Bad input is not kept (the general path raises), nor the meta device (no kernel runs)."""
+    try:
+        device = _check_logits(logits)
+        dim = _normalize_dim(dim, logits.dim())
+        chosen = _select_backend(device, requested)
+    except (TypeError, ValueError, IndexError):
+        return None
+    call = None
+    if chosen == "triton" and device.type != "meta" and logits.numel():
+        call = _function().eager_call(logits, dim, hard, records)
+    if len(_eager_calls) >= _EAGER_CALL_CACHE_SIZE:  # many distinct signatures: start over rather than grow
+        _eager_calls.clear()
+    _eager_calls[key] = call
+    return call
+
+
 def _empty_like_result(logits: torch.Tensor) -> torch.Tensor:
     # Keeps the autograd graph (and the dtype/device) of an empty input.
     return logits * 0
@@ -453,13 +519,18 @@ def gumbel_softmax(
     Rows whose logits + noise hold a NaN or have no finite maximum (all ``-inf``, or ``+inf``)
     give NaN rows, like ``torch.softmax``. ``-inf`` logits get probability 0 and are never chosen.
     """
-    # CPU calls only: a CUDA call must not pay for asking (the fast path would decline it anyway).
     if (seed is None and estimator == "st" and mc_samples is None and eps == 1e-10
-            and isinstance(logits, torch.Tensor) and logits.is_cpu and not torch.compiler.is_compiling()):
-        sample_eager = _native_eager(backend)
+            and isinstance(logits, torch.Tensor) and not torch.compiler.is_compiling()):
+        on_cpu = logits.is_cpu
+        # CPU calls only: a CUDA call must not pay for asking (the fast path would decline it anyway).
+        sample_eager = _native_eager(backend) if on_cpu else None
         if sample_eager is not None:
             mode = _custom_op.MODE_HARD if hard else _custom_op.MODE_SOFT
             y = sample_eager(logits, tau, mode, dim, generator, _seeding.rank_salt(), backend is None, False)
+            if y is not None:
+                return y
+        if type(tau) is float and generator is None and type(dim) is int and (hard is True or hard is False):
+            y = _eager_triton(logits, tau, hard, dim, backend, on_cpu)
             if y is not None:
                 return y
     if eps != 1e-10:
