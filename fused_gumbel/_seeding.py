@@ -99,10 +99,11 @@ def draw_generator(device: Optional[torch.device], generator: Optional[torch.Gen
     ``generator`` or the default generator of ``device``, where None stands for the CPU (a
     caller that knows its tensors are on the CPU need not build their torch.device)."""
     if device is None:
-        key, offset = _cpu_draw()(generator)
+        key, offset = (_cpu_draw_function or _cpu_draw())(generator)
     else:
         key, offset = rng.draw_seed_offset(device, generator)
-    return key ^ rank_key(process_rank()), offset
+    rank = process_rank()
+    return (key ^ rank_key(rank) if rank else key), offset
 
 
 _cpu_draw_function = None

@@ -8,7 +8,9 @@ long for one program's registers also keep the forward's row max, 4 bytes a row)
 Double backward (``create_graph=True``) and forward-mode AD use the same formulas in
 differentiable PyTorch ops (``_autograd``); ``torch.func.vmap`` has a rule (``_functorch``).
 Eager calls go through ``apply``, which avoids the host cost of a ``setup_context`` Function
-outside torch.func transforms (see ``_EagerGumbelSoftmaxFunction``).
+outside torch.func transforms (see ``_EagerGumbelSoftmaxFunction``); the common repeat call
+through ``eager_sample``, with its layout and plans (forward and backward) made once per call
+signature (``EagerCall``, kept by ``functional``).
 CPU tensors launch the native op of ``fused_gumbel._C`` instead (``_native``; the same contract,
 one pass per row) unless the caller asks for Triton's interpreter; CUDA tensors launch it (the CUDA
 C++ twin) where ``functional`` picked it (backend "native", FUSED_GUMBEL_CUDA_IMPL=twin, or a measured
@@ -82,27 +84,18 @@ def sample_forward(logits, tau, mode, dim, seed, offset, rng_out=None, save_stat
         x, x_strides = as_rows(logits, dim)
     plan = kernels.forward_plan(shape.rows, shape.classes, mode, logits.dtype, isinstance(tau, torch.Tensor),
                                 save_stats)
+    stats = torch.empty(plan.stats_words, dtype=compute_dtype(logits.dtype), device=logits.device) \
+        if plan.stats_words else None
     if mode == kernels.MODE_INDEX:
-        stats = torch.empty(plan.stats_words, dtype=compute_dtype(logits.dtype), device=logits.device) \
-            if plan.stats_words else None
         index = torch.empty(shape.rows, dtype=torch.int64, device=logits.device)
         kernels.gumbel_softmax_forward(x, x_strides, None, (0, 0, 0), index, tau, shape.rows, shape.classes,
                                        shape.inner, seed, offset, mode, rng_out=rng_out, stats=stats, plan=plan)
         return index.reshape(_index_shape(logits.shape, dim)), x, x_strides, stats
     # empty_like: a third of the host time of torch.empty(logits.shape, dtype=..., device=...).
-    y, stats = _sample_launch(x, x_strides, shape, plan, torch.empty_like(logits, memory_format=torch.contiguous_format),
-                              tau, seed, offset, mode, rng_out)
-    return y, x, x_strides, stats
-
-
-def _sample_launch(x, x_strides, shape, plan, y, tau, seed, offset, mode, rng_out=None):
-    """The soft or hard forward launch of ``plan`` (``kernels.forward_plan``) into ``y`` (contiguous,
-    the logits' shape); returns ``y`` and the statistics the hard backward reads (None in soft
-    mode: there they are scratch)."""
-    stats = torch.empty(plan.stats_words, dtype=compute_dtype(x.dtype), device=x.device) if plan.stats_words else None
+    y = torch.empty_like(logits, memory_format=torch.contiguous_format)
     kernels.gumbel_softmax_forward(x, x_strides, y, shape.contiguous_strides, None, tau, shape.rows, shape.classes,
                                    shape.inner, seed, offset, mode, rng_out=rng_out, stats=stats, plan=plan)
-    return y, (stats if mode == kernels.MODE_HARD else None)
+    return y, x, x_strides, (stats if mode == kernels.MODE_HARD else None)
 
 
 def _index_shape(shape, dim: int):
@@ -221,11 +214,9 @@ class GumbelSoftmaxFunction(torch.autograd.Function):
                 and grad_y.stride() == call.out_strides and grad_y.dtype == call.dtype:
             # The common eager backward (see EagerCall): a contiguous gradient, its plan made in the forward.
             grad_x = torch.empty_like(grad_y)
-            shape = call.shape
-            kernels.gumbel_softmax_backward(grad_y, shape.contiguous_strides, src, call.src_strides, grad_x,
-                                            shape.contiguous_strides, None, ctx.tau_float, shape.rows, shape.classes,
-                                            shape.inner, ctx.seed, ctx.offset, ctx.hard, stats=stats,
-                                            plan=call.backward_plan)
+            kernels.gumbel_softmax_backward(grad_y, call.row_strides, src, call.src_strides, grad_x, call.row_strides,
+                                            None, ctx.tau_float, call.rows, call.classes, call.inner, ctx.seed,
+                                            ctx.offset, ctx.hard, stats=stats, plan=call.backward_plan)
             return grad_x, None, None, None, None, None, None
         tau = ctx.tau_float if tau_tensor is None else tau_tensor
         if torch.is_grad_enabled():  # create_graph=True: the kernel's gradient would have no graph
@@ -281,8 +272,7 @@ class _EagerGumbelSoftmaxFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, tau, hard, dim, seed, offset, call=None):
         if call is not None:  # eager_sample's call: a Triton launch planned for its signature
-            y, stats = _sample_launch(logits, call.x_strides, call.shape, call.plan, call.empty_output(logits), tau,
-                                      seed, offset, call.mode)
+            y, stats = _eager_launch(call, logits, tau, seed, offset)
             _save_context(ctx, logits, tau, hard, dim, seed, offset, y, stats, False, False, call)
             return y
         native = runs_native(logits.device)
@@ -319,27 +309,25 @@ def apply(logits, tau, hard, dim, seed, offset, launcher=None):
 class EagerCall(NamedTuple):
     """What an eager Triton call launches with, as far as that is a function of its signature: the
     logits' sizes, strides, dtype and device, ``dim``, ``hard``, whether autograd records the call,
-    and a float ``tau`` (``eager_call``). ``sample_forward``'s layout and plan, and for a recorded call
-    its backward's plan and the layouts that backward takes without a check (the saved source's,
-    and a gradient with the output's strides, ``out_strides``). Derived in the kernels'
-    ``generation``; a later generation (a changed tunable, stubbed kernels) derives it again."""
+    and a float ``tau`` (``eager_call``). ``sample_forward``'s layout (``rows_layout``, held flat:
+    a ``RowShape`` property costs a call) and plan, and for a recorded call its backward's plan and
+    the layouts that backward takes without a check (the saved source's, and a gradient with the
+    output's strides, ``out_strides``). Derived in the kernels' ``generation``; a later generation
+    (a changed tunable, stubbed kernels) derives it again."""
     mode: int
     dim: int
     dtype: torch.dtype
-    shape: RowShape
+    rows: int
+    classes: int
+    inner: int
     x_strides: tuple
-    contiguous: bool
+    row_strides: tuple  # (outer, class, inner) strides of the contiguous output and gradients
+    contiguous: bool  # the logits are: empty_like gives a contiguous output without a memory_format
     plan: kernels.LaunchPlan
     backward_plan: Optional[kernels.LaunchPlan]
     src_strides: Optional[tuple]
     out_strides: Optional[tuple]
     generation: int
-
-    def empty_output(self, logits: torch.Tensor) -> torch.Tensor:
-        """The contiguous sample's storage (``empty_like`` keeps a contiguous input's strides and
-        costs less without a ``memory_format``)."""
-        return torch.empty_like(logits) if self.contiguous else \
-            torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
 def eager_call(logits: torch.Tensor, dim: int, hard: bool, records: bool) -> Optional[EagerCall]:
@@ -359,8 +347,9 @@ def eager_call(logits: torch.Tensor, dim: int, hard: bool, records: bool) -> Opt
     if records:
         backward_plan = kernels.backward_plan(shape.rows, shape.classes, logits.dtype, hard, False, False)
         src_strides = x_strides if hard else shape.contiguous_strides
-    return EagerCall(mode, dim, logits.dtype, shape, x_strides, logits.stride() == out_strides, plan, backward_plan,
-                     src_strides, out_strides if records else None, kernels.generation)
+    return EagerCall(mode, dim, logits.dtype, shape.rows, shape.classes, shape.inner, x_strides,
+                     shape.contiguous_strides, logits.stride() == out_strides, plan, backward_plan, src_strides,
+                     out_strides if records else None, kernels.generation)
 
 
 def _contiguous_strides(sizes) -> tuple:
@@ -377,15 +366,19 @@ def eager_sample(call: EagerCall, logits, tau: float, hard: bool, seed: int, off
     twin of the Function when autograd records the call, else the forward launch alone."""
     if records:
         return _EagerGumbelSoftmaxFunction.apply(logits, tau, hard, call.dim, seed, offset, call)
-    if call.plan.stats_words:
-        return _sample_launch(logits, call.x_strides, call.shape, call.plan, call.empty_output(logits), tau, seed,
-                              offset, call.mode)[0]
-    # _sample_launch without its statistics (this plan has none), for the host time of one call less.
+    return _eager_launch(call, logits, tau, seed, offset)[0]
+
+
+def _eager_launch(call: EagerCall, logits, tau: float, seed: int, offset: int):
+    """``sample_forward`` of a call of ``call``'s signature (its soft or hard mode, the Triton launch):
+    the sample, and the statistics its hard backward reads."""
     y = torch.empty_like(logits) if call.contiguous else torch.empty_like(logits, memory_format=torch.contiguous_format)
-    shape = call.shape
-    kernels.gumbel_softmax_forward(logits, call.x_strides, y, shape.contiguous_strides, None, tau, shape.rows,
-                                   shape.classes, shape.inner, seed, offset, call.mode, plan=call.plan)
-    return y
+    plan = call.plan
+    stats = torch.empty(plan.stats_words, dtype=compute_dtype(call.dtype), device=logits.device) \
+        if plan.stats_words else None
+    kernels.gumbel_softmax_forward(logits, call.x_strides, y, call.row_strides, None, tau, call.rows, call.classes,
+                                   call.inner, seed, offset, call.mode, stats=stats, plan=plan)
+    return y, (stats if call.mode == kernels.MODE_HARD else None)
 
 
 def _records_autograd(logits, tau) -> bool:

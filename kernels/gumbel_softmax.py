@@ -45,6 +45,9 @@ refilled by a graph-safe PyTorch RNG op); ``RNG_STORE`` uses the words and write
 backward without an extra copy or launch. Because none of this changes the kernel's
 specialisation, the binary that eager warm-up runs load is the one a graph capture launches:
 loading a module (``cuModuleLoadData``) is forbidden while a stream is capturing.
+
+Launch plans (tile, grid, constexprs) are made once per problem and module ``generation``:
+setting any attribute of this module (a tunable, as tests and ``bench.static`` do) starts a new one.
 """
 import functools
 import os
@@ -1109,7 +1112,7 @@ def _dummy_tensor(like: torch.Tensor, dtype_name="int64"):
     """A tiny persistent tensor standing in for an unused pointer argument, one per device: that
     of ``like``, told by its device index (a fraction of the host time of its torch.device; the
     kernels launch on CPU tensors, index -1, and CUDA tensors only)."""
-    key = (like.get_device(), dtype_name)
+    key = like.get_device() if dtype_name == "int64" else (like.get_device(), dtype_name)
     tensor = _dummy.get(key)
     if tensor is None:
         tensor = _dummy[key] = torch.empty(2, dtype=getattr(torch, dtype_name), device=like.device)
@@ -1133,7 +1136,10 @@ def _seed_args(seed, offset, rng_out, like: torch.Tensor):
     """(seed_lo, seed_hi, offset_lo, offset_hi, rng_ptr, rng_mode) for an int seed (with
     ``offset``) or an int64 [2] device tensor (seed, offset); ``like``: a tensor on the launch's device."""
     if isinstance(seed, int):
-        words = _FOUR_INT32.unpack(_TWO_UINT64.pack(seed & _MASK64, offset & _MASK64))
+        try:  # seeds and offsets are drawn in [0, 2**64): no masks needed
+            words = _FOUR_INT32.unpack(_TWO_UINT64.pack(seed, offset))
+        except struct.error:
+            words = _FOUR_INT32.unpack(_TWO_UINT64.pack(seed & _MASK64, offset & _MASK64))
         if rng_out is None:
             # Always an int64 pointer, so eager and captured launches share one specialisation.
             return (*words, _dummy_tensor(like), RNG_SCALAR)
