@@ -29,7 +29,7 @@ import torch
 from torch.autograd import forward_ad as _forward_ad
 
 from . import _autograd, _functorch, _native
-from ._layout import RowShape, as_rows, rows_layout
+from ._layout import RowShape, as_rows, row_strides, rows_layout
 from .reference import compute_dtype
 from .kernels import gumbel_softmax as kernels
 
@@ -214,9 +214,10 @@ class GumbelSoftmaxFunction(torch.autograd.Function):
                 and grad_y.stride() == call.out_strides and grad_y.dtype == call.dtype:
             # The common eager backward (see EagerCall): a contiguous gradient, its plan made in the forward.
             grad_x = torch.empty_like(grad_y)
-            kernels.gumbel_softmax_backward(grad_y, call.row_strides, src, call.src_strides, grad_x, call.row_strides,
-                                            None, ctx.tau_float, call.rows, call.classes, call.inner, ctx.seed,
-                                            ctx.offset, ctx.hard, stats=stats, plan=call.backward_plan)
+            kernels.gumbel_softmax_backward(grad_y, call.read_strides, src, call.src_strides, grad_x,
+                                            call.out_row_strides, None, ctx.tau_float, call.rows, call.classes,
+                                            call.inner, ctx.seed, ctx.offset, ctx.hard, stats=stats,
+                                            plan=call.backward_plan)
             return grad_x, None, None, None, None, None, None
         tau = ctx.tau_float if tau_tensor is None else tau_tensor
         if torch.is_grad_enabled():  # create_graph=True: the kernel's gradient would have no graph
@@ -321,7 +322,8 @@ class EagerCall(NamedTuple):
     classes: int
     inner: int
     x_strides: tuple
-    row_strides: tuple  # (outer, class, inner) strides of the contiguous output and gradients
+    out_row_strides: tuple  # (outer, class, inner) strides the launchers give the contiguous outputs
+    read_strides: Optional[tuple]  # and those as_rows finds in a contiguous tensor (the backward reads)
     contiguous: bool  # the logits are: empty_like gives a contiguous output without a memory_format
     plan: kernels.LaunchPlan
     backward_plan: Optional[kernels.LaunchPlan]
@@ -343,13 +345,14 @@ def eager_call(logits: torch.Tensor, dim: int, hard: bool, records: bool) -> Opt
     mode = kernels.MODE_HARD if hard else kernels.MODE_SOFT
     plan = kernels.forward_plan(shape.rows, shape.classes, mode, logits.dtype, False, records and hard)
     out_strides = _contiguous_strides(logits.shape)
-    backward_plan = src_strides = None
+    backward_plan = src_strides = read_strides = None
     if records:
         backward_plan = kernels.backward_plan(shape.rows, shape.classes, logits.dtype, hard, False, False)
-        src_strides = x_strides if hard else shape.contiguous_strides
+        read_strides = row_strides(torch.empty(logits.shape, device="meta"), dim)
+        src_strides = x_strides if hard else read_strides
     return EagerCall(mode, dim, logits.dtype, shape.rows, shape.classes, shape.inner, x_strides,
-                     shape.contiguous_strides, logits.stride() == out_strides, plan, backward_plan, src_strides,
-                     out_strides if records else None, kernels.generation)
+                     shape.contiguous_strides, read_strides, logits.stride() == out_strides, plan, backward_plan,
+                     src_strides, out_strides if records else None, kernels.generation)
 
 
 def _contiguous_strides(sizes) -> tuple:
@@ -376,7 +379,7 @@ def _eager_launch(call: EagerCall, logits, tau: float, seed: int, offset: int):
     plan = call.plan
     stats = torch.empty(plan.stats_words, dtype=compute_dtype(call.dtype), device=logits.device) \
         if plan.stats_words else None
-    kernels.gumbel_softmax_forward(logits, call.x_strides, y, call.row_strides, None, tau, call.rows, call.classes,
+    kernels.gumbel_softmax_forward(logits, call.x_strides, y, call.out_row_strides, None, tau, call.rows, call.classes,
                                    call.inner, seed, offset, call.mode, stats=stats, plan=plan)
     return y, (stats if call.mode == kernels.MODE_HARD else None)
 
