@@ -90,10 +90,20 @@ def draw(device: torch.device, generator: Optional[torch.Generator] = None,
         return graph_safe_state(device, generator), 0
     if device.type == "cpu" and (generator is None or (type(generator) is torch.Generator
                                                        and generator.device.type == "cpu")):
-        key, offset = _cpu_draw()(generator)
+        return draw_generator(None, generator)
+    return draw_generator(device, generator)
+
+
+def draw_generator(device: Optional[torch.device], generator: Optional[torch.Generator] = None) -> tuple[int, int]:
+    """``draw`` from a generator outside CUDA-graph capture (source 3, salted by source 4):
+    ``generator`` or the default generator of ``device``, where None stands for the CPU (a
+    caller that knows its tensors are on the CPU need not build their torch.device)."""
+    if device is None:
+        key, offset = (_cpu_draw_function or _cpu_draw())(generator)
     else:
         key, offset = rng.draw_seed_offset(device, generator)
-    return key ^ rank_key(process_rank()), offset
+    rank = process_rank()
+    return (key ^ rank_key(rank) if rank else key), offset
 
 
 _cpu_draw_function = None

@@ -8,7 +8,9 @@ long for one program's registers also keep the forward's row max, 4 bytes a row)
 Double backward (``create_graph=True``) and forward-mode AD use the same formulas in
 differentiable PyTorch ops (``_autograd``); ``torch.func.vmap`` has a rule (``_functorch``).
 Eager calls go through ``apply``, which avoids the host cost of a ``setup_context`` Function
-outside torch.func transforms (see ``_EagerGumbelSoftmaxFunction``).
+outside torch.func transforms (see ``_EagerGumbelSoftmaxFunction``); the common repeat call
+through ``eager_sample``, with its layout and plans (forward and backward) made once per call
+signature (``EagerCall``, kept by ``functional``).
 CPU tensors launch the native op of ``fused_gumbel._C`` instead (``_native``; the same contract,
 one pass per row) unless the caller asks for Triton's interpreter; CUDA tensors launch it (the CUDA
 C++ twin) where ``functional`` picked it (backend "native", FUSED_GUMBEL_CUDA_IMPL=twin, or a measured
@@ -21,12 +23,13 @@ from __future__ import annotations
 import functools
 import os
 import threading
+from typing import NamedTuple, Optional
 
 import torch
 from torch.autograd import forward_ad as _forward_ad
 
 from . import _autograd, _functorch, _native
-from ._layout import RowShape, as_rows, rows_layout
+from ._layout import RowShape, as_rows, row_strides, rows_layout
 from .reference import compute_dtype
 from .kernels import gumbel_softmax as kernels
 
@@ -203,16 +206,28 @@ class GumbelSoftmaxFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y):
+        # (Seven gradients: the eager twin's apply takes the call's EagerCall as a seventh input;
+        # autograd drops a trailing None where there are six.)
         src, tau_tensor, stats = ctx.saved_tensors
+        call = ctx.call
+        if call is not None and not torch.is_grad_enabled() and call.generation == kernels.generation \
+                and grad_y.stride() == call.out_strides and grad_y.dtype == call.dtype:
+            # The common eager backward (see EagerCall): a contiguous gradient, its plan made in the forward.
+            grad_x = torch.empty_like(grad_y)
+            kernels.gumbel_softmax_backward(grad_y, call.read_strides, src, call.src_strides, grad_x,
+                                            call.out_row_strides, None, ctx.tau_float, call.rows, call.classes,
+                                            call.inner, ctx.seed, ctx.offset, ctx.hard, stats=stats,
+                                            plan=call.backward_plan)
+            return grad_x, None, None, None, None, None, None
         tau = ctx.tau_float if tau_tensor is None else tau_tensor
         if torch.is_grad_enabled():  # create_graph=True: the kernel's gradient would have no graph
             y, t = _soft_sample(ctx, src, tau, differentiable=True)
             grad_x, grad_tau = _autograd.vjp(grad_y, y, t, tau, ctx.dim, src.dtype, ctx.needs_input_grad[1])
-            return grad_x, grad_tau, None, None, None, None
+            return grad_x, grad_tau, None, None, None, None, None
         src, src_strides = as_rows(src, ctx.dim)
         grad_x, grad_tau = sample_backward(grad_y, src, src_strides, tau, ctx.dim, ctx.seed, ctx.offset,
                                            ctx.hard, ctx.needs_input_grad[1], stats, ctx.native)
-        return grad_x, grad_tau, None, None, None, None
+        return grad_x, grad_tau, None, None, None, None, None
 
     @staticmethod
     def jvp(ctx, logits_tangent, tau_tangent, *_):
@@ -234,8 +249,10 @@ def _forward_launch(logits, tau, hard, dim, seed, offset, native=None):
     return y, stats
 
 
-def _save_context(ctx, logits, tau, hard, dim, seed, offset, output, stats, native: bool, for_forward: bool):
-    """What the backward (and, with ``for_forward``, the jvp) of one call reads."""
+def _save_context(ctx, logits, tau, hard, dim, seed, offset, output, stats, native: bool, for_forward: bool,
+                  call=None):
+    """What the backward (and, with ``for_forward``, the jvp) of one call reads; ``call``: the
+    call's ``EagerCall`` (the eager fast path), whose backward plan the backward may launch."""
     tau_tensor = tau if isinstance(tau, torch.Tensor) else None
     # Soft mode keeps its output; hard mode keeps the logits and regenerates the noise.
     src = logits if hard else output
@@ -243,7 +260,7 @@ def _save_context(ctx, logits, tau, hard, dim, seed, offset, output, stats, nati
     if for_forward:
         ctx.save_for_forward(src, tau_tensor)
     ctx.tau_float = None if tau_tensor is not None else tau
-    ctx.hard, ctx.dim, ctx.seed, ctx.offset, ctx.native = hard, dim, seed, offset, native
+    ctx.hard, ctx.dim, ctx.seed, ctx.offset, ctx.native, ctx.call = hard, dim, seed, offset, native, call
 
 
 class _EagerGumbelSoftmaxFunction(torch.autograd.Function):
@@ -254,7 +271,11 @@ class _EagerGumbelSoftmaxFunction(torch.autograd.Function):
     that form (and get it), plain autograd and forward-mode AD do not."""
 
     @staticmethod
-    def forward(ctx, logits, tau, hard, dim, seed, offset):
+    def forward(ctx, logits, tau, hard, dim, seed, offset, call=None):
+        if call is not None:  # eager_sample's call: a Triton launch planned for its signature
+            y, stats = _eager_launch(call, logits, tau, seed, offset)
+            _save_context(ctx, logits, tau, hard, dim, seed, offset, y, stats, False, False, call)
+            return y
         native = runs_native(logits.device)
         y, stats = _forward_launch(logits, tau, hard, dim, seed, offset, native)
         # jvp runs only inside a forward-AD dual level, during this call: outside one, nothing reads
@@ -284,6 +305,83 @@ def apply(logits, tau, hard, dim, seed, offset, launcher=None):
         return function.apply(logits, tau, hard, dim, seed, offset)
     finally:
         _launcher.name = previous
+
+
+class EagerCall(NamedTuple):
+    """What an eager Triton call launches with, as far as that is a function of its signature: the
+    logits' sizes, strides, dtype and device, ``dim``, ``hard``, whether autograd records the call,
+    and a float ``tau`` (``eager_call``). ``sample_forward``'s layout (``rows_layout``, held flat:
+    a ``RowShape`` property costs a call) and plan, and for a recorded call its backward's plan and
+    the layouts that backward takes without a check (the saved source's, and a gradient with the
+    output's strides, ``out_strides``). Derived in the kernels' ``generation``; a later generation
+    (a changed tunable, stubbed kernels) derives it again."""
+    mode: int
+    dim: int
+    dtype: torch.dtype
+    rows: int
+    classes: int
+    inner: int
+    x_strides: tuple
+    out_row_strides: tuple  # (outer, class, inner) strides the launchers give the contiguous outputs
+    read_strides: Optional[tuple]  # and those as_rows finds in a contiguous tensor (the backward reads)
+    contiguous: bool  # the logits are: empty_like gives a contiguous output without a memory_format
+    plan: kernels.LaunchPlan
+    backward_plan: Optional[kernels.LaunchPlan]
+    src_strides: Optional[tuple]
+    out_strides: Optional[tuple]
+    generation: int
+
+
+def eager_call(logits: torch.Tensor, dim: int, hard: bool, records: bool) -> Optional[EagerCall]:
+    """The ``EagerCall`` of a valid, non-empty call with a float tau (``dim`` normalised), or None
+    where the signature takes the general path: float64 logits (tau goes to the kernel as a
+    float64 tensor, ``functional._tau_for_kernel``) and logits with no [outer, K, inner] view
+    (the kernel reads a copy)."""
+    if logits.dtype == torch.float64 or logits.dim() == 0:
+        return None
+    shape, x_strides = rows_layout(logits, dim)
+    if x_strides is None:
+        return None
+    mode = kernels.MODE_HARD if hard else kernels.MODE_SOFT
+    plan = kernels.forward_plan(shape.rows, shape.classes, mode, logits.dtype, False, records and hard)
+    out_strides = _contiguous_strides(logits.shape)
+    backward_plan = src_strides = read_strides = None
+    if records:
+        backward_plan = kernels.backward_plan(shape.rows, shape.classes, logits.dtype, hard, False, False)
+        read_strides = row_strides(torch.empty(logits.shape, device="meta"), dim)
+        src_strides = x_strides if hard else read_strides
+    return EagerCall(mode, dim, logits.dtype, shape.rows, shape.classes, shape.inner, x_strides,
+                     shape.contiguous_strides, read_strides, logits.stride() == out_strides, plan, backward_plan,
+                     src_strides, out_strides if records else None, kernels.generation)
+
+
+def _contiguous_strides(sizes) -> tuple:
+    strides, step = [], 1
+    for size in reversed(sizes):
+        strides.append(step)
+        step *= size
+    return tuple(reversed(strides))
+
+
+def eager_sample(call: EagerCall, logits, tau: float, hard: bool, seed: int, offset: int, records: bool):
+    """``apply(logits, tau, hard, call.dim, seed, offset, "triton")`` for a call of ``call``'s
+    signature outside torch.func transforms and forward-mode AD (the caller checked): the eager
+    twin of the Function when autograd records the call, else the forward launch alone."""
+    if records:
+        return _EagerGumbelSoftmaxFunction.apply(logits, tau, hard, call.dim, seed, offset, call)
+    return _eager_launch(call, logits, tau, seed, offset)[0]
+
+
+def _eager_launch(call: EagerCall, logits, tau: float, seed: int, offset: int):
+    """``sample_forward`` of a call of ``call``'s signature (its soft or hard mode, the Triton launch):
+    the sample, and the statistics its hard backward reads."""
+    y = torch.empty_like(logits) if call.contiguous else torch.empty_like(logits, memory_format=torch.contiguous_format)
+    plan = call.plan
+    stats = torch.empty(plan.stats_words, dtype=compute_dtype(call.dtype), device=logits.device) \
+        if plan.stats_words else None
+    kernels.gumbel_softmax_forward(logits, call.x_strides, y, call.out_row_strides, None, tau, call.rows, call.classes,
+                                   call.inner, seed, offset, call.mode, stats=stats, plan=plan)
+    return y, (stats if call.mode == kernels.MODE_HARD else None)
 
 
 def _records_autograd(logits, tau) -> bool:

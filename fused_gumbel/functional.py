@@ -14,6 +14,9 @@ reference with the same noise stream, or the Triton kernels under ``TRITON_INTER
 recorded (``torch.compile``, ``torch.export``, ``torch.jit.trace``: ``_graph_mode``) both run as
 the custom op ``torch.ops.fused_gumbel.sample`` (``_custom_op``), which draws its seed at run
 time; where seeds come from (generator, ``seed=``, CUDA graphs, ranks) is ``_seeding``.
+A repeat eager call that runs Triton (no ``seed=``, generator or estimator, a float tau) takes a
+short path: ``gumbel_softmax`` checks what no cache can hold and finds the rest, validated and
+planned, by the call's signature (``_eager_calls``, ``function.EagerCall``).
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import warnings
 from typing import Literal, Optional, Union
 
 import torch
+from torch.autograd import forward_ad as _forward_ad
 
 from . import _custom_op, _estimator_op, _functorch, _native, _seeding, _twin_dispatch, reference, reference_estimators
 from ._layout import RowShape
@@ -289,6 +293,11 @@ def _graph_mode() -> bool:
     return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
+# torch.jit.is_tracing() without its Python wrapper (which first asks whether TorchScript is
+# compiling this code: never, for this function).
+_jit_tracing = getattr(torch._C, "_is_tracing", torch.jit.is_tracing)
+
+
 def _is_tracing() -> bool:
     """Recording a graph or capturing a CUDA graph: host-side value checks are skipped."""
     capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
@@ -397,6 +406,30 @@ def _draw(device: torch.device, logits: torch.Tensor, tau, generator: Optional[t
         return _seeding.draw(device, generator, seed)
 
 
+# {signature: function.EagerCall or None} of the eager Triton calls seen (``gumbel_softmax``).
+_eager_calls: dict = {}
+_EAGER_CALL_CACHE_SIZE = 4096
+_UNSEEN = object()
+
+
+def _new_eager_call(key: tuple, logits: torch.Tensor, dim: int, hard: bool, records: bool, requested: str):
+    """``function.EagerCall`` for a valid signature that runs Triton, else None; kept for ``key``.
+    Bad input is not kept (the general path raises), nor the meta device (no kernel runs)."""
+    try:
+        device = _check_logits(logits)
+        dim = _normalize_dim(dim, logits.dim())
+        chosen = _select_backend(device, requested)
+    except (TypeError, ValueError, IndexError):
+        return None
+    call = None
+    if chosen == "triton" and device.type != "meta" and logits.numel():
+        call = _function().eager_call(logits, dim, hard, records)
+    if len(_eager_calls) >= _EAGER_CALL_CACHE_SIZE:  # many distinct signatures: start over rather than grow
+        _eager_calls.clear()
+    _eager_calls[key] = call
+    return call
+
+
 def _empty_like_result(logits: torch.Tensor) -> torch.Tensor:
     # Keeps the autograd graph (and the dtype/device) of an empty input.
     return logits * 0
@@ -453,15 +486,43 @@ def gumbel_softmax(
     Rows whose logits + noise hold a NaN or have no finite maximum (all ``-inf``, or ``+inf``)
     give NaN rows, like ``torch.softmax``. ``-inf`` logits get probability 0 and are never chosen.
     """
-    # CPU calls only: a CUDA call must not pay for asking (the fast path would decline it anyway).
     if (seed is None and estimator == "st" and mc_samples is None and eps == 1e-10
-            and isinstance(logits, torch.Tensor) and logits.is_cpu and not torch.compiler.is_compiling()):
-        sample_eager = _native_eager(backend)
+            and isinstance(logits, torch.Tensor) and not torch.compiler.is_compiling()):
+        on_cpu = logits.is_cpu
+        # CPU calls only, and only the requests _native_eager serves (none, or "native"): other calls
+        # must not pay for asking (the fast path would decline them anyway).
+        sample_eager = _native_eager(backend) if on_cpu and (backend is None or backend == "native") else None
         if sample_eager is not None:
             mode = _custom_op.MODE_HARD if hard else _custom_op.MODE_SOFT
             y = sample_eager(logits, tau, mode, dim, generator, _seeding.rank_salt(), backend is None, False)
             if y is not None:
                 return y
+        # The common eager call that runs the Triton kernels. Checked here: what no cache can hold (the
+        # arguments' kinds and tau's value; tracing, torch.func transforms, forward-mode AD, CUDA-graph
+        # capture; the environment; grad mode). Looked up by the call's signature: everything the
+        # general path below validates and derives from the logits' sizes, strides, dtype and device,
+        # dim, hard and the backend asked for (function.EagerCall, made once by _new_eager_call).
+        # Then the seed is drawn as _draw draws it, and the Function launches. Anything else (a miss
+        # that is not a fast signature, the CUDA twin) runs the general path, which raises what it raises.
+        function = _function_module
+        if (type(tau) is float and generator is None and type(dim) is int and (hard is True or hard is False)
+                and 0 < tau <= _FLOAT_MAX and function is not None and not _functorch.transforms_active()
+                and not _jit_tracing() and getattr(_forward_ad, "_current_level", 0) < 0
+                and (on_cpu or logits.is_cuda)):
+            requested = backend or _env(BACKEND_ENV, "auto")
+            records = torch.is_grad_enabled() and logits.requires_grad
+            key = (logits.shape, logits.stride(), logits.dtype, -1 if on_cpu else logits.get_device(), dim, hard,
+                   records, requested, _INTERPRETED, function.kernels.generation)
+            try:
+                call = _eager_calls.get(key, _UNSEEN)
+            except TypeError:  # an unhashable backend argument: the general path says what is wrong with it
+                call = None
+            if call is _UNSEEN:
+                call = _new_eager_call(key, logits, dim, hard, records, requested)
+            if call is not None and (on_cpu or not (torch.cuda.is_current_stream_capturing() or _cuda_launcher(
+                    requested, logits, call.dim, call.mode, tau, records) != "triton")):
+                seed, offset = _seeding.draw_generator(None if on_cpu else logits.device)
+                return function.eager_sample(call, logits, tau, hard, seed, offset, records)
     if eps != 1e-10:
         # A plain UserWarning, as PyTorch's (a DeprecationWarning is hidden by default).
         warnings.warn("`eps` parameter is deprecated and has no effect.", stacklevel=2)

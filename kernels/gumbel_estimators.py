@@ -179,7 +179,7 @@ def estimator_backward(grad_y, grad_y_strides, x, x_strides, grad_x, grad_x_stri
     gumbel_estimator_bwd_kernel[grid](
         grad_y, x, grad_x, grad_x if grad_tau_rows is None else grad_tau_rows, tau_ptr, tau_value,
         n_rows, classes, cfg["Q"], inner, mc_samples, *grad_y_strides, *x_strides, *grad_x_strides, tau_stride,
-        *_seed_args(seed, offset, None, x.device),
+        *_seed_args(seed, offset, None, x),
         ESTIMATOR=estimator, TAU_GRAD=grad_tau_rows is not None, TAU_FROM_PTR=tau_from_ptr, ROWS=cfg["ROWS"],
         BLOCK_Q=cfg["BLOCK_Q"], COMPUTE=_compute_dtype(x.dtype), FAST=_fast(x.dtype) if fast is None else fast,
         num_warps=cfg["num_warps"],

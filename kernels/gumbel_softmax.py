@@ -45,9 +45,15 @@ refilled by a graph-safe PyTorch RNG op); ``RNG_STORE`` uses the words and write
 backward without an extra copy or launch. Because none of this changes the kernel's
 specialisation, the binary that eager warm-up runs load is the one a graph capture launches:
 loading a module (``cuModuleLoadData``) is forbidden while a stream is capturing.
+
+Launch plans (tile, grid, constexprs) are made once per problem and module ``generation``:
+setting any attribute of this module (a tunable, as tests and ``bench.static`` do) starts a new one.
 """
 import functools
 import os
+import struct
+import sys
+import types
 from typing import NamedTuple
 
 import triton
@@ -1102,31 +1108,42 @@ RNG_STORE = 2
 _dummy = {}
 
 
-def _dummy_tensor(device, dtype_name="int64"):
-    """A tiny persistent tensor standing in for an unused pointer argument (one per device)."""
-    key = (device, dtype_name)
+def _dummy_tensor(like: torch.Tensor, dtype_name="int64"):
+    """A tiny persistent tensor standing in for an unused pointer argument, one per device: that
+    of ``like``, told by its device index (a fraction of the host time of its torch.device; the
+    kernels launch on CPU tensors, index -1, and CUDA tensors only)."""
+    key = like.get_device() if dtype_name == "int64" else (like.get_device(), dtype_name)
     tensor = _dummy.get(key)
     if tensor is None:
-        tensor = _dummy[key] = torch.empty(2, dtype=getattr(torch, dtype_name), device=device)
+        tensor = _dummy[key] = torch.empty(2, dtype=getattr(torch, dtype_name), device=like.device)
     return tensor
 
 
+_MASK64 = 0xFFFFFFFFFFFFFFFF
+# Two 64-bit values as their four 32-bit words (low first), each read back as an int32 bit pattern
+# (so Triton always types them i32, whatever the value): one pack and one unpack, a third of the
+# host time of the same shifts and masks in Python.
+_TWO_UINT64 = struct.Struct("<QQ")
+_FOUR_INT32 = struct.Struct("<iiii")
+
+
 def _int32_words(value: int) -> tuple[int, int]:
-    """The low and high 32-bit words of a 64-bit value as int32 bit patterns (so Triton always
-    types them i32, whatever the value)."""
-    value &= 0xFFFFFFFFFFFFFFFF
-    lo, hi = value & 0xFFFFFFFF, value >> 32
-    return lo - (lo >> 31 << 32), hi - (hi >> 31 << 32)
+    """The low and high 32-bit words of a 64-bit value as int32 bit patterns."""
+    return _FOUR_INT32.unpack(_TWO_UINT64.pack(value & _MASK64, 0))[:2]
 
 
-def _seed_args(seed, offset, rng_out, device):
+def _seed_args(seed, offset, rng_out, like: torch.Tensor):
     """(seed_lo, seed_hi, offset_lo, offset_hi, rng_ptr, rng_mode) for an int seed (with
-    ``offset``) or an int64 [2] device tensor (seed, offset)."""
+    ``offset``) or an int64 [2] device tensor (seed, offset); ``like``: a tensor on the launch's device."""
     if isinstance(seed, int):
+        try:  # seeds and offsets are drawn in [0, 2**64): no masks needed
+            words = _FOUR_INT32.unpack(_TWO_UINT64.pack(seed, offset))
+        except struct.error:
+            words = _FOUR_INT32.unpack(_TWO_UINT64.pack(seed & _MASK64, offset & _MASK64))
         if rng_out is None:
             # Always an int64 pointer, so eager and captured launches share one specialisation.
-            return (*_int32_words(seed), *_int32_words(offset), _dummy_tensor(device), RNG_SCALAR)
-        return (*_int32_words(seed), *_int32_words(offset), rng_out, RNG_STORE)
+            return (*words, _dummy_tensor(like), RNG_SCALAR)
+        return (*words, rng_out, RNG_STORE)
     if rng_out is not None:
         raise ValueError("rng_out records scalar seeds; a device seed tensor is already on the device")
     return 0, 0, 0, 0, seed, RNG_FROM_PTR
@@ -1199,17 +1216,36 @@ class LaunchPlan(NamedTuple):
     stats_words: int = 0
 
 
-# {problem: LaunchPlan}. The key holds every module-level tunable a plan reads (tests and the
-# static model change them), so a changed tunable plans afresh rather than reusing a stale plan.
+# {problem: LaunchPlan}. The key holds the module's ``generation``, which every change of a
+# module-level tunable (tests and the static model set them) advances, so a changed tunable plans
+# afresh rather than reusing a stale plan.
 _plans: dict = {}
 _PLAN_CACHE_SIZE = 4096
 
 
+class _Generations(types.ModuleType):
+    """This module's type: setting or deleting any of its attributes (a tunable above, ``_fast``,
+    ``_interpreted``, a launcher or a kernel, as tests and ``bench.static`` do) adds one to
+    ``generation``. The host keeps what it derived from this module per call signature
+    (``fused_gumbel.function.EagerCall``) only for the generation it was derived in, so such a
+    change is seen without re-reading every tunable on every call."""
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        vars(self)["generation"] += 1
+
+    def __delattr__(self, name):
+        super().__delattr__(name)
+        vars(self)["generation"] += 1
+
+
+generation = 0
+sys.modules[__name__].__class__ = _Generations
+
+
 def _plan(make, *problem):
     """``make(*problem)``, computed once per problem and set of tunables."""
-    key = (make, *problem, MAX_RESIDENT, MAX_RESIDENT_SOFT_FORWARD, TARGET_TILE, ELEMENTS_PER_THREAD,
-           INDEX_ELEMENTS_PER_THREAD, SPLIT_ELEMENTS_PER_THREAD, INDEX_SPLIT_SEGMENT, SPLIT_BELOW_PROGRAMS,
-           SPLIT_MIN_SEGMENT, SMALL_K, SMALL_ROWS, _fast, _interpreted)
+    key = (make, *problem, generation)
     plan = _plans.get(key)
     if plan is None:
         if len(_plans) >= _PLAN_CACHE_SIZE:  # many distinct shapes: start over rather than grow
@@ -1281,7 +1317,7 @@ def gumbel_softmax_forward(x, x_strides, out, out_strides, index, tau, n_rows, c
     tau_ptr, tau_value, tau_stride, tau_from_ptr = _tau_args(tau, x)
     if plan is None:
         plan = _plan(_forward_plan, n_rows, classes, mode, x.dtype, max_block_k, tau_from_ptr, stats is not None)
-    seed_args = _seed_args(seed, offset, rng_out, x.device)
+    seed_args = _seed_args(seed, offset, rng_out, x)
     pointers = (x, x if out is None else out, x if index is None else index)
     if plan.kind == "small":
         gumbel_softmax_small_fwd_kernel[plan.grid](
@@ -1294,23 +1330,33 @@ def gumbel_softmax_forward(x, x_strides, out, out_strides, index, tau, n_rows, c
             *plan.tail, *x_strides, *out_strides, tau_stride, *seed_args, **plan.consts)
     else:
         gumbel_softmax_fwd_kernel[plan.grid](
-            *pointers, _dummy_tensor(x.device, "float32") if stats is None else stats, tau_ptr, tau_value,
+            *pointers, _dummy_tensor(x, "float32") if stats is None else stats, tau_ptr, tau_value,
             *plan.head, inner, *plan.tail, *x_strides, *out_strides, tau_stride, *seed_args, **plan.consts)
 
 
+def backward_plan(n_rows: int, classes: int, dtype, regenerate: bool, tau_from_ptr: bool, tau_grad: bool,
+                  max_block_k=None) -> LaunchPlan:
+    """The backward launch for a problem; ``dtype``: the saved source's when ``regenerate``, else
+    the gradient's (the compute dtype follows it)."""
+    return _plan(_backward_plan, n_rows, classes, dtype, regenerate, max_block_k, tau_from_ptr, tau_grad)
+
+
 def gumbel_softmax_backward(grad_y, grad_y_strides, src, src_strides, grad_x, grad_x_strides, grad_tau_rows,
-                            tau, n_rows, classes, inner, seed, offset, regenerate, max_block_k=None, stats=None):
+                            tau, n_rows, classes, inner, seed, offset, regenerate, max_block_k=None, stats=None,
+                            plan=None):
     """Launch the backward kernel once. ``src`` is the saved soft output, or the logits when
     ``regenerate`` (hard mode); ``grad_tau_rows`` ([n_rows], compute dtype) or None. ``seed``
     is an int (with ``offset``) or an int64 [2] device tensor holding (seed, offset); ``stats``
-    the hard forward's row maxima when rows are streamed or split."""
+    the hard forward's row maxima when rows are streamed or split. ``plan``: the call's
+    ``backward_plan``, else planned here."""
     tau_ptr, tau_value, tau_stride, tau_from_ptr = _tau_args(tau, src)
     compute_from = src.dtype if regenerate else grad_x.dtype
-    plan = _plan(_backward_plan, n_rows, classes, compute_from, regenerate, max_block_k, tau_from_ptr,
-                 grad_tau_rows is not None)
+    if plan is None:
+        plan = backward_plan(n_rows, classes, compute_from, regenerate, tau_from_ptr, grad_tau_rows is not None,
+                             max_block_k)
     if regenerate and stats is None and plan.needs_row_stats:
         raise ValueError("the hard backward of streamed rows needs the forward's row statistics")
-    seed_args = _seed_args(seed, offset, None, src.device)
+    seed_args = _seed_args(seed, offset, None, src)
     pointers = (grad_y, src, grad_x, grad_x if grad_tau_rows is None else grad_tau_rows)
     strides = (*grad_y_strides, *src_strides, *grad_x_strides, tau_stride)
     if plan.kind == "small":
@@ -1323,5 +1369,5 @@ def gumbel_softmax_backward(grad_y, grad_y_strides, src, src_strides, grad_x, gr
             *plan.tail, *strides, *seed_args, **plan.consts)
     else:
         gumbel_softmax_bwd_kernel[plan.grid](
-            *pointers, _dummy_tensor(src.device, "float32") if stats is None else stats, tau_ptr, tau_value,
+            *pointers, _dummy_tensor(src, "float32") if stats is None else stats, tau_ptr, tau_value,
             *plan.head, inner, *plan.tail, *strides, *seed_args, **plan.consts)

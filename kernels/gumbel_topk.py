@@ -251,7 +251,7 @@ def gumbel_topk_forward(x, x_strides, out, out_strides, index, stats, tau, n_row
         x, out, index, x if stats is None else stats, tau_ptr, tau_value,
         n_rows, classes, cfg["Q"], inner, k,
         *x_strides, *out_strides, tau_stride,
-        *_seed_args(seed, offset, rng_out, x.device),
+        *_seed_args(seed, offset, rng_out, x),
         MODE=mode, SAVE_STATS=stats is not None, TAU_FROM_PTR=tau_from_ptr, ROWS=cfg["ROWS"],
         BLOCK_Q=cfg["BLOCK_Q"], COMPUTE=_compute_dtype(x.dtype), num_warps=cfg["num_warps"],
     )
@@ -266,7 +266,7 @@ def gumbel_topk_backward(grad_y, grad_y_strides, x, x_strides, grad_x, grad_x_st
         grad_y, x, grad_x, grad_x if grad_tau_rows is None else grad_tau_rows, stats, tau_ptr, tau_value,
         n_rows, classes, cfg["Q"], inner, k,
         *grad_y_strides, *x_strides, *grad_x_strides, tau_stride,
-        *_seed_args(seed, offset, None, x.device),
+        *_seed_args(seed, offset, None, x),
         TAU_GRAD=grad_tau_rows is not None, TAU_FROM_PTR=tau_from_ptr, ROWS=cfg["ROWS"],
         BLOCK_Q=cfg["BLOCK_Q"], COMPUTE=_compute_dtype(x.dtype), num_warps=cfg["num_warps"],
     )

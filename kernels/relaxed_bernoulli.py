@@ -121,7 +121,7 @@ def relaxed_bernoulli_forward(x, out, tau, seed, offset, mode, rng_out=None):
     numel = x.numel()
     tau_ptr, tau_value, tau_from_ptr, per_element = _tau_args(tau, x)
     relaxed_bernoulli_fwd_kernel[(num_programs(numel),)](
-        x, out, tau_ptr, tau_value, numel, *_seed_args(seed, offset, rng_out, x.device),
+        x, out, tau_ptr, tau_value, numel, *_seed_args(seed, offset, rng_out, x),
         MODE=mode, TAU_FROM_PTR=tau_from_ptr, TAU_PER_ELEMENT=per_element, BLOCK_Q=BLOCK_Q,
         COMPUTE=_compute_dtype(x.dtype), num_warps=NUM_WARPS,
     )
@@ -135,7 +135,7 @@ def relaxed_bernoulli_backward(grad_y, x, grad_x, grad_tau, tau, seed, offset):
     tau_ptr, tau_value, tau_from_ptr, per_element = _tau_args(tau, x)
     relaxed_bernoulli_bwd_kernel[(num_programs(numel),)](
         grad_y, x, grad_x, grad_x if grad_tau is None else grad_tau, tau_ptr, tau_value, numel,
-        *_seed_args(seed, offset, None, x.device),
+        *_seed_args(seed, offset, None, x),
         TAU_GRAD=grad_tau is not None, TAU_FROM_PTR=tau_from_ptr, TAU_PER_ELEMENT=per_element,
         BLOCK_Q=BLOCK_Q, COMPUTE=_compute_dtype(x.dtype), num_warps=NUM_WARPS,
     )

@@ -123,3 +123,182 @@ def test_environment_reads_follow_os_environ(monkeypatch):
         assert functional._env(name, "auto") == "auto"
     monkeypatch.setenv("FUSED_GUMBEL_BACKEND", "reference")
     assert fused_gumbel.select_backend(torch.device("cpu")) == "reference"
+
+
+# ---- the eager fast path: a per-signature cache (functional._eager_calls, function.EagerCall) ----
+
+def _general_path_only(monkeypatch):
+    """Every signature declined by the cache: calls run the general path."""
+    monkeypatch.setattr(functional, "_eager_calls", {})
+    monkeypatch.setattr(function, "eager_call", lambda *args: None)
+
+
+def _count_fast_calls(monkeypatch) -> list:
+    """Records each call that the fast path serves (``function.eager_sample``)."""
+    served = []
+    real = function.eager_sample
+    monkeypatch.setattr(function, "eager_sample", lambda *args: served.append(args[0]) or real(*args))
+    return served
+
+
+def _warm(*args, **kwargs):
+    """A call that makes sure the function module is loaded and the call's signature is cached."""
+    fused_gumbel.gumbel_softmax(*args, **kwargs)
+    fused_gumbel.gumbel_softmax(*args, **kwargs)
+
+
+CASES = [((6, 7), (7, 1), -1), ((6, 7), (1, 6), 0), ((3, 4, 5), (20, 1, 4), 1), ((4, 9), (9, 1), 1),
+         ((2, 3, 40), (120, 40, 1), -1)]
+
+
+@pytest.mark.parametrize("sizes,strides,dim", CASES)
+@pytest.mark.parametrize("hard", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_path_is_bit_identical_to_the_general_path(monkeypatch, sizes, strides, dim, hard, dtype):
+    """Same generator draw, same sample, same gradients (soft and hard, strided logits, other dims),
+    and the generator advanced alike, with the fast path and with every call on the general path."""
+    base = torch.randn(sum(s * (n - 1) for s, n in zip(strides, sizes)) + 1, dtype=dtype)
+    x = torch.as_strided(base, sizes, strides)
+    w = torch.randn(sizes, dtype=dtype)
+    _warm(x, 0.6, hard, dim=dim, backend="triton")
+
+    def run():
+        torch.manual_seed(3)
+        y = fused_gumbel.gumbel_softmax(x, 0.6, hard, dim=dim, backend="triton")
+        xg = x.detach().requires_grad_(True)
+        yg = fused_gumbel.gumbel_softmax(xg, 0.6, hard, dim=dim, backend="triton")
+        grad = torch.autograd.grad(yg, xg, w)[0]
+        return y, yg.detach(), grad, torch.get_rng_state()
+
+    served = _count_fast_calls(monkeypatch)
+    fast = run()
+    assert len(served) == 2
+    with monkeypatch.context() as m:
+        _general_path_only(m)
+        general = run()
+    assert len(served) == 2  # the general run took no fast call
+    for a, b in zip(fast, general):
+        assert torch.equal(a, b)
+
+
+def test_fast_backward_takes_any_gradient_layout(monkeypatch):
+    """A gradient without the output's strides (expanded, transposed, another dtype) and double
+    backward take the general backward, with the general path's result."""
+    x = torch.randn(5, 6, requires_grad=True)
+    _warm(x, backend="triton")
+    grads = {"expanded": torch.randn(6).expand(5, 6), "transposed": torch.randn(6, 5).t(),
+             "contiguous": torch.randn(5, 6)}
+    for name, g in grads.items():
+        results = []
+        for general in (False, True):
+            with monkeypatch.context() as m:
+                if general:
+                    _general_path_only(m)
+                torch.manual_seed(1)
+                y = fused_gumbel.gumbel_softmax(x, 0.8, True, backend="triton")
+                results.append(torch.autograd.grad(y, x, g)[0])
+        assert torch.equal(*results), name
+    torch.manual_seed(1)
+    y = fused_gumbel.gumbel_softmax(x, 0.8, backend="triton")
+    (first,) = torch.autograd.grad((y * grads["contiguous"]).sum(), x, create_graph=True)
+    (second,) = torch.autograd.grad(first.sum(), x)  # double backward: the differentiable formula
+    assert first.grad_fn is not None and torch.isfinite(second).all()
+
+
+def test_signature_cache_follows_its_inputs(monkeypatch):
+    """A new entry for each new shape, strides, dtype, dim, hard, grad mode, backend request (argument
+    or FUSED_GUMBEL_BACKEND) and kernels tunable; a repeat adds none."""
+    monkeypatch.setattr(functional, "_eager_calls", {})
+    monkeypatch.delenv(functional.BACKEND_ENV, raising=False)
+    x = torch.randn(4, 6)
+    _warm(x, backend="triton")
+    seen = len(functional._eager_calls)
+    variants = [lambda: fused_gumbel.gumbel_softmax(torch.randn(5, 6), backend="triton"),
+                lambda: fused_gumbel.gumbel_softmax(torch.randn(6, 4).t(), backend="triton"),
+                lambda: fused_gumbel.gumbel_softmax(x.to(torch.float16), backend="triton"),
+                lambda: fused_gumbel.gumbel_softmax(x, dim=0, backend="triton"),
+                lambda: fused_gumbel.gumbel_softmax(x, hard=True, backend="triton"),
+                lambda: fused_gumbel.gumbel_softmax(x.requires_grad_(True), backend="triton"),
+                lambda: fused_gumbel.gumbel_softmax(x.detach(), backend=None)]
+    for variant in variants:
+        variant()
+        assert len(functional._eager_calls) == seen + 1
+        variant()
+        assert len(functional._eager_calls) == seen + 1
+        seen += 1
+    served = _count_fast_calls(monkeypatch)
+    monkeypatch.setenv(functional.BACKEND_ENV, "triton")  # the request backend="triton" made: its entry
+    fused_gumbel.gumbel_softmax(x.detach())
+    assert len(functional._eager_calls) == seen and len(served) == 1
+    monkeypatch.setenv(functional.BACKEND_ENV, "reference")  # the environment is read on every call
+    fused_gumbel.gumbel_softmax(x.detach())
+    assert len(functional._eager_calls) == seen + 1 and len(served) == 1
+    monkeypatch.delenv(functional.BACKEND_ENV)
+    before = kernels.generation
+    y = torch.randn(3, 40)
+    _warm(y, backend="triton")
+    monkeypatch.setattr(kernels, "MAX_RESIDENT", 16)  # any kernels attribute starts a generation
+    monkeypatch.setattr(kernels, "MAX_RESIDENT_SOFT_FORWARD", 16)
+    assert kernels.generation == before + 2
+    torch.manual_seed(0)
+    fast = fused_gumbel.gumbel_softmax(y, backend="triton")
+    (call,) = [c for k, c in functional._eager_calls.items() if k[0] == y.shape and k[-1] == kernels.generation]
+    assert call.plan == kernels.forward_plan(3, 40, kernels.MODE_SOFT, torch.float32, False, False)
+    assert call.plan.tail == (3,) and call.plan.stats_words == 2 * 3 * 3  # three streamed chunks
+    with monkeypatch.context() as m:
+        _general_path_only(m)
+        torch.manual_seed(0)
+        assert torch.equal(fused_gumbel.gumbel_softmax(y, backend="triton"), fast)
+
+
+@pytest.mark.parametrize("call", [
+    lambda x: fused_gumbel.gumbel_softmax(x, torch.tensor(0.5), backend="triton"),
+    lambda x: fused_gumbel.gumbel_softmax(x, seed=4, backend="triton"),
+    lambda x: fused_gumbel.gumbel_softmax(x, generator=torch.Generator().manual_seed(1), backend="triton"),
+    lambda x: fused_gumbel.gumbel_softmax(x, hard=True, estimator="gumbel_rao", backend="triton"),
+    lambda x: fused_gumbel.gumbel_softmax(x.double(), backend="triton"),
+    lambda x: fused_gumbel.gumbel_softmax(x.reshape(2, 2, 6).transpose(0, 1), backend="triton"),  # no row view
+    lambda x: fused_gumbel.gumbel_softmax(x, backend="reference"),
+    lambda x: fused_gumbel.gumbel_softmax(x, 1, backend="triton"),  # an int tau
+    lambda x: fused_gumbel.gumbel_softmax(x, hard=1, backend="triton"),
+    lambda x: fused_gumbel.gumbel_softmax(x.to("meta"), backend="triton"),
+    lambda x: fused_gumbel.gumbel_softmax(x[:0], backend="triton"),
+    lambda x: vmap(lambda t: fused_gumbel.gumbel_softmax(t, backend="triton"), randomness="different")(x),
+    lambda x: torch.jit.trace(lambda t: fused_gumbel.gumbel_softmax(t, backend="triton"), (x,), check_trace=False)(x),
+])
+def test_other_calls_take_the_general_path(monkeypatch, call):
+    """Whatever the cache does not cover runs as before: no fast call, twice in a row."""
+    x = torch.randn(4, 6)
+    _warm(x, backend="triton")
+    served = _count_fast_calls(monkeypatch)
+    call(x)
+    call(x)
+    assert served == []
+
+
+def test_forward_ad_takes_the_general_path(monkeypatch):
+    x = torch.randn(4, 6)
+    _warm(x, backend="triton")
+    served = _count_fast_calls(monkeypatch)
+    with forward_ad.dual_level():
+        fused_gumbel.gumbel_softmax(x, backend="triton")
+    assert served == []
+
+
+@pytest.mark.parametrize("bad,error", [
+    (dict(dim=True), TypeError), (dict(dim=2), IndexError), (dict(tau=-1.0), ValueError),
+    (dict(tau=float("nan")), ValueError), (dict(tau=float("inf")), ValueError), (dict(backend="cuda"), ValueError),
+])
+def test_bad_input_raises_after_a_cached_call(monkeypatch, bad, error):
+    """The cache never lets bad input through: the same exception, and no launch, after a good call
+    of the same signature."""
+    x = torch.randn(4, 6)
+    _warm(x, backend="triton")
+    launches = []
+    monkeypatch.setattr(kernels, "gumbel_softmax_forward", lambda *a, **k: launches.append(a))
+    with pytest.raises(error):
+        fused_gumbel.gumbel_softmax(x, **{"backend": "triton", **bad})
+    assert launches == []
+    monkeypatch.setenv(functional.BACKEND_ENV, "bogus")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        fused_gumbel.gumbel_softmax(x)
