@@ -1127,11 +1127,6 @@ _TWO_UINT64 = struct.Struct("<QQ")
 _FOUR_INT32 = struct.Struct("<iiii")
 
 
-def _int32_words(value: int) -> tuple[int, int]:
-    """The low and high 32-bit words of a 64-bit value as int32 bit patterns."""
-    return _FOUR_INT32.unpack(_TWO_UINT64.pack(value & _MASK64, 0))[:2]
-
-
 def _seed_args(seed, offset, rng_out, like: torch.Tensor):
     """(seed_lo, seed_hi, offset_lo, offset_hi, rng_ptr, rng_mode) for an int seed (with
     ``offset``) or an int64 [2] device tensor (seed, offset); ``like``: a tensor on the launch's device."""
