@@ -105,6 +105,20 @@ def _rows_layout_cached(sizes, strides, dim: int):
     return _row_shape(sizes, dim), _row_strides(sizes, strides, dim)
 
 
+def contiguous_strides(sizes) -> tuple[int, ...]:
+    """The strides torch gives a contiguous tensor of ``sizes`` (a size 0 counts as 1, as in torch)."""
+    strides, step = [], 1
+    for size in reversed(sizes):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))
+
+
+def contiguous_row_strides(sizes, dim: int) -> tuple[int, int, int]:
+    """``row_strides`` of a contiguous tensor of ``sizes`` (what ``as_rows`` finds in one), no tensor needed."""
+    return _row_strides(sizes, contiguous_strides(sizes), dim)
+
+
 def as_rows(t: torch.Tensor, dim: int) -> tuple[torch.Tensor, tuple[int, int, int]]:
     """``t`` (copied to contiguous only if it has no [outer, K, inner] view) and its strides."""
     strides = row_strides(t, dim)

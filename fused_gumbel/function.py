@@ -29,7 +29,7 @@ import torch
 from torch.autograd import forward_ad as _forward_ad
 
 from . import _autograd, _functorch, _native
-from ._layout import RowShape, as_rows, row_strides, rows_layout
+from ._layout import RowShape, as_rows, contiguous_row_strides, contiguous_strides, rows_layout
 from .reference import compute_dtype
 from .kernels import gumbel_softmax as kernels
 
@@ -344,23 +344,15 @@ def eager_call(logits: torch.Tensor, dim: int, hard: bool, records: bool) -> Opt
         return None
     mode = kernels.MODE_HARD if hard else kernels.MODE_SOFT
     plan = kernels.forward_plan(shape.rows, shape.classes, mode, logits.dtype, False, records and hard)
-    out_strides = _contiguous_strides(logits.shape)
+    out_strides = contiguous_strides(logits.shape)
     backward_plan = src_strides = read_strides = None
     if records:
         backward_plan = kernels.backward_plan(shape.rows, shape.classes, logits.dtype, hard, False, False)
-        read_strides = row_strides(torch.empty(logits.shape, device="meta"), dim)
+        read_strides = contiguous_row_strides(logits.shape, dim)
         src_strides = x_strides if hard else read_strides
     return EagerCall(mode, dim, logits.dtype, shape.rows, shape.classes, shape.inner, x_strides,
                      shape.contiguous_strides, read_strides, logits.stride() == out_strides, plan, backward_plan,
                      src_strides, out_strides if records else None, kernels.generation)
-
-
-def _contiguous_strides(sizes) -> tuple:
-    strides, step = [], 1
-    for size in reversed(sizes):
-        strides.append(step)
-        step *= size
-    return tuple(reversed(strides))
 
 
 def eager_sample(call: EagerCall, logits, tau: float, hard: bool, seed: int, offset: int, records: bool):

@@ -88,6 +88,14 @@ def test_memoised_layout_matches_the_definition(sizes, strides, dim):
                                            _layout._row_strides(t.shape, t.stride(), dim))
 
 
+@pytest.mark.parametrize("sizes,dim", [((4, 3, 5), 1), ((2, 1, 6), 0), ((1, 1), 1), ((3, 0, 2), 2), ((7,), 0)])
+def test_contiguous_layout_without_a_tensor_matches_torch(sizes, dim):
+    """What the eager fast path derives from sizes alone is what a contiguous tensor of them has."""
+    t = torch.empty(sizes)
+    assert _layout.contiguous_strides(torch.Size(sizes)) == t.stride()
+    assert _layout.contiguous_row_strides(torch.Size(sizes), dim) == _layout.row_strides(t, dim)
+
+
 def test_launch_plans_are_reused_and_follow_the_tunables(monkeypatch):
     """One plan per problem, reused by the next call; a changed module tunable (as tests and the
     static model set them) plans afresh rather than launching a stale tile."""
