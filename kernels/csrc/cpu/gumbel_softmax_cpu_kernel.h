@@ -288,6 +288,13 @@ inline ShortMask short_mask(int64_t K) {
           _mm256_castsi256_ps(_mm256_cmpgt_epi32(k, _mm256_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15)))};
 }
 
+// Whether rows [r0, r0 + count) can be written straight into a tensor by a thread that owns rows
+// up to end: short rows store 16 lanes from each row's start, so the last row's spill (16 - K
+// elements) must land on rows this thread writes later; longer rows do not spill.
+inline bool spill_stays_in_range(int64_t r0, int64_t count, int64_t end, int64_t K) {
+  return K > kShortRow || (r0 + count) * K + kShortRow - K <= end * K;
+}
+
 inline float hmax(__m256 v) {
   __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   m = _mm_max_ps(m, _mm_movehl_ps(m, m));
@@ -687,7 +694,7 @@ void forward_impl(const ForwardArgs& args, int64_t begin, int64_t end) {
       // Dense float32 output: the soft rows go straight there, not through s.a and a copy, unless
       // the short-row stores' spill (16 - K elements) would reach past this thread's rows.
       if constexpr (std::is_same_v<scalar_t, float>) {
-        direct = dense_rows(args.y_layout, K) && (K > kShortRow || (r0 + count) * K + kShortRow - K <= end * K);
+        direct = dense_rows(args.y_layout, K) && spill_stays_in_range(r0, count, end, K);
         if (direct) soft_block(s, r0, count, K, args.tau_rows, args.tau, soft + args.y_layout.row_offset(r0));
       }
 #endif
@@ -787,7 +794,7 @@ void backward_impl(const BackwardArgs& args, int64_t begin, int64_t end) {
       // read and write 16 lanes (kShortRow) from each row's start: a block whose last row would
       // reach past this thread's range takes the copying path (the next range is another thread's).
       if (!args.regenerate && !tau_grad && dense_rows(args.src_layout, K) && dense_rows(args.g_layout, K) &&
-          dense_rows(args.gx_layout, K) && (K > kShortRow || (r0 + count) * K + kShortRow - K <= end * K)) {
+          dense_rows(args.gx_layout, K) && spill_stays_in_range(r0, count, end, K)) {
         soft_dx(src + args.src_layout.row_offset(r0), grad_y + args.g_layout.row_offset(r0),
                 grad_x + args.gx_layout.row_offset(r0), count, K, tau_inv.data());
         continue;
