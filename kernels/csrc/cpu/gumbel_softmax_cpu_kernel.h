@@ -14,6 +14,8 @@
 // t = (x + g - M) / tau (log y for the soft backward), 0 where y == 0.
 // Rows with a NaN or no finite max are invalid: NaN outputs (index -1), as the Triton kernels.
 
+#include <optional>
+
 #include "gumbel_softmax_cpu.h"
 #include "kernel_common.h"
 
@@ -120,8 +122,11 @@ inline __m256 log_without_q(const LogParts& l) {
 // 12-bit reciprocal of d costs < 1e-10; the factor -(1 + delta / d) multiplies log(a)'s two
 // parts beside Q.
 inline __m256 goldberg_e(__m256 uf) {
-  const __m256 one = _mm256_set1_ps(1.0f), scale = _mm256_set1_ps(2.3283064365386963e-10f);
-  const __m256 v = _mm256_mul_ps(uf, scale), a = _mm256_fnmadd_ps(uf, scale, one);  // a = 1 - v, rounded once
+  const __m256 one = _mm256_set1_ps(1.0f);
+  // v = uf 2^-32 by its exponent (uf >= 1: exact, as the product) and a = 1 - v rounded once: the
+  // same values as a multiply and an FMA, off the multiply pipes (which this pass keeps busy).
+  const __m256 v = _mm256_castsi256_ps(_mm256_sub_epi32(_mm256_castps_si256(uf), _mm256_set1_epi32(32 << 23)));
+  const __m256 a = _mm256_sub_ps(one, v);
   const LogParts l = log_parts(a);
   const __m256 d = _mm256_sub_ps(one, a), delta = _mm256_sub_ps(v, d);
   const __m256 neg_f = _mm256_fnmsub_ps(delta, _mm256_rcp_ps(d), one);  // -(1 + delta / d)
@@ -403,6 +408,17 @@ inline acc_t row_tau(const void* tau_rows, double tau, int64_t r) {
   return tau_rows ? static_cast<const acc_t*>(tau_rows)[r] : acc_t(tau);
 }
 
+// 1 / tau of row r, with one division per call for a scalar tau (a division per row was a
+// visible part of the short-row passes at 3000 x 10).
+template <typename acc_t>
+struct InverseTau {
+  const acc_t* rows;
+  acc_t scalar;
+  InverseTau(const void* tau_rows, double tau)
+      : rows(static_cast<const acc_t*>(tau_rows)), scalar(rows ? acc_t(0) : acc_t(1) / acc_t(tau)) {}
+  acc_t operator()(int64_t r) const { return rows ? acc_t(1) / rows[r] : scalar; }
+};
+
 template <typename acc_t>
 inline void add_into(acc_t* a, const acc_t* b, int64_t n) {
   using V = Vec<acc_t>;
@@ -426,8 +442,16 @@ struct Scratch {
 };
 
 // Rows per block: enough that the block's noise is one flat vectorised pass (short rows), one
-// row at a time for long rows.
-inline int64_t block_rows(int64_t K) { return std::max<int64_t>(1, kBlockWords / (4 * ((K + 3) / 4))); }
+// row at a time for long rows. The AVX2 build rounds it down to a multiple of 8 rows, so that a
+// block's Philox calls (8 per vector step) and elements (8 per vector) leave no scalar tails: at
+// K = 10, 85 rows left 7 scalar Philox calls and 2 scalar noise and exp elements per block.
+inline int64_t block_rows(int64_t K) {
+  const int64_t rows = std::max<int64_t>(1, kBlockWords / (4 * ((K + 3) / 4)));
+#if defined(__AVX2__) && !defined(__AVX512F__)
+  if (rows >= 8) return rows / 8 * 8;
+#endif
+  return rows;
+}
 
 // Each row's max of the block s.a ([count, K]; NaN if the row holds a NaN) into s.row_max.
 template <typename acc_t>
@@ -562,10 +586,11 @@ void soft_block(Scratch<acc_t>& s, int64_t r0, int64_t count, int64_t K, const v
       const ShortMask mask = short_mask(K);
       const int64_t n = count * K;
       float* t = s.expand_a.data();
+      const InverseTau<float> inverse_tau(tau_rows, tau);
       for (int64_t j = 0; j < count; ++j) {
         const float m = s.row_max[j];
         const __m256 shift = _mm256_set1_ps(finite_max(m) ? m : 0.0f);
-        const __m256 inv_tau = _mm256_set1_ps(1.0f / row_tau<float>(tau_rows, tau, r0 + j));
+        const __m256 inv_tau = _mm256_set1_ps(inverse_tau(r0 + j));
         _mm256_storeu_ps(t + j * K, _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(a + j * K), shift), inv_tau));
         _mm256_storeu_ps(t + j * K + 8, _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(a + j * K + 8), shift), inv_tau));
       }
@@ -589,11 +614,12 @@ void soft_block(Scratch<acc_t>& s, int64_t r0, int64_t count, int64_t K, const v
     // Longer rows, over each row in L1: the exponent's reduction of (a - M) / tau, then exp and
     // its sum (two passes: shorter chains, as exp_flat), then the scale.
     float* scale = s.expand_b.data();
+    const InverseTau<float> inverse_tau(tau_rows, tau);
     for (int64_t j = 0; j < count; ++j) {
       float* row = a + j * K;
       const float m = s.row_max[j];
       const __m256 shift = _mm256_set1_ps(finite_max(m) ? m : 0.0f);
-      const float inv_tau = 1.0f / row_tau<float>(tau_rows, tau, r0 + j);
+      const float inv_tau = inverse_tau(r0 + j);
       int64_t k = 0;
       for (; k + 8 <= K; k += 8) {
         const ExpParts e = exp_reduce(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(row + k), shift), _mm256_set1_ps(inv_tau)));
@@ -772,6 +798,18 @@ inline void soft_dx(const float* y, const float* dy, float* dx, int64_t count, i
 }
 #endif
 
+// The backward's per-block scratch beyond 1 / tau: the forward's (for a regenerated y), dy, dx and
+// the flat passes' terms ([block, K] plus kRowSlack), and per-row sums.
+template <typename acc_t>
+struct BackwardScratch {
+  Scratch<acc_t> s;
+  std::vector<acc_t> dy, prod, row_value, inv_tau, t;
+  std::vector<acc_t> dot, sum_a, sum_b;
+  BackwardScratch(int64_t per_block, int64_t K, bool tau_grad)
+      : s(per_block, K), dy(s.a.size()), prod(s.a.size()), row_value(s.a.size()), inv_tau(s.a.size()),
+        t(tau_grad ? s.a.size() : 0), dot(per_block), sum_a(per_block), sum_b(per_block) {}
+};
+
 template <typename scalar_t, typename acc_t>
 void backward_impl(const BackwardArgs& args, int64_t begin, int64_t end) {
   // Blocks no larger than this range: a tiny call allocates (and zeroes) tiny scratch.
@@ -780,27 +818,42 @@ void backward_impl(const BackwardArgs& args, int64_t begin, int64_t end) {
   const auto* grad_y = static_cast<const scalar_t*>(args.grad_y);
   auto* grad_x = static_cast<scalar_t*>(args.grad_x);
   auto* tau_grad = static_cast<acc_t*>(args.tau_grad_rows);
-  Scratch<acc_t> s(per_block, K);
-  const int64_t size = per_block * 4 * ((K + 3) / 4) + kRowSlack;
-  std::vector<acc_t> dy(size), prod(size), row_value(size), inv_tau(size), t(tau_grad ? size : 0);
-  std::vector<acc_t> dot(per_block), tau_inv(per_block), sum_a(per_block), sum_b(per_block);
+  std::vector<acc_t> tau_inv(per_block);
+  // Made (and zeroed) at the first block that needs it: the AVX2 float32 soft backward needs none.
+  std::optional<BackwardScratch<acc_t>> scratch;
+  const InverseTau<acc_t> inverse_tau(args.tau_rows, args.tau);
   for (int64_t r0 = begin; r0 < end; r0 += per_block) {
     const int64_t count = std::min(per_block, end - r0), n = count * K;
-    for (int64_t j = 0; j < count; ++j) tau_inv[j] = acc_t(1) / row_tau<acc_t>(args.tau_rows, args.tau, r0 + j);
+    for (int64_t j = 0; j < count; ++j) tau_inv[j] = inverse_tau(r0 + j);
 #if defined(__AVX2__) && !defined(__AVX512F__)
     if constexpr (std::is_same_v<scalar_t, float>) {
       // Dense float32 rows and a saved y: dx from the tensors themselves, without copying y and
       // dy into scratch and dx out of it (a third of this backward at 3000 x 10). Short rows
-      // read and write 16 lanes (kShortRow) from each row's start: a block whose last row would
-      // reach past this thread's range takes the copying path (the next range is another thread's).
+      // read and write 16 lanes (kShortRow) from each row's start: the last rows of this thread's
+      // range, whose lanes would reach past it (into another thread's rows, or past the tensor),
+      // go through padded copies.
       if (!args.regenerate && !tau_grad && dense_rows(args.src_layout, K) && dense_rows(args.g_layout, K) &&
-          dense_rows(args.gx_layout, K) && spill_stays_in_range(r0, count, end, K)) {
-        soft_dx(src + args.src_layout.row_offset(r0), grad_y + args.g_layout.row_offset(r0),
-                grad_x + args.gx_layout.row_offset(r0), count, K, tau_inv.data());
+          dense_rows(args.gx_layout, K)) {
+        const float* y_rows = src + args.src_layout.row_offset(r0);
+        const float* dy_rows = grad_y + args.g_layout.row_offset(r0);
+        float* dx_rows = grad_x + args.gx_layout.row_offset(r0);
+        int64_t direct = count;
+        while (direct > 0 && !spill_stays_in_range(r0, direct, end, K)) --direct;
+        soft_dx(y_rows, dy_rows, dx_rows, direct, K, tau_inv.data());
+        if (direct < count) {  // at most 15 elements (kShortRow - 1): those rows reach past by < 16 - K lanes each
+          const int64_t first = direct * K, n_tail = n - first;
+          float y_pad[2 * kShortRow] = {}, dy_pad[2 * kShortRow] = {}, dx_pad[2 * kShortRow];
+          std::copy(y_rows + first, y_rows + n, y_pad);
+          std::copy(dy_rows + first, dy_rows + n, dy_pad);
+          soft_dx(y_pad, dy_pad, dx_pad, count - direct, K, tau_inv.data() + direct);
+          std::copy(dx_pad, dx_pad + n_tail, dx_rows + first);
+        }
         continue;
       }
     }
 #endif
+    if (!scratch) scratch.emplace(per_block, K, tau_grad != nullptr);
+    auto& [s, dy, prod, row_value, inv_tau, t, dot, sum_a, sum_b] = *scratch;
     acc_t* y = s.a.data();
     if (args.regenerate) {
       perturbed_block(args.seed, args.offset, src, args.src_layout, r0, count, K, s);
