@@ -171,6 +171,12 @@ std::tuple<Tensor, std::optional<Tensor>> forward(const Tensor& logits, const st
   return kernel_forward(logits, tau_tensor, tau, mode, dim, key, offset);
 }
 
+std::tuple<Tensor, std::optional<Tensor>> backward(const Tensor& grad_y, const Tensor& src,
+                                                   const std::optional<Tensor>& tau_tensor, double tau, bool hard,
+                                                   int64_t dim, int64_t key, int64_t offset, bool tau_grad) {
+  return kernel_backward(grad_y, src, tau_tensor, tau, hard, dim, key, offset, tau_grad, std::nullopt);
+}
+
 TORCH_LIBRARY_IMPL(fused_gumbel, CPU, m) {
   m.impl("kernel_forward", &kernel_forward);
   m.impl("kernel_backward", &kernel_backward);
