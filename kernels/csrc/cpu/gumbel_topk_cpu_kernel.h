@@ -10,8 +10,9 @@
 //       e'_i = exp((alpha_i - m2) / tau) off i* (0 on it), R' = sum e', c = exp((m2 - m) / tau),
 //       S = 1 + c R', p_i* = 1 / S, p_i = e'_i c / S,   y += p,
 //       alpha_i += log1p(-p_i) (i != i*),  alpha_i* += (m2 - m) / tau + log R' - log S (R' > 0),
-//   one pass over the row per step for e' and R', one for p, y and alpha; (m, m2, R', i*) of each
-//   step are saved for the backward ([rows, k, 4], compute dtype; i* as a float, informational).
+//   per step one pass for m2, one for e' and R', one for p, y, alpha_{j+1} and its max (rows padded
+//   to whole vectors, 1 / tau and c / S as multipliers); (m, m2, R', i*) of each step are saved for
+//   the backward ([rows, k, 4], compute dtype; i* as a float, informational).
 //
 // The backward regenerates a, replays the recursion from the saved (m, m2, R') with the forward's
 // own functions (so alpha_j is bit for bit the forward's, and i* is found again as the first index
@@ -77,11 +78,31 @@ struct NoiseBlock {
   const acc_t* row(int64_t j) const { return noise.data() + j * 4 * Q; }
 };
 
-// a = x + g of one row; false, with a zeroed, for a row with a NaN or no finite max (the Triton
-// kernels run such rows on zeros and write NaN).
+// Row buffers hold a row's K classes padded to whole vectors: alpha's padding is -inf (no weight in
+// any step: e' = p = 0, log(1 - p) = 0, never a max), the other buffers' 0, so every pass over a row
+// is a flat vector loop without a tail.
+template <typename acc_t>
+inline int64_t padded_size(int64_t K) {
+  constexpr int64_t lanes = Vec<acc_t>::size();
+  return (K + lanes - 1) / lanes * lanes;
+}
+
+template <typename acc_t>
+acc_t lanes_max(const Vec<acc_t>& v) {
+  return at::vec::vec_reduce_all<acc_t>([](Vec<acc_t>& a, Vec<acc_t>& b) { return at::vec::maximum(a, b); }, v);
+}
+
+template <typename acc_t>
+acc_t lanes_sum(const Vec<acc_t>& v) {
+  return at::vec::vec_reduce_all<acc_t>([](Vec<acc_t>& a, Vec<acc_t>& b) { return a + b; }, v);
+}
+
+// a = x + g of one row (padding -inf) and its max; a row with a NaN or no finite max is invalid: a
+// zeroed, max 0, false (the Triton kernels run such rows on zeros and write NaN).
 template <typename scalar_t, typename acc_t>
-bool perturbed_row(const scalar_t* x, int64_t s_k, const acc_t* g, int64_t K, acc_t* a) {
+bool perturbed_row(const scalar_t* x, int64_t s_k, const acc_t* g, int64_t K, acc_t* a, acc_t& max) {
   load_row(x, s_k, K, a);
+  std::fill(a + K, a + padded_size<acc_t>(K), -kInf<acc_t>);
   acc_t m = -kInf<acc_t>;
   bool nan = false;
   for (int64_t i = 0; i < K; ++i) {
@@ -89,7 +110,11 @@ bool perturbed_row(const scalar_t* x, int64_t s_k, const acc_t* g, int64_t K, ac
     nan |= a[i] != a[i];
     m = a[i] > m ? a[i] : m;
   }
-  if (!nan && std::abs(m) < kInf<acc_t>) return true;
+  max = 0;
+  if (!nan && std::abs(m) < kInf<acc_t>) {
+    max = m;
+    return true;
+  }
   std::fill(a, a + K, acc_t(0));
   return false;
 }
@@ -99,17 +124,6 @@ void fill_row(scalar_t* p, int64_t s_k, int64_t K, scalar_t value) {
   for (int64_t i = 0; i < K; ++i) p[i * s_k] = value;
 }
 
-template <typename acc_t>
-acc_t max_of(const acc_t* a, int64_t n) {
-  if (n == 0) return -kInf<acc_t>;
-  return at::vec::reduce_all<acc_t>([](Vec<acc_t>& u, Vec<acc_t>& v) { return at::vec::maximum(u, v); }, a, n);
-}
-
-template <typename acc_t>
-acc_t sum_of(const acc_t* a, int64_t n) {
-  return at::vec::reduce_all<acc_t>([](Vec<acc_t>& u, Vec<acc_t>& v) { return u + v; }, a, n);
-}
-
 // One step's statistics: m, the runner-up m2, R' and the first argmax i*.
 template <typename acc_t>
 struct Step {
@@ -117,54 +131,72 @@ struct Step {
   int64_t best;
 };
 
-// e' = exp((alpha - m2) / tau) off i*, 0 on it (exp(-inf) = 0 covers -inf entries: m2 is finite).
+// fn() with alpha_i* held at -inf (so i* takes no part in a max or in e'), then alpha_i* restored.
+template <typename acc_t, typename Fn>
+auto without_best(acc_t* alpha, int64_t best, const Fn& fn) {
+  const acc_t kept = alpha[best];
+  alpha[best] = -kInf<acc_t>;
+  const auto result = fn();
+  alpha[best] = kept;
+  return result;
+}
+
+// e' = exp((alpha - m2) / tau) into e and their sum R' (exp(-inf) = 0: -inf classes, the padding and
+// the held i* get 0; m2 is finite).
 template <typename acc_t>
-void exp_rest(const acc_t* alpha, int64_t K, acc_t runner_up, acc_t tau, int64_t best, acc_t* e) {
+acc_t exp_rest(const acc_t* alpha, int64_t K, acc_t runner_up, acc_t inv_tau, acc_t* e) {
   using V = Vec<acc_t>;
-  const V m2(runner_up), t(tau);
-  at::vec::map([&](V a) { return ((a - m2) / t).exp(); }, e, alpha, K);
-  e[best] = 0;
+  const V m2(runner_up), it(inv_tau);
+  V sum(acc_t(0));
+  for (int64_t i = 0, n = padded_size<acc_t>(K); i < n; i += V::size()) {
+    const V ei = ((V::loadu(alpha + i) - m2) * it).exp();
+    ei.store(e + i);
+    sum = sum + ei;
+  }
+  return lanes_sum(sum);
 }
 
-// The reductions of one step (m, i*, m2, R') and e' into e.
+// The reductions of a step whose max m is known (i*, m2, R') and e' into e: one pass for m2, one for e'.
 template <typename acc_t>
-Step<acc_t> step_statistics(const acc_t* alpha, int64_t K, acc_t tau, acc_t* e) {
-  const acc_t m = max_of(alpha, K);
+Step<acc_t> step_statistics(acc_t* alpha, int64_t K, acc_t m, acc_t inv_tau, acc_t* e) {
+  using V = Vec<acc_t>;
   const int64_t best = std::find(alpha, alpha + K, m) - alpha;
-  acc_t runner_up = std::max(max_of(alpha, best), max_of(alpha + best + 1, K - best - 1));
-  if (!(runner_up > -kInf<acc_t>)) runner_up = m;
-  exp_rest(alpha, K, runner_up, tau, best, e);
-  return {m, runner_up, sum_of(e, K), best};
+  return without_best(alpha, best, [&] {
+    V top(-kInf<acc_t>);
+    for (int64_t i = 0, n = padded_size<acc_t>(K); i < n; i += V::size()) top = at::vec::maximum(top, V::loadu(alpha + i));
+    acc_t runner_up = lanes_max(top);
+    if (!(runner_up > -kInf<acc_t>)) runner_up = m;  // no other live class
+    return Step<acc_t>{m, runner_up, exp_rest(alpha, K, runner_up, inv_tau, e), best};
+  });
 }
 
-// The step's softmax scale c and denominator S.
+// The step's softmax scale c = exp((m2 - m) / tau) and denominator S = 1 + c R'.
 template <typename acc_t>
 std::pair<acc_t, acc_t> scale_and_total(const Step<acc_t>& st, acc_t tau) {
   const acc_t scale = std::exp((st.runner_up - st.shift) / tau);
   return {scale, acc_t(1) + scale * st.rest};
 }
 
-// y += p (y may be null) and alpha_{j+1} = alpha_j + log(1 - p), in place, from e' and the statistics.
-// Off i* p = e' c / S <= 1/2 and log1p(-p) is exact; the vector pass sees p = 0 at i* (e' = 0 there,
-// adding exactly 0 to alpha and y), which is then given p_i* = 1/S and log(1 - p_i*) = log(c R' / S).
+// y += p_j (y may be null) and alpha_{j+1} = alpha_j + log(1 - p_j) in place; returns max alpha_{j+1}.
+// i* first: p_i* = 1/S and log(1 - p_i*) = log(c R' / S) = (m2 - m) / tau + log R' - log S, exact
+// however close p_i* is to 1 (0 when no other class is live). Then one pass: p = e' c / S <= 1/2
+// and log1p(-p), exact (i* has e' = 0 there: it gains log1p(-0) = 0 exactly), and the new max.
 template <typename acc_t>
-void apply_step(const Step<acc_t>& st, acc_t tau, const acc_t* e, acc_t* alpha, acc_t* y, int64_t K) {
+acc_t apply_step(const Step<acc_t>& st, acc_t tau, const acc_t* e, acc_t* alpha, acc_t* y, int64_t K) {
   using V = Vec<acc_t>;
   const auto [scale, total] = scale_and_total(st, tau);
-  const V c(scale), s(total);
-  int64_t i = 0;
-  for (; i + V::size() <= K; i += V::size()) {
-    const V p = (V::loadu(e + i) * c) / s;
-    if (y) (V::loadu(y + i) + p).store(y + i);
-    (V::loadu(alpha + i) + (-p).log1p()).store(alpha + i);
-  }
-  for (; i < K; ++i) {
-    const acc_t p = (e[i] * scale) / total;
-    if (y) y[i] += p;
-    alpha[i] += std::log1p(-p);
-  }
-  if (y) y[st.best] += acc_t(1) / total;
   if (st.rest > 0) alpha[st.best] += (st.runner_up - st.shift) / tau + std::log(st.rest) - std::log(total);
+  if (y) y[st.best] += acc_t(1) / total;
+  const V share(scale / total);
+  V top(-kInf<acc_t>);
+  for (int64_t i = 0, n = padded_size<acc_t>(K); i < n; i += V::size()) {
+    const V p = V::loadu(e + i) * share;
+    if (y) (V::loadu(y + i) + p).store(y + i);
+    const V a = V::loadu(alpha + i) + (-p).log1p();
+    a.store(alpha + i);
+    top = at::vec::maximum(top, a);
+  }
+  return lanes_max(top);
 }
 
 // The exact top-k of a valid row: indices in decreasing order of a, ties to the lowest index.
@@ -177,13 +209,13 @@ void top_indices(const acc_t* a, int64_t K, int64_t k, std::vector<int64_t>& ord
 
 template <typename scalar_t, typename acc_t>
 void forward_impl(const TopkForwardArgs& args, int64_t begin, int64_t end) {
-  const int64_t K = args.classes, k = args.k;
+  const int64_t K = args.classes, k = args.k, Kp = padded_size<acc_t>(K);
   const auto* x = static_cast<const scalar_t*>(args.x);
   auto* y_out = static_cast<scalar_t*>(args.y);
   auto* stats = static_cast<acc_t*>(args.stats);
   const bool relax = args.mode == 0 || stats;
   NoiseBlock<acc_t> noise(K, end - begin);
-  std::vector<acc_t> alpha(K), e(K), y(args.mode == 0 ? K : 0);
+  std::vector<acc_t> alpha(Kp), e(Kp), y(args.mode == 0 ? Kp : 0);
   std::vector<int64_t> order(args.mode != 0 ? K : 0);
   const scalar_t nan_out(std::numeric_limits<float>::quiet_NaN());
   for (int64_t r0 = begin; r0 < end; r0 += noise.per_block) {
@@ -191,8 +223,9 @@ void forward_impl(const TopkForwardArgs& args, int64_t begin, int64_t end) {
     noise.fill(args.seed, args.offset, r0, count);
     for (int64_t j = 0; j < count; ++j) {
       const int64_t r = r0 + j;
+      acc_t m;
       const bool valid = perturbed_row(x + args.x_layout.row_offset(r), args.x_layout.s_k, noise.row(j), K,
-                                       alpha.data());
+                                       alpha.data(), m);
       if (args.mode == 2) {
         int64_t* index = args.index + args.index_layout.row_offset(r);
         if (valid) top_indices(alpha.data(), K, k, order);
@@ -211,11 +244,11 @@ void forward_impl(const TopkForwardArgs& args, int64_t begin, int64_t end) {
         }
       }
       if (!relax) continue;
-      const acc_t tau = row_tau<acc_t>(args.tau_rows, args.tau, r);
+      const acc_t tau = row_tau<acc_t>(args.tau_rows, args.tau, r), inv_tau = acc_t(1) / tau;
       if (args.mode == 0) std::fill(y.begin(), y.end(), acc_t(0));
       for (int64_t step = 0; step < k; ++step) {
-        const Step<acc_t> st = step_statistics(alpha.data(), K, tau, e.data());
-        apply_step(st, tau, e.data(), alpha.data(), args.mode == 0 ? y.data() : nullptr, K);
+        const Step<acc_t> st = step_statistics(alpha.data(), K, m, inv_tau, e.data());
+        m = apply_step(st, tau, e.data(), alpha.data(), args.mode == 0 ? y.data() : nullptr, K);
         if (stats) {
           acc_t* saved = stats + 4 * (r * k + step);
           saved[0] = st.shift;
@@ -242,23 +275,28 @@ inline int64_t segment_steps(int64_t K, int64_t k) {
   return std::max<int64_t>(1, int64_t(std::ceil(std::sqrt(double(k) / 2))));
 }
 
-// The backward's per-row buffers: b, G, p, v, checkpoints of alpha at segment starts, and alpha_j
-// and e'_j of the steps of the segment in hand.
+// The backward's per-row buffers (rows of padded_size): b, G, p, v, checkpoints of alpha at segment
+// starts, and alpha_j and e'_j of the steps of the segment in hand.
 template <typename acc_t>
 struct BackwardScratch {
-  int64_t K, k, seg, segments;
+  int64_t K, Kp, k, seg, segments;
   std::vector<acc_t> adjoint, grad_out, p, v, checkpoints, alphas, exps;
   std::vector<Step<acc_t>> steps;  // the segment's statistics
   BackwardScratch(int64_t K, int64_t k)
-      : K(K), k(k), seg(segment_steps(K, k)), segments((k + seg - 1) / seg), adjoint(K), grad_out(K), p(K), v(K),
-        checkpoints(segments * K), alphas(seg * K), exps(seg * K), steps(seg) {}
+      : K(K), Kp(padded_size<acc_t>(K)), k(k), seg(segment_steps(K, k)), segments((k + seg - 1) / seg),
+        adjoint(Kp), grad_out(Kp), p(Kp), v(Kp), checkpoints(segments * Kp), alphas(seg * Kp), exps(seg * Kp),
+        steps(seg) {}
 };
 
-// The saved statistics of step j of row r; i* found again as the first index of m in the replayed alpha_j.
+// Step j of row r replayed on alpha_j: the saved (m, m2, R'), i* found again as the first index of m
+// (alpha_j is bit for bit the forward's), and e'_j into e.
 template <typename acc_t>
-Step<acc_t> saved_step(const acc_t* stats, int64_t r, int64_t k, int64_t j, const acc_t* alpha, int64_t K) {
+Step<acc_t> replay_step(const acc_t* stats, int64_t r, int64_t k, int64_t j, acc_t* alpha, int64_t K, acc_t inv_tau,
+                        acc_t* e) {
   const acc_t* saved = stats + 4 * (r * k + j);
-  return {saved[0], saved[1], saved[2], std::find(alpha, alpha + K, saved[0]) - alpha};
+  const Step<acc_t> st{saved[0], saved[1], saved[2], std::find(alpha, alpha + K, saved[0]) - alpha};
+  without_best(alpha, st.best, [&] { return exp_rest(alpha, K, st.runner_up, inv_tau, e); });
+  return st;
 }
 
 // One adjoint step (step j, alpha_j and e'_j given): b += dL/dt / tau; returns this step's
@@ -266,43 +304,38 @@ Step<acc_t> saved_step(const acc_t* stats, int64_t r, int64_t k, int64_t j, cons
 template <typename acc_t>
 acc_t adjoint_step(const Step<acc_t>& st, acc_t tau, const acc_t* alpha, const acc_t* e, BackwardScratch<acc_t>& s) {
   using V = Vec<acc_t>;
-  const int64_t K = s.K;
   const auto [scale, total] = scale_and_total(st, tau);
   const bool has_rest = st.rest > 0;
   acc_t* b = s.adjoint.data();
   const acc_t* G = s.grad_out.data();
   acc_t *p = s.p.data(), *v = s.v.data();
-  const acc_t b_best = has_rest ? b[st.best] : acc_t(0);
-  // p and v off i* (0 at i*, where e' = 0), and <G, p>, V; i*'s p = 1/S joins <G, p> below.
-  const V c(scale), S(total), one(acc_t(1));
-  at::vec::map([&](V ei) { return (ei * c) / S; }, p, e, K);
-  at::vec::map2([&](V bi, V pi) { return bi * pi / (one - pi); }, v, b, p, K);
-  const acc_t p_best = acc_t(1) / total;
-  const acc_t grad_dot_p = at::vec::map2_reduce_all<acc_t>([](V g, V pi) { return g * pi; },
-                                                           [](V u, V w) { return u + w; }, G, p, K) +
-                           G[st.best] * p_best;
-  const acc_t v_sum = sum_of(v, K);
+  const acc_t b_best = has_rest ? b[st.best] : acc_t(0), p_best = acc_t(1) / total, inv_tau = acc_t(1) / tau;
+  // p and v off i* (0 at i*, where e' = 0), <G, p> and V; i*'s p = 1/S joins <G, p> after.
+  const V share(scale / total), one(acc_t(1)), zero(acc_t(0));
+  V grad_dot_p_lanes(zero), v_lanes(zero);
+  for (int64_t i = 0; i < s.Kp; i += V::size()) {
+    const V pi = V::loadu(e + i) * share;
+    const V vi = V::loadu(b + i) * pi / (one - pi);
+    pi.store(p + i);
+    vi.store(v + i);
+    grad_dot_p_lanes = grad_dot_p_lanes + V::loadu(G + i) * pi;
+    v_lanes = v_lanes + vi;
+  }
+  const acc_t grad_dot_p = lanes_sum(grad_dot_p_lanes) + G[st.best] * p_best, v_sum = lanes_sum(v_lanes);
   const acc_t inv_rest = acc_t(1) / (has_rest ? st.rest : acc_t(1));
-  const V gp(grad_dot_p), vb(v_sum - b_best), bb(b_best), ir(inv_rest), t(tau), m(st.shift), zero(acc_t(0));
-  V tau_terms(acc_t(0));
-  int64_t i = 0;
-  acc_t tau_sum = 0;
-  for (; i + V::size() <= K; i += V::size()) {
+  const V gp(grad_dot_p), vb(v_sum - b_best), bb(b_best), ir(inv_rest), it(inv_tau), m(st.shift);
+  V tau_lanes(zero);
+  for (int64_t i = 0; i < s.Kp; i += V::size()) {
     const V pi = V::loadu(p + i);
     const V grad_t = pi * (V::loadu(G + i) - gp) + pi * vb - V::loadu(v + i) + bb * (V::loadu(e + i) * ir);
-    (V::loadu(b + i) + grad_t / t).store(b + i);
-    tau_terms = tau_terms + V::blendv(grad_t * (V::loadu(alpha + i) - m), zero, grad_t == zero);
-  }
-  for (; i < K; ++i) {
-    const acc_t grad_t = p[i] * (G[i] - grad_dot_p) + p[i] * (v_sum - b_best) - v[i] + b_best * (e[i] * inv_rest);
-    b[i] += grad_t / tau;
-    if (grad_t != 0) tau_sum += grad_t * (alpha[i] - st.shift);
+    (V::loadu(b + i) + grad_t * it).store(b + i);
+    // Classes without weight in this step add nothing (also where alpha - m is -inf).
+    tau_lanes = tau_lanes + V::blendv(grad_t * (V::loadu(alpha + i) - m), zero, grad_t == zero);
   }
   // i*: the pass above added exactly 0 there (p = v = e' = 0).
   const acc_t grad_t_best = p_best * (G[st.best] - grad_dot_p) + p_best * (v_sum - b_best);
-  b[st.best] += grad_t_best / tau;
-  if (grad_t_best != 0) tau_sum += grad_t_best * (alpha[st.best] - st.shift);
-  return tau_sum + at::vec::vec_reduce_all<acc_t>([](V& u, V& w) { return u + w; }, tau_terms);
+  b[st.best] += grad_t_best * inv_tau;
+  return lanes_sum(tau_lanes) + (grad_t_best != 0 ? grad_t_best * (alpha[st.best] - st.shift) : acc_t(0));
 }
 
 template <typename scalar_t, typename acc_t>
@@ -315,6 +348,7 @@ void backward_impl(const TopkBackwardArgs& args, int64_t begin, int64_t end) {
   const auto* stats = static_cast<const acc_t*>(args.stats);
   NoiseBlock<acc_t> noise(K, end - begin);
   BackwardScratch<acc_t> s(K, k);
+  const int64_t Kp = s.Kp;
   const acc_t nan = std::numeric_limits<acc_t>::quiet_NaN();
   for (int64_t r0 = begin; r0 < end; r0 += noise.per_block) {
     const int64_t count = std::min(noise.per_block, end - r0);
@@ -322,22 +356,22 @@ void backward_impl(const TopkBackwardArgs& args, int64_t begin, int64_t end) {
     for (int64_t j = 0; j < count; ++j) {
       const int64_t r = r0 + j;
       scalar_t* out = grad_x + args.gx_layout.row_offset(r);
-      acc_t* alpha0 = s.checkpoints.data();
-      if (!perturbed_row(x + args.x_layout.row_offset(r), args.x_layout.s_k, noise.row(j), K, alpha0)) {
+      acc_t m;
+      if (!perturbed_row(x + args.x_layout.row_offset(r), args.x_layout.s_k, noise.row(j), K, s.checkpoints.data(),
+                         m)) {
         fill_row(out, args.gx_layout.s_k, K, scalar_t(nan));
         if (tau_grad) tau_grad[r] = nan;
         continue;
       }
-      const acc_t tau = row_tau<acc_t>(args.tau_rows, args.tau, r);
+      const acc_t tau = row_tau<acc_t>(args.tau_rows, args.tau, r), inv_tau = acc_t(1) / tau;
       load_row(grad_y + args.g_layout.row_offset(r), args.g_layout.s_k, K, s.grad_out.data());
       std::fill(s.adjoint.begin(), s.adjoint.end(), acc_t(0));
       // Checkpoints: alpha at the first step of each segment (the first is a itself).
       for (int64_t seg = 1; seg < s.segments; ++seg) {
-        acc_t* next = s.checkpoints.data() + seg * K;
-        std::copy(next - K, next, next);
+        acc_t* next = s.checkpoints.data() + seg * Kp;
+        std::copy(next - Kp, next, next);
         for (int64_t step = (seg - 1) * s.seg; step < seg * s.seg; ++step) {
-          const Step<acc_t> st = saved_step(stats, r, k, step, next, K);
-          exp_rest(next, K, st.runner_up, tau, st.best, s.exps.data());
+          const Step<acc_t> st = replay_step(stats, r, k, step, next, K, inv_tau, s.exps.data());
           apply_step(st, tau, s.exps.data(), next, static_cast<acc_t*>(nullptr), K);
         }
       }
@@ -345,19 +379,19 @@ void backward_impl(const TopkBackwardArgs& args, int64_t begin, int64_t end) {
       for (int64_t seg = s.segments - 1; seg >= 0; --seg) {
         const int64_t first = seg * s.seg, last = std::min(k, first + s.seg);
         // Replay the segment, keeping alpha_j and e'_j of each of its steps.
-        std::copy(s.checkpoints.data() + seg * K, s.checkpoints.data() + (seg + 1) * K, s.alphas.data());
+        std::copy(s.checkpoints.data() + seg * Kp, s.checkpoints.data() + (seg + 1) * Kp, s.alphas.data());
         for (int64_t step = first; step < last; ++step) {
-          acc_t* alpha = s.alphas.data() + (step - first) * K;
-          const Step<acc_t> st = s.steps[step - first] = saved_step(stats, r, k, step, alpha, K);
-          exp_rest(alpha, K, st.runner_up, tau, st.best, s.exps.data() + (step - first) * K);
+          acc_t* alpha = s.alphas.data() + (step - first) * Kp;
+          acc_t* e = s.exps.data() + (step - first) * Kp;
+          const Step<acc_t> st = s.steps[step - first] = replay_step(stats, r, k, step, alpha, K, inv_tau, e);
           if (step + 1 < last) {
-            std::copy(alpha, alpha + K, alpha + K);
-            apply_step(st, tau, s.exps.data() + (step - first) * K, alpha + K, static_cast<acc_t*>(nullptr), K);
+            std::copy(alpha, alpha + Kp, alpha + Kp);
+            apply_step(st, tau, e, alpha + Kp, static_cast<acc_t*>(nullptr), K);
           }
         }
         for (int64_t step = last - 1; step >= first; --step) {
-          tau_sum += adjoint_step(s.steps[step - first], tau, s.alphas.data() + (step - first) * K,
-                                  s.exps.data() + (step - first) * K, s);
+          tau_sum += adjoint_step(s.steps[step - first], tau, s.alphas.data() + (step - first) * Kp,
+                                  s.exps.data() + (step - first) * Kp, s);
         }
       }
       store_row(s.adjoint.data(), K, out, args.gx_layout.s_k);
