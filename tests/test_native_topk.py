@@ -160,6 +160,13 @@ def test_minus_inf_and_fewer_finite_classes_than_k():
                                  grad_weight=weight), native, torch.float64, hard)
             y, dx, dt = native
             assert torch.isfinite(y).all() and torch.isfinite(dx).all() and torch.isfinite(dt).all()
+    # Both top-k paths (a scan for k <= 32, a partial sort above): the -inf classes in index order.
+    sparse = torch.full((2, 60), -math.inf).index_fill_(1, torch.arange(3, 60, 6), 0.0)
+    for k in (12, 40):
+        index = subset("native", sparse, k)
+        assert torch.equal(index, subset("reference", sparse, k))
+        minus_inf = [i for i in range(60) if (i - 3) % 6][:k - 10]
+        assert index[:, 10:].tolist() == [minus_inf] * 2
     index = subset("native", logits, 4)
     assert sorted(index[0, :2].tolist()) == [1, 4] and index[0, 2:].tolist() == [0, 2]
     assert sorted(index[1, :3].tolist()) == [0, 2, 3] and index[1, 3] == 1

@@ -199,12 +199,33 @@ acc_t apply_step(const Step<acc_t>& st, acc_t tau, const acc_t* e, acc_t* alpha,
   return lanes_max(top);
 }
 
-// The exact top-k of a valid row: indices in decreasing order of a, ties to the lowest index.
+// k up to which the top k come from one scan rather than a partial sort.
+constexpr int64_t kScanTopK = 32;
+
+// The exact top-k of a valid row into order[0, k): indices in decreasing order of a, ties to the
+// lowest index. Small k: one scan in index order keeps the k best so far, sorted; a class enters only
+// above the k-th (strictly: an equal later class never passes an earlier one), so most classes cost
+// one comparison. Larger k: a partial sort by (a descending, index ascending).
 template <typename acc_t>
 void top_indices(const acc_t* a, int64_t K, int64_t k, std::vector<int64_t>& order) {
-  std::iota(order.begin(), order.end(), int64_t(0));
-  std::partial_sort(order.begin(), order.begin() + k, order.end(),
-                    [a](int64_t i, int64_t j) { return a[i] > a[j] || (a[i] == a[j] && i < j); });
+  if (k > kScanTopK) {
+    std::iota(order.begin(), order.end(), int64_t(0));
+    std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                      [a](int64_t i, int64_t j) { return a[i] > a[j] || (a[i] == a[j] && i < j); });
+    return;
+  }
+  int64_t* best = order.data();
+  int64_t held = 0;
+  acc_t threshold = -kInf<acc_t>;  // the k-th best so far, once k are held
+  for (int64_t i = 0; i < K; ++i) {
+    const acc_t value = a[i];
+    if (held == k && !(value > threshold)) continue;
+    int64_t at = std::min(held, k - 1);  // a full list drops its last
+    held = std::min(held + 1, k);
+    for (; at > 0 && a[best[at - 1]] < value; --at) best[at] = best[at - 1];
+    best[at] = i;
+    threshold = a[best[held - 1]];
+  }
 }
 
 template <typename scalar_t, typename acc_t>
