@@ -330,3 +330,20 @@ def test_export_runs_the_native_op():
     exported = program.module()(logits)
     torch.manual_seed(28)
     assert_close(exported, Module()(logits), torch.float32)
+
+
+def test_opcheck():
+    """The ops' schemas, fake implementations and autograd registration (torch.library.opcheck):
+    the custom op under "native" with a per-row tau, and the C++ ops in every mode."""
+    logits, token = torch.randn(3, 4, 5, requires_grad=True), torch.empty(0)
+    for args in [(logits, torch.full((15,), 0.8, requires_grad=True), 1.0, 2, 0, 1, True, 5, "native", token),
+                 (logits, None, 0.6, 2, 1, 2, True, 5, "native", token),
+                 (logits.detach(), None, 1.0, 3, 2, 2, False, 5, "native", token)]:
+        torch.library.opcheck(torch.ops.fused_gumbel.gumbel_topk.default, args)
+    x = logits.detach()
+    for mode in (0, 1, 2):
+        torch.library.opcheck(torch.ops.fused_gumbel.topk_kernel_forward.default,
+                              (x, torch.full((15,), 0.8), 1.0, 2, mode, 1, 3, 4, mode != 2))
+    _, stats = torch.ops.fused_gumbel.topk_kernel_forward(x, None, 0.7, 2, 0, 1, 3, 4, True)
+    torch.library.opcheck(torch.ops.fused_gumbel.topk_kernel_backward.default,
+                          (torch.randn(3, 4, 5), x, torch.full((15,), 0.7), 1.0, 2, 1, 3, 4, stats, True))
