@@ -262,11 +262,12 @@ def test_seeding():
     assert torch.equal(fused_gumbel.sample_subset(logits, 4, seed=2**40 + 1, backend="native"),
                        fused_gumbel.sample_subset(logits, 4, seed=2**40 + 1, backend="reference"))
     threads = torch.get_num_threads()
+    many = torch.randn(2000, 30, generator=torch.Generator().manual_seed(21))  # rows in several thread tasks
     try:
         torch.set_num_threads(1)
-        one = sample("native", logits, 5, 0.5, seed=22, grad_weight=torch.ones(64, 30, dtype=torch.float64))
+        one = sample("native", many, 5, 0.5, seed=22, grad_weight=torch.ones(2000, 30, dtype=torch.float64))
         torch.set_num_threads(2)
-        two = sample("native", logits, 5, 0.5, seed=22, grad_weight=torch.ones(64, 30, dtype=torch.float64))
+        two = sample("native", many, 5, 0.5, seed=22, grad_weight=torch.ones(2000, 30, dtype=torch.float64))
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(u, v) for u, v in zip(one[:2], two[:2]))

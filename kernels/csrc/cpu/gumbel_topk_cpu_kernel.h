@@ -4,7 +4,8 @@
 //
 //   a = x + g, g gumbel_softmax's noise (Philox words of the RNG spec's row mapping, turned into
 //       noise by the Gumbel-Softmax kernel's own gumbel_noise of this ISA build: the same noise);
-//   index / hard: the k largest entries of a, ties to the lowest index (a partial sort);
+//   index / hard: the k largest entries of a, ties to the lowest index (one scan for k <= 32, else
+//       a partial sort);
 //   soft (and hard with a gradient to come): Xie & Ermon's recursion, alpha_1 = a, for j = 1..k
 //       m = max alpha, i* its first argmax, m2 the runner-up (m when there is none),
 //       e'_i = exp((alpha_i - m2) / tau) off i* (0 on it), R' = sum e', c = exp((m2 - m) / tau),
@@ -14,6 +15,9 @@
 //   to whole vectors, 1 / tau and c / S as multipliers); (m, m2, R', i*) of each step are saved for
 //   the backward ([rows, k, 4], compute dtype; i* as a float, informational).
 //
+// Why no k or K limit (the Triton kernel's MAX_K / MAX_CLASSES): a row lives in a heap buffer, not in
+// registers, and the backward replays each step at most twice (to the checkpoints, then within its
+// segment; the Triton kernel replays O(k^2) steps), so any k <= K costs what its k K element-steps cost.
 // The backward regenerates a, replays the recursion from the saved (m, m2, R') with the forward's
 // own functions (so alpha_j is bit for bit the forward's, and i* is found again as the first index
 // of m), keeps alpha_j and e'_j of every step (or, for rows where k K is large, of one segment of
