@@ -11,9 +11,9 @@ without torch at build time, without a compiler, with `FUSED_GUMBEL_BUILD_EXT=0`
 build fails, a warning says why and the package installs on its pure-Python path
 (`fused_gumbel._native` reports the reason at run time).
 
-- CPU: `ops.cpp` (op schemas + module), `eager.cpp` (the eager CPU fast path: module functions) and
-  `relaxed_ops.cpp` (the relaxed-Bernoulli op schemas);
-  per kernel (`cpu/gumbel_softmax_cpu*`, `cpu/relaxed_bernoulli_cpu*`) the host side (`<kernel>.cpp`)
+- CPU: `ops.cpp` (op schemas + module), `eager.cpp` (the eager CPU fast path: module functions),
+  `relaxed_ops.cpp` and `topk_ops.cpp` (the relaxed-Bernoulli and Gumbel top-k op schemas);
+  per kernel (`cpu/gumbel_softmax_cpu*`, `cpu/relaxed_bernoulli_cpu*`, `cpu/gumbel_topk_cpu*`) the host side (`<kernel>.cpp`)
   and the kernel built three times: baseline (`*_default.cpp`), AVX2+FMA (`*_avx2.cpp`) and AVX-512
   (`*_avx512.cpp`), each x86 build with its own flags; the CPU's features choose one at run time.
 - CUDA: `cuda/*.cu` (the CUDA C++ twin of the Triton kernels) join the same extension (a
@@ -44,7 +44,7 @@ ISA_FLAGS = {  # the per-ISA kernel builds (cpu/<kernel>_<isa>.cpp), each compil
     "avx2": ["-mavx2", "-mfma", "-mf16c"],
     "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"],
 }
-CPU_KERNELS = ("gumbel_softmax_cpu", "relaxed_bernoulli_cpu")
+CPU_KERNELS = ("gumbel_softmax_cpu", "relaxed_bernoulli_cpu", "gumbel_topk_cpu")
 ISA_SOURCES = {os.path.join(CSRC, "cpu", f"{kernel}_{isa}.cpp"): flags
                for kernel in CPU_KERNELS for isa, flags in ISA_FLAGS.items()}
 
@@ -91,7 +91,7 @@ def _native_build():
               "`pip install --no-build-isolation -e .` (see README).")
         return [], {}
 
-    sources = [os.path.join(CSRC, "ops.cpp"), os.path.join(CSRC, "eager.cpp"), os.path.join(CSRC, "relaxed_ops.cpp")]
+    sources = [os.path.join(CSRC, name) for name in ("ops.cpp", "eager.cpp", "relaxed_ops.cpp", "topk_ops.cpp")]
     sources += [os.path.join(CSRC, "cpu", f"{kernel}{suffix}.cpp") for kernel in CPU_KERNELS for suffix in ("", "_default")]
     isa_sources = {src: flags for src, flags in ISA_SOURCES.items() if platform.machine() in ("x86_64", "AMD64")}
     cuda_sources = sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu")))

@@ -7,11 +7,12 @@ spec's Philox words, tempered softmax, one-hot or argmax; dx = y (dy - sum(dy y)
 temperature gradient), with a CPU kernel (``kernels/csrc/cpu``) and, where built, a CUDA twin
 (``kernels/csrc/cuda``), and the eager CPU fast path (``kernels/csrc/eager.cpp``: the functions
 ``sample_eager`` and ``draw_key_offset`` of the module itself, which ``functional`` and
-``_seeding`` call). Importing ``fused_gumbel`` never imports ``_C``; the first call that
-asks does, once. It is refused, with the reason kept for :func:`unavailable_reason`, when it was
-not built, fails to load, was built against another torch version (its C++ ABI would not
-match), or its last build failed (then with a warning): ``_C.build.json``, written by setup.py,
-records the torch version or the build error.
+``_seeding`` call), and the CPU kernels of ``relaxed_bernoulli``/``bernoulli`` and
+``gumbel_topk``/``sample_subset`` (``bernoulli_kernel_*``, ``topk_kernel_*``). Importing
+``fused_gumbel`` never imports ``_C``; the first call that asks does, once. It is refused, with
+the reason kept for :func:`unavailable_reason`, when it was not built, fails to load, was built
+against another torch version (its C++ ABI would not match), or its last build failed (then with
+a warning): ``_C.build.json``, written by setup.py, records the torch version or the build error.
 """
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ def _load():
         return None, f"fused_gumbel._C failed to load: {error}"
     _register_fakes()
     _register_relaxed_fakes()
+    _register_topk_fakes()
     return module, None
 
 
@@ -137,6 +139,13 @@ def backward(grad_y: torch.Tensor, src: torch.Tensor, tau, dim: int, seed, offse
                                                   tau_grad and tau_tensor is not None, None)
 
 
+def _register_missing_fakes(fakes) -> None:
+    """``torch.library.register_fake`` for each (op name, fake) whose op has no Meta kernel yet."""
+    for name, fake in fakes:
+        if not torch._C._dispatch_has_kernel_for_dispatch_key(name, "Meta"):
+            torch.library.register_fake(name, fake)
+
+
 def _register_fakes() -> None:
     """Shape functions, so the ops also trace (meta tensors, torch.compile, torch.export)."""
     def forward_fake(logits, tau_tensor, tau, mode, dim, key, offset):
@@ -151,9 +160,8 @@ def _register_fakes() -> None:
             grad_tau = src.new_empty(rows, dtype=torch.float64 if src.dtype == torch.float64 else torch.float32)
         return src.new_empty(src.shape), grad_tau
 
-    for name, fake in (("fused_gumbel::kernel_forward", forward_fake), ("fused_gumbel::kernel_backward", backward_fake)):
-        if not torch._C._dispatch_has_kernel_for_dispatch_key(name, "Meta"):
-            torch.library.register_fake(name, fake)
+    _register_missing_fakes((("fused_gumbel::kernel_forward", forward_fake),
+                             ("fused_gumbel::kernel_backward", backward_fake)))
 
 
 # ---- relaxed Bernoulli (kernels/csrc/relaxed_ops.cpp, cpu/relaxed_bernoulli_cpu*) -------------------
@@ -206,7 +214,71 @@ def _register_relaxed_fakes() -> None:
             grad_tau = logits.new_empty(shape, dtype=torch.float64 if logits.dtype == torch.float64 else torch.float32)
         return logits.new_empty(logits.shape), grad_tau
 
-    for name, fake in (("fused_gumbel::bernoulli_kernel_forward", forward_fake),
-                       ("fused_gumbel::bernoulli_kernel_backward", backward_fake)):
-        if not torch._C._dispatch_has_kernel_for_dispatch_key(name, "Meta"):
-            torch.library.register_fake(name, fake)
+    _register_missing_fakes((("fused_gumbel::bernoulli_kernel_forward", forward_fake),
+                             ("fused_gumbel::bernoulli_kernel_backward", backward_fake)))
+
+
+# ---- Gumbel top-k (kernels/csrc/topk_ops.cpp, cpu/gumbel_topk_cpu*) -------------------------------
+# The same math as kernels/gumbel_topk.py on gumbel_softmax's noise, one row at a time: exact top-k
+# indices / k-hot and Xie & Ermon's relaxed k-hot with its saved per-step statistics, and the backward
+# that replays the recursion from them. fused_gumbel.gumbel_topk and sample_subset run it under "native".
+
+@_constant_under_compile
+def topk_available(device_type: str = "cpu") -> bool:
+    """Whether ``_C`` loaded and has the Gumbel top-k kernel for ``device_type`` (CPU only)."""
+    if load() is None:
+        return False
+    if "topk_devices" not in _state:
+        has = torch._C._dispatch_has_kernel_for_dispatch_key
+        _state["topk_devices"] = {kind: has("fused_gumbel::topk_kernel_forward", key) for kind, key in
+                                  (("cpu", "CPU"), ("cuda", "CUDA"))}
+    return _state["topk_devices"].get(device_type, False)
+
+
+def topk_forward(logits: torch.Tensor, tau, k: int, mode: int, dim: int, seed, offset, save_stats: bool):
+    """``topk_kernel_forward``: (the relaxed or exact k-hot (contiguous, logits' shape and dtype) or, for
+    mode 2, int64 indices with size ``k`` along ``dim``; the [rows, k, 4] statistics or None).
+    ``tau``: a float, a 0-dim or a [rows] tensor in RNG-spec row order (compute dtype)."""
+    key, offset = _key_offset(seed, offset)
+    tau_tensor, tau_value = _elementwise_tau_args(tau)
+    return torch.ops.fused_gumbel.topk_kernel_forward(logits, tau_tensor, tau_value, k, mode, dim, key, offset,
+                                                      save_stats)
+
+
+def topk_backward(grad_y: torch.Tensor, logits: torch.Tensor, tau, k: int, dim: int, seed, offset,
+                  stats: torch.Tensor, tau_grad: bool):
+    """``topk_kernel_backward``: (grad_logits, per-row temperature gradients or None), the noise
+    regenerated from ``(seed, offset)`` and the recursion replayed from the forward's ``stats``."""
+    key, offset = _key_offset(seed, offset)
+    tau_tensor, tau_value = _elementwise_tau_args(tau)
+    return torch.ops.fused_gumbel.topk_kernel_backward(grad_y, logits, tau_tensor, tau_value, k, dim, key, offset,
+                                                       stats, tau_grad and tau_tensor is not None)
+
+
+def _register_topk_fakes() -> None:
+    """Shape functions of the Gumbel top-k ops (meta tensors, torch.compile, torch.export)."""
+    def compute(logits):
+        return torch.float64 if logits.dtype == torch.float64 else torch.float32
+
+    def rows_of(logits, dim):
+        return logits.numel() // logits.shape[dim] if logits.dim() and logits.shape[dim] else 0
+
+    def forward_fake(logits, tau_tensor, tau, k, mode, dim, key, offset, save_stats):
+        if mode == 2:
+            shape = list(logits.shape) or [1]
+            shape[dim] = k
+            out = logits.new_empty(shape, dtype=torch.int64)
+        else:
+            out = logits.new_empty(logits.shape)
+        rows = rows_of(logits, dim) if logits.dim() else 1
+        stats = logits.new_empty((rows, k, 4), dtype=compute(logits)) if save_stats and mode != 2 else None
+        return out, stats
+
+    def backward_fake(grad_y, logits, tau_tensor, tau, k, dim, key, offset, stats, tau_grad):
+        grad_tau = None
+        if tau_grad and tau_tensor is not None:
+            grad_tau = logits.new_empty(rows_of(logits, dim) if logits.dim() else 1, dtype=compute(logits))
+        return logits.new_empty(logits.shape), grad_tau
+
+    _register_missing_fakes((("fused_gumbel::topk_kernel_forward", forward_fake),
+                             ("fused_gumbel::topk_kernel_backward", backward_fake)))

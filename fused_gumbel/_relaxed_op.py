@@ -15,9 +15,9 @@ same sample as eager for the same ``torch.manual_seed``. ``rng_state`` (the call
 offset, int64 [2]) is all the backward needs to regenerate the noise; the Triton forward writes
 it from its first program (the reference and native backends make it on the host). ``stats`` is
 the top-k kernel's [rows, k, 4] recursion statistics (empty unless ``save_stats`` on the Triton
-backend). Fake implementations give the shapes; the autograd formulas call
-``relaxed_bernoulli_backward`` / ``gumbel_topk_backward``: the Triton backward kernels (for
-``relaxed_bernoulli`` under "native", the C++ CPU kernel), or for the reference backend a replay
+or native backend). Fake implementations give the shapes; the autograd formulas call
+``relaxed_bernoulli_backward`` / ``gumbel_topk_backward``: the Triton backward kernels (under
+"native", the C++ CPU kernels), or for the reference backend a replay
 of the reference forward on the same noise differentiated by autograd (the same gradient as an
 eager reference call).
 
@@ -180,14 +180,14 @@ def _topk(logits, tau, tau_value, k, mode, dim, save_stats, seed, backend, call_
     from .relaxed_function import topk_forward
 
     out, stats, _, _ = topk_forward(logits, tau_value if tau is None else tau, k, mode, dim, key, offset,
-                                    save_stats and mode != MODE_INDEX, rng_out=rng_out)
+                                    save_stats and mode != MODE_INDEX, rng_out=rng_out, native=backend == "native")
     return out.contiguous(), state, logits.new_empty(0) if stats is None else stats
 
 
 def _topk_fake(logits, tau, tau_value, k, mode, dim, save_stats, seed, backend, call_token):
     out_dtype = torch.int64 if mode == MODE_INDEX else logits.dtype
     out = logits.new_empty(_topk_out_shape(logits, k, dim, mode), dtype=out_dtype)
-    if backend == "triton" and save_stats and mode != MODE_INDEX:
+    if backend in ("triton", "native") and save_stats and mode != MODE_INDEX:
         rows = logits.numel() // logits.shape[dim]
         stats = logits.new_empty((rows, k, 4), dtype=reference_relaxed.compute_dtype(logits.dtype))
     else:
@@ -208,9 +208,10 @@ def _topk_backward(grad, logits, tau, tau_value, k, dim, rng_state, stats, tau_g
     from ._layout import as_rows
     from .relaxed_function import topk_backward
 
-    x, x_strides = as_rows(logits, dim)
+    native = backend == "native"
+    x, x_strides = (logits, None) if native else as_rows(logits, dim)  # the native kernel takes the logits and dim
     grad_x, grad_tau = topk_backward(grad, x, x_strides, stats, tau_value if tau is None else tau, k, dim, rng_state,
-                                     None, tau_grad)
+                                     None, tau_grad, native=native)
     return grad_x, grad_x.new_empty(0) if grad_tau is None else grad_tau
 
 

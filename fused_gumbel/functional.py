@@ -143,7 +143,7 @@ def _native_eager(backend: Optional[str]):
 
 def select_backend_for_op(device: torch.device, backend: Optional[Backend], has_native: bool) -> str:
     """``select_backend`` for one op: where the op has no C++ kernel (``has_native`` False:
-    gumbel_topk, the estimators' backward, relaxed_bernoulli off CPU) "native" runs as
+    the estimators' backward, relaxed_bernoulli and gumbel_topk off CPU) "native" runs as
     "reference", which draws the same noise."""
     chosen = select_backend(device, backend)
     return "reference" if chosen == "native" and not has_native else chosen

@@ -10,9 +10,9 @@
   Continuous Relaxations" (IJCAI 2019).
 
 As for ``gumbel_softmax``: every input error raises before any launch, CUDA tensors run the
-fused Triton kernels, CPU tensors ``relaxed_bernoulli``/``bernoulli``'s C++ kernel of
-``fused_gumbel._C`` (backend "native", where it is built) and ``gumbel_topk``/``sample_subset``'s
-PyTorch reference, each on the same noise (or the Triton kernels under ``TRITON_INTERPRET=1``),
+fused Triton kernels, CPU tensors the C++ kernels of ``fused_gumbel._C`` (backend "native", where
+it is built; else the PyTorch reference), each on the same noise (or the Triton kernels under
+``TRITON_INTERPRET=1``),
 and ``generator=``, ``seed=`` and ``torch.manual_seed`` control every draw (``fused_gumbel._seeding``; the kernels also take CUDA-graph capture).
 Eager calls run the autograd Functions of ``relaxed_function`` (or the reference); calls being
 recorded into a graph (torch.compile, torch.export, torch.jit.trace) run the custom ops of
@@ -199,8 +199,8 @@ def gumbel_topk(
 
     Ties in the top-k go to the lowest index; fewer than k classes with finite logits are made
     up with the lowest-index ``-inf`` ones. Rows with a NaN or no finite maximum are NaN.
-    The fused kernel takes rows of up to 4096 classes and k <= 64; larger ones run the
-    reference with a RuntimeWarning.
+    The Triton kernel takes rows of up to 4096 classes and k <= 64; larger ones run the
+    reference with a RuntimeWarning. The native CPU kernel takes any number of classes and k.
     """
     _check_logits(logits)
     dim = _normalize_dim(dim, logits.dim())
@@ -212,7 +212,7 @@ def gumbel_topk(
     if logits.dim() == 0:
         return gumbel_topk(logits.reshape(1), k, tau, hard, 0, generator=generator, seed=seed,
                            backend=backend).reshape(())
-    chosen = select_backend_for_op(logits.device, backend, has_native=False)
+    chosen = select_backend_for_op(logits.device, backend, has_native=_native.topk_available(logits.device.type))
     if chosen == "triton" and not _fused_topk_supported(shape.classes, k):
         chosen = "reference"
     tau_requires_grad = isinstance(tau, torch.Tensor) and tau.requires_grad
@@ -222,6 +222,7 @@ def gumbel_topk(
         mode = _relaxed_op.MODE_HARD if hard else _relaxed_op.MODE_SOFT
         return _relaxed_op.gumbel_topk(logits, _tau_for_kernel(tau, logits, dim), k, mode, dim, save_stats, seed,
                                        chosen)
+    chosen = _outside_transforms(chosen)
     key, offset = _seeding.draw(logits.device, generator, seed)
     if chosen == "reference":
         _check_host_seed(key)
@@ -229,7 +230,7 @@ def gumbel_topk(
     from .relaxed_function import GumbelTopkFunction
 
     return GumbelTopkFunction.apply(logits, _tau_for_kernel(tau, logits, dim), k, bool(hard), dim, key, offset,
-                                    save_stats)
+                                    save_stats, chosen == "native")
 
 
 def sample_subset(
@@ -260,17 +261,18 @@ def sample_subset(
         return torch.empty(out_shape, dtype=torch.int64, device=logits.device)
     if logits.dim() == 0:
         return sample_subset(logits.reshape(1), k, 0, generator=generator, seed=seed, backend=backend).reshape(())
-    chosen = select_backend_for_op(logits.device, backend, has_native=False)
+    chosen = select_backend_for_op(logits.device, backend, has_native=_native.topk_available(logits.device.type))
     if chosen == "triton" and not _fused_topk_supported(shape.classes, k):
         chosen = "reference"
     logits = logits.detach()
     if _graph_mode():
         _check_compiled_call(generator, seed)
         return _relaxed_op.gumbel_topk(logits, 1.0, k, _relaxed_op.MODE_INDEX, dim, False, seed, chosen)
+    chosen = _outside_transforms(chosen)
     key, offset = _seeding.draw(logits.device, generator, seed)
     if chosen == "reference":
         _check_host_seed(key)
         return reference_relaxed.sample_subset(logits, k, dim, seed=key, offset=offset)
     from .relaxed_function import topk_forward
 
-    return topk_forward(logits, 1.0, k, _relaxed_op.MODE_INDEX, dim, key, offset, False)[0]
+    return topk_forward(logits, 1.0, k, _relaxed_op.MODE_INDEX, dim, key, offset, False, native=chosen == "native")[0]

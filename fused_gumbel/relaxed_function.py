@@ -13,7 +13,9 @@ With ``native`` the launches are the C++ CPU kernel's (``_native.bernoulli_forwa
 as it does on the reference backend.
 ``GumbelTopkFunction`` saves the logits and four per-row, per-step statistics (the max, the
 runner-up, the complement mass and the argmax: [rows, k, 4]) of the Xie & Ermon recursion; its backward kernel
-regenerates the Gumbel noise and replays the recursion from them (``kernels/gumbel_topk.py``).
+regenerates the Gumbel noise and replays the recursion from them (``kernels/gumbel_topk.py``). With
+``native`` the launches are the C++ CPU kernel's (``_native.topk_forward``/``topk_backward``, the same
+statistics and replay), and a create_graph backward replays the reference, as for the Bernoulli.
 """
 from __future__ import annotations
 
@@ -55,11 +57,16 @@ def bernoulli_backward(grad_y, logits, tau, seed, offset, tau_grad: bool, native
     return grad_x, None if grad_tau is None else reduce_tau_grad(grad_tau, tau_tensor)
 
 
-def topk_forward(logits, tau, k, mode, dim, seed, offset, save_stats: bool, rng_out=None):
+def topk_forward(logits, tau, k, mode, dim, seed, offset, save_stats: bool, rng_out=None, native=False):
     """One forward launch (``topk_kernels.MODE_*``). Returns ``(out, stats, x, x_strides)``: the
     relaxed or exact k-hot (logits' dtype and shape) or, for MODE_INDEX, int64 indices with size
     ``k`` along ``dim``; the [rows, k, 4] statistics the backward needs (None unless
-    ``save_stats``); and the [outer, K, inner] view of the logits the kernel read."""
+    ``save_stats``); and the [outer, K, inner] view of the logits the kernel read. ``native``
+    launches the C++ CPU kernel instead (which writes no ``rng_out``): ``x`` is then the logits
+    themselves, ``x_strides`` None."""
+    if native:
+        out, stats = _native.topk_forward(logits, tau, k, mode, dim, seed, offset, save_stats)
+        return out, stats, logits, None
     shape = RowShape.of(logits.shape, dim)
     x, x_strides = as_rows(logits, dim)
     stats = None
@@ -79,9 +86,13 @@ def topk_forward(logits, tau, k, mode, dim, seed, offset, save_stats: bool, rng_
     return y, stats, x, x_strides
 
 
-def topk_backward(grad_y, x, x_strides, stats, tau, k, dim, seed, offset, tau_grad: bool):
+def topk_backward(grad_y, x, x_strides, stats, tau, k, dim, seed, offset, tau_grad: bool, native=False):
     """One backward launch from the forward's statistics and its [outer, K, inner] view ``x`` of
-    the logits. Returns (grad_logits, grad_tau or None)."""
+    the logits (with ``native``: the logits themselves, the C++ CPU kernel's backward).
+    Returns (grad_logits, grad_tau or None)."""
+    if native:
+        grad_x, grad_tau_rows = _native.topk_backward(grad_y, x, tau, k, dim, seed, offset, stats, tau_grad)
+        return grad_x, None if grad_tau_rows is None else reduce_tau_grad(grad_tau_rows, tau)
     shape = RowShape.of(grad_y.shape, dim)
     grad_y, grad_y_strides = as_rows(grad_y, dim)
     grad_x = torch.empty(grad_y.shape, dtype=x.dtype, device=x.device)
@@ -141,25 +152,49 @@ def _replayed_bernoulli_backward(ctx, grad_y):
 
 
 class GumbelTopkFunction(torch.autograd.Function):
-    """``apply(logits, tau, k, hard, dim, seed, offset, save_stats)``; ``tau`` is a float, a 0-dim
-    tensor or a contiguous [rows] tensor (rows in RNG-spec order), compute dtype. Without
-    ``save_stats`` (no gradient will be taken) a hard sample skips the relaxation entirely."""
+    """``apply(logits, tau, k, hard, dim, seed, offset, save_stats, native=False)``; ``tau`` is a float,
+    a 0-dim tensor or a contiguous [rows] tensor (rows in RNG-spec order), compute dtype. Without
+    ``save_stats`` (no gradient will be taken) a hard sample skips the relaxation entirely.
+    ``native`` launches the C++ CPU kernel; its create_graph backward replays the reference."""
 
     @staticmethod
-    def forward(ctx, logits, tau, k, hard, dim, seed, offset, save_stats):
+    def forward(ctx, logits, tau, k, hard, dim, seed, offset, save_stats, native=False):
         mode = topk_kernels.MODE_HARD if hard else topk_kernels.MODE_SOFT
-        y, stats, x, x_strides = topk_forward(logits, tau, k, mode, dim, seed, offset, save_stats)
+        y, stats, x, x_strides = topk_forward(logits, tau, k, mode, dim, seed, offset, save_stats, native=native)
         tau_tensor = tau if isinstance(tau, torch.Tensor) else None
+        # Native: x is the logits as given (an input, so a create_graph backward can differentiate through them).
         ctx.save_for_backward(x, tau_tensor, stats)
         ctx.tau_float = None if tau_tensor is not None else tau
-        ctx.k, ctx.dim, ctx.seed, ctx.offset, ctx.x_strides = k, dim, seed, offset, x_strides
+        ctx.k, ctx.dim, ctx.seed, ctx.offset, ctx.x_strides, ctx.native = k, dim, seed, offset, x_strides, native
         return y
 
     @staticmethod
-    @once_differentiable  # its kernel backward has no graph: create_graph raises, never a silent 0
     def backward(ctx, grad_y):
-        x, tau_tensor, stats = ctx.saved_tensors
-        tau = ctx.tau_float if tau_tensor is None else tau_tensor
-        grad_x, grad_tau = topk_backward(grad_y, x, ctx.x_strides, stats, tau, ctx.k, ctx.dim, ctx.seed, ctx.offset,
-                                         ctx.needs_input_grad[1])
-        return grad_x, grad_tau, None, None, None, None, None, None
+        if ctx.native and torch.is_grad_enabled():
+            return _replayed_topk_backward(ctx, grad_y)
+        return _topk_kernel_backward(ctx, grad_y)
+
+
+@once_differentiable  # its kernel backward has no graph: create_graph raises, never a silent 0
+def _topk_kernel_backward(ctx, grad_y):
+    x, tau_tensor, stats = ctx.saved_tensors
+    tau = ctx.tau_float if tau_tensor is None else tau_tensor
+    grad_x, grad_tau = topk_backward(grad_y, x, ctx.x_strides, stats, tau, ctx.k, ctx.dim, ctx.seed, ctx.offset,
+                                     ctx.needs_input_grad[1], native=ctx.native)
+    return grad_x, grad_tau, None, None, None, None, None, None, None
+
+
+def _replayed_topk_backward(ctx, grad_y):
+    """The create_graph backward of the native path: autograd of the reference relaxation on the call's
+    noise, a graph in the logits, tau and grad_y (the double backward the reference backend has)."""
+    from ._relaxed_op import _topk_reference_tau
+
+    logits, tau_tensor, _ = ctx.saved_tensors
+    wanted = [t for t, need in ((logits, ctx.needs_input_grad[0]), (tau_tensor, ctx.needs_input_grad[1])) if need]
+    tau = _topk_reference_tau(tau_tensor, ctx.tau_float, logits, ctx.dim)
+    # The relaxed k-hot: the hard mode's straight-through gradient is its gradient.
+    y = reference_relaxed.gumbel_topk(logits, ctx.k, tau, False, ctx.dim, seed=ctx.seed, offset=ctx.offset)
+    grads = iter(torch.autograd.grad(y, wanted, grad_y, create_graph=True, allow_unused=True))
+    grad_x = next(grads) if ctx.needs_input_grad[0] else None
+    grad_tau = next(grads) if ctx.needs_input_grad[1] else None
+    return grad_x, grad_tau, None, None, None, None, None, None, None

@@ -53,6 +53,18 @@ def elementwise_tau(kind, shape, dtype):
     return torch.rand(shape, dtype=dtype, generator=torch.Generator().manual_seed(5)) + 0.2
 
 
+def row_tau(kind, shape, dim, dtype):
+    """A gumbel_topk temperature of ``kind``: "float", "scalar" (0-dim) or one per row (size 1
+    along ``dim``, values in [0.2, 2.2))."""
+    if kind == "float":
+        return 0.6
+    if kind == "scalar":
+        return torch.tensor(0.6, dtype=dtype)
+    row_shape = list(shape)
+    row_shape[dim] = 1
+    return torch.rand(row_shape, dtype=dtype, generator=torch.Generator().manual_seed(3)) * 2 + 0.2
+
+
 def compile_for_sm90(script: str, timeout: int = 900) -> str:
     """Run ``script`` (a ``str.format`` template whose ``{tests}`` is this folder, so it can import
     ``sm90_compile``) in a fresh Python without TRITON_INTERPRET; assert it succeeds and return
@@ -74,4 +86,4 @@ def assert_close(actual, expected, dtype, scale=None):
     torch.testing.assert_close(actual.double(), expected.double(), atol=atol * scale, rtol=rtol, equal_nan=True)
 
 
-__all__ = ["compile_for_sm90", "elementwise_tau", "run_both_backends", "fused_and_reference", "assert_close", "TOLERANCES", "reference"]
+__all__ = ["compile_for_sm90", "elementwise_tau", "row_tau", "run_both_backends", "fused_and_reference", "assert_close", "TOLERANCES", "reference"]

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 import torch
-from helpers import assert_close, compile_for_sm90, run_both_backends
+from helpers import assert_close, compile_for_sm90, row_tau, run_both_backends
 from scipy import stats
 
 import fused_gumbel
@@ -48,16 +48,6 @@ CASES = [  # shape, dim, k, tau kind
 ]
 
 
-def _tau(kind, shape, dim, dtype):
-    if kind == "float":
-        return 0.6
-    if kind == "scalar":
-        return torch.tensor(0.6, dtype=dtype)
-    row_shape = list(shape)
-    row_shape[dim] = 1
-    return torch.rand(row_shape, dtype=dtype, generator=torch.Generator().manual_seed(3)) * 2 + 0.2
-
-
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape, dim, k, tau_kind", CASES)
 @pytest.mark.parametrize("hard", [False, True])
@@ -66,7 +56,7 @@ def test_matches_reference(dtype, shape, dim, k, tau_kind, hard):
     logits = (torch.randn(shape, generator=gen) * 2).to(dtype)
     weight = torch.randn(shape, generator=gen, dtype=torch.float64)
     compute = torch.float64 if dtype == torch.float64 else torch.float32
-    tau = _tau(tau_kind, shape, dim, compute)
+    tau = row_tau(tau_kind, shape, dim, compute)
     (y, dx, dt), (y_ref, dx_ref, dt_ref) = fused_and_reference(logits, k, tau, hard, dim, grad_weight=weight)
     assert y.dtype == dtype and y.shape == logits.shape
     if hard:

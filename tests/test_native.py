@@ -299,19 +299,6 @@ def test_every_isa_build_gives_the_same_samples():
         torch.testing.assert_close(short_soft, base[5], atol=atol, rtol=rtol)
 
 
-@pytest.mark.parametrize("op", ["gumbel_topk", "sample_subset"])
-def test_ops_without_a_native_kernel_run_the_reference(op):
-    """gumbel_topk has no C++ kernel: "native" (explicit, or what "auto" picks for CPU tensors
-    outside the interpreter) runs its reference, same noise, same values (relaxed_bernoulli's
-    kernel: tests/test_native_relaxed.py)."""
-    logits = torch.randn(6, 9, dtype=torch.float64)
-    fn = getattr(fused_gumbel, op)
-    args = (logits, 3)
-    native = fn(*args, seed=11, backend="native")
-    expected = fn(*args, seed=11, backend="reference")
-    assert torch.equal(native, expected)
-
-
 @pytest.mark.parametrize("estimator", ["gumbel_rao", "reinmax"])
 def test_estimators_on_native_run_the_reference(estimator):
     """The estimators' backward has no C++ kernel: under "native" the whole call is the reference's."""

@@ -269,12 +269,12 @@ def test_native_runs_the_cpp_kernel(monkeypatch):
 
 
 def test_vmap_runs_the_reference_under_native():
-    """The native op's Function has no torch.func rules: under vmap "native" runs the reference,
-    as it did before the kernel existed (same noise, same values)."""
+    """The native ops' Functions have no torch.func rules: under vmap "native" runs the reference,
+    as it did before the kernels existed (same noise, same values); gumbel_topk's too."""
     x = torch.randn(3, 4, dtype=torch.float64)
-    for name in ("relaxed_bernoulli", "bernoulli"):
+    for name, args in (("relaxed_bernoulli", (0.5,)), ("bernoulli", ()), ("gumbel_topk", (2, 0.5)),
+                       ("sample_subset", (2,))):
         op = getattr(fused_gumbel, name)
-        args = (0.5,) if name == "relaxed_bernoulli" else ()
         native = torch.func.vmap(lambda t: op(t, *args, seed=1, backend="native"), randomness="same")(x)
         reference = torch.func.vmap(lambda t: op(t, *args, seed=1, backend="reference"), randomness="same")(x)
         assert torch.equal(native, reference)

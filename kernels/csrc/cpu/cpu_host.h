@@ -1,6 +1,7 @@
-// Host-side helpers shared by the CPU ops (gumbel_softmax_cpu.cpp, relaxed_bernoulli_cpu.cpp): which
-// per-ISA kernel build runs here (and a call into it), the dtype enum the kernels take for a tensor,
-// the temperature argument, and the raw words of the test hooks.
+// Host-side helpers shared by the CPU ops (gumbel_softmax_cpu.cpp, relaxed_bernoulli_cpu.cpp,
+// gumbel_topk_cpu.cpp): which per-ISA kernel build runs here (and a call into it), the dtype enum the
+// kernels take for a tensor, the temperature argument, the [outer, K, inner] row view of a tensor,
+// and the raw words of the test hooks.
 #pragma once
 
 #include <cstdint>
@@ -68,6 +69,52 @@ inline std::pair<const void*, double> tau_source(const std::optional<at::Tensor>
   TORCH_CHECK(keep.numel() == count, "fused_gumbel: tau_tensor must be 0-dim or hold one value per ", per, " (",
               count, "), got ", keep.numel());
   return {keep.const_data_ptr(), tau};
+}
+
+// Stride of sizes flattened into one dim, or nullopt (as fused_gumbel/_layout.py's _merged_stride).
+inline std::optional<int64_t> merged_stride(at::IntArrayRef sizes, at::IntArrayRef strides) {
+  int64_t merged = 0;
+  std::optional<int64_t> expected;
+  for (int64_t d = int64_t(sizes.size()) - 1; d >= 0; --d) {
+    if (sizes[d] == 1) continue;
+    if (!expected) {
+      merged = strides[d];
+    } else if (strides[d] != *expected) {
+      return std::nullopt;
+    }
+    expected = strides[d] * sizes[d];
+  }
+  return merged;
+}
+
+// The [outer, K, inner] row view of a tensor along dim (RNG-spec row order, fused_gumbel/_layout.py).
+struct Rows {
+  at::Tensor tensor;  // the input, or a contiguous copy when it has no [outer, K, inner] view
+  RowLayout layout;
+  int64_t outer, classes, inner;
+  int64_t rows() const { return outer * inner; }
+};
+
+inline Rows as_rows(const at::Tensor& input, int64_t dim) {
+  at::Tensor t = input.dim() == 0 ? input.reshape({1}) : input;
+  TORCH_CHECK(dim >= 0 && dim < t.dim(), "fused_gumbel: dim ", dim, " out of range for a ", t.dim(), "-d tensor");
+  const auto sizes = t.sizes();
+  int64_t outer = 1, inner = 1;
+  for (int64_t d = 0; d < dim; ++d) outer *= sizes[d];
+  for (int64_t d = dim + 1; d < t.dim(); ++d) inner *= sizes[d];
+  auto outer_stride = merged_stride(sizes.slice(0, dim), t.strides().slice(0, dim));
+  auto inner_stride = merged_stride(sizes.slice(dim + 1), t.strides().slice(dim + 1));
+  if (!outer_stride || !inner_stride) {
+    t = t.contiguous();
+    outer_stride = merged_stride(sizes.slice(0, dim), t.strides().slice(0, dim));
+    inner_stride = merged_stride(sizes.slice(dim + 1), t.strides().slice(dim + 1));
+  }
+  return Rows{t, RowLayout{inner, *outer_stride, t.stride(dim), *inner_stride}, outer, sizes[dim], inner};
+}
+
+// The layout of a contiguous tensor of the rows' shape (the ops' outputs).
+inline RowLayout contiguous_layout(const Rows& rows) {
+  return RowLayout{rows.inner, rows.classes * rows.inner, rows.inner, 1};
 }
 
 // The uint32 words of a 1-d int64 CPU tensor (the test hooks' input).

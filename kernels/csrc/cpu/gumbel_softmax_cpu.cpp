@@ -25,50 +25,6 @@ namespace {
 
 using at::Tensor;
 
-// Stride of sizes flattened into one dim, or nullopt (as fused_gumbel/_layout.py's _merged_stride).
-std::optional<int64_t> merged_stride(at::IntArrayRef sizes, at::IntArrayRef strides) {
-  int64_t merged = 0;
-  std::optional<int64_t> expected;
-  for (int64_t d = int64_t(sizes.size()) - 1; d >= 0; --d) {
-    if (sizes[d] == 1) continue;
-    if (!expected) {
-      merged = strides[d];
-    } else if (strides[d] != *expected) {
-      return std::nullopt;
-    }
-    expected = strides[d] * sizes[d];
-  }
-  return merged;
-}
-
-struct Rows {
-  Tensor tensor;  // the input, or a contiguous copy when it has no [outer, K, inner] view
-  RowLayout layout;
-  int64_t outer, classes, inner;
-  int64_t rows() const { return outer * inner; }
-};
-
-Rows as_rows(const Tensor& input, int64_t dim) {
-  Tensor t = input.dim() == 0 ? input.reshape({1}) : input;
-  TORCH_CHECK(dim >= 0 && dim < t.dim(), "fused_gumbel: dim ", dim, " out of range for a ", t.dim(), "-d tensor");
-  const auto sizes = t.sizes();
-  int64_t outer = 1, inner = 1;
-  for (int64_t d = 0; d < dim; ++d) outer *= sizes[d];
-  for (int64_t d = dim + 1; d < t.dim(); ++d) inner *= sizes[d];
-  auto outer_stride = merged_stride(sizes.slice(0, dim), t.strides().slice(0, dim));
-  auto inner_stride = merged_stride(sizes.slice(dim + 1), t.strides().slice(dim + 1));
-  if (!outer_stride || !inner_stride) {
-    t = t.contiguous();
-    outer_stride = merged_stride(sizes.slice(0, dim), t.strides().slice(0, dim));
-    inner_stride = merged_stride(sizes.slice(dim + 1), t.strides().slice(dim + 1));
-  }
-  return Rows{t, RowLayout{inner, *outer_stride, t.stride(dim), *inner_stride}, outer, sizes[dim], inner};
-}
-
-RowLayout contiguous_layout(const Rows& rows) {
-  return RowLayout{rows.inner, rows.classes * rows.inner, rows.inner, 1};
-}
-
 int64_t grain(int64_t classes) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(classes, 1)); }
 
 std::tuple<Tensor, std::optional<Tensor>> kernel_forward(const Tensor& logits, const std::optional<Tensor>& tau_tensor,

@@ -49,6 +49,7 @@ struct BackwardArgs {
   void backward_rows(const BackwardArgs& args, int64_t begin, int64_t end);      \
   void philox_words(uint64_t seed, uint64_t offset, uint64_t first_call, int64_t calls, uint32_t* out); \
   void gumbel_noise(const uint32_t* words, float* out, int64_t n);              \
+  void gumbel_noise(const uint32_t* words, double* out, int64_t n);             \
   }
 FUSED_GUMBEL_DECLARE_KERNELS(DEFAULT)
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)

@@ -380,32 +380,9 @@ inline void exp_flat(const float* t, float* out, float* scale, int64_t n) {
 #endif
 
 
-template <typename scalar_t, typename acc_t>
-inline void load_row(const scalar_t* p, int64_t s_k, int64_t n, acc_t* out) {
-  if (s_k == 1) {
-    to_compute(p, out, n);
-  } else {
-    for (int64_t k = 0; k < n; ++k) out[k] = acc_t(p[k * s_k]);
-  }
-}
-
-template <typename scalar_t, typename acc_t>
-inline void store_row(const acc_t* in, int64_t n, scalar_t* p, int64_t s_k) {
-  if (s_k == 1) {
-    from_compute(in, p, n);
-  } else {
-    for (int64_t k = 0; k < n; ++k) p[k * s_k] = scalar_t(in[k]);
-  }
-}
-
 // Rows that follow each other densely: a block of them is one flat [count, K] array.
 inline bool dense_rows(const RowLayout& layout, int64_t K) {
   return layout.inner == 1 && layout.s_k == 1 && layout.s_outer == K;
-}
-
-template <typename acc_t>
-inline acc_t row_tau(const void* tau_rows, double tau, int64_t r) {
-  return tau_rows ? static_cast<const acc_t*>(tau_rows)[r] : acc_t(tau);
 }
 
 // 1 / tau of row r, with one division per call for a scalar tau (a division per row was a
@@ -931,8 +908,9 @@ void forward_rows(const ForwardArgs& args, int64_t begin, int64_t end) {
   }
 }
 
-// The float32 noise of raw Philox words, on the forward's own code path (a test hook).
+// The noise of raw Philox words, on the forward's own code path (a test hook, and the top-k kernel's noise).
 void gumbel_noise(const uint32_t* words, float* out, int64_t n) { gumbel_from_words<float>(words, out, n); }
+void gumbel_noise(const uint32_t* words, double* out, int64_t n) { gumbel_from_words<double>(words, out, n); }
 
 void backward_rows(const BackwardArgs& args, int64_t begin, int64_t end) {
   switch (args.dtype) {

@@ -1,8 +1,9 @@
-// Helpers shared by the CPU kernels (gumbel_softmax_cpu_kernel.h, relaxed_bernoulli_cpu_kernel.h),
-// compiled into each kernel's per-ISA build (the including file defines KERNEL_ISA): Philox4x32-10
-// words of consecutive counters (RNG spec v2, fused_gumbel/rng.py: counter (lo n, hi n, lo offset,
-// hi offset), key seed ^ DOMAIN_TAG) in scalar, AVX2 and AVX-512 forms, the at::vec alias, and the
-// conversions between a tensor dtype and the compute dtype. Everything is internal to the
+// Helpers shared by the CPU kernels (gumbel_softmax_cpu_kernel.h, relaxed_bernoulli_cpu_kernel.h,
+// gumbel_topk_cpu_kernel.h), compiled into each kernel's per-ISA build (the including file defines
+// KERNEL_ISA): Philox4x32-10 words of consecutive counters (RNG spec v2, fused_gumbel/rng.py: counter
+// (lo n, hi n, lo offset, hi offset), key seed ^ DOMAIN_TAG) in scalar, AVX2 and AVX-512 forms, the
+// at::vec alias, the conversions between a tensor dtype and the compute dtype (flat and for a strided
+// row), and a row's temperature. Everything is internal to the
 // translation unit (an unnamed namespace): each ISA build gets its own copy.
 #pragma once
 
@@ -197,6 +198,31 @@ inline void from_compute(const acc_t* src, scalar_t* dst, int64_t n) {
   } else {
     at::vec::convert(src, dst, n);
   }
+}
+
+// One row of a strided view (class stride s_k) to and from a compute-dtype buffer of n values.
+template <typename scalar_t, typename acc_t>
+inline void load_row(const scalar_t* p, int64_t s_k, int64_t n, acc_t* out) {
+  if (s_k == 1) {
+    to_compute(p, out, n);
+  } else {
+    for (int64_t k = 0; k < n; ++k) out[k] = acc_t(p[k * s_k]);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+inline void store_row(const acc_t* in, int64_t n, scalar_t* p, int64_t s_k) {
+  if (s_k == 1) {
+    from_compute(in, p, n);
+  } else {
+    for (int64_t k = 0; k < n; ++k) p[k * s_k] = scalar_t(in[k]);
+  }
+}
+
+// Row r's temperature: from the compute-dtype [rows] tensor, or the scalar.
+template <typename acc_t>
+inline acc_t row_tau(const void* tau_rows, double tau, int64_t r) {
+  return tau_rows ? static_cast<const acc_t*>(tau_rows)[r] : acc_t(tau);
 }
 
 }  // namespace
