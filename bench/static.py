@@ -773,10 +773,21 @@ def _describe(error: BaseException) -> str:
 
 
 # --- Subprocess plumbing -------------------------------------------------------------------------
+# glibc malloc settings for the host timings: serve every block from the heap (no mmap) and never
+# return freed memory to the system, so a freed output is reused by the next call's allocation, as
+# PyTorch's CUDA caching allocator reuses it on a GPU. With glibc's defaults, each CPU allocation of
+# an 8192x32000 output maps fresh pages and each free unmaps them (tens of us of system calls that
+# no GPU call pays, and that no change to our Python could remove). The torch.empty rows of
+# host_us are timed under the same settings.
+HOST_MALLOC_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=18446744073709551615"
+
+
 def _run_child(mode: str, payload: dict, interpret: bool, timeout: int = 1800) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     if interpret:
         env["TRITON_INTERPRET"] = "1"
+    if mode == "host":
+        env["GLIBC_TUNABLES"] = ":".join(filter(None, (env.get("GLIBC_TUNABLES"), HOST_MALLOC_TUNABLES)))
     env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = os.path.join(tmp, "in.json"), os.path.join(tmp, "out.json")
@@ -1104,7 +1115,10 @@ def markdown(report: dict) -> str:
         lines += ["", "## Host time per call", "",
                   "Python time per eager call up to the (stubbed) Triton launch, in us (the smallest of several "
                   "medians): CPU tensors, TRITON_INTERPRET=1 so the triton backend is chosen; it includes allocating "
-                  "the outputs on the CPU (the torch.empty row). autograd floor: forward+backward of a trivial "
+                  "the outputs on the CPU (the torch.empty row), with glibc's malloc keeping freed blocks for "
+                  "reuse as the CUDA caching allocator does (GLIBC_TUNABLES=" + HOST_MALLOC_TUNABLES + "; with "
+                  "glibc's defaults an 8192x32000 output maps and unmaps fresh pages on every call, 20-60 us here). "
+                  "autograd floor: forward+backward of a trivial "
                   "autograd Function with the same inputs; bwd beyond floor = fwd+bwd - floor - fwd. Our own "
                   "Python up to the launch, without autograd's engine around it: bwd to launch, from entering the "
                   "Function's backward to the backward's launch; fwd to launch, from entering gumbel_softmax with "

@@ -38,11 +38,29 @@ def rank_key(rank: int) -> int:
 _DISTRIBUTED = torch.distributed.is_available()  # a property of the torch build
 
 
+def _c10d_world():
+    """torch's record of the default process group (``distributed_c10d._world``, whose ``default_pg``
+    ``is_initialized()`` reads through two more property calls: a microsecond of every eager call),
+    or None where this torch keeps it elsewhere (``process_rank`` then asks ``is_initialized()``)."""
+    if not _DISTRIBUTED:
+        return None
+    world = getattr(torch.distributed.distributed_c10d, "_world", None)
+    if not isinstance(getattr(type(world), "default_pg", None), property):
+        return None
+    return world if (world.default_pg is not None) == torch.distributed.is_initialized() else None
+
+
+_WORLD = _c10d_world()
+
+
 def process_rank() -> int:
     """This process's rank in the default ``torch.distributed`` group, 0 when not distributed."""
-    if _DISTRIBUTED and torch.distributed.is_initialized():
-        return torch.distributed.get_rank()
-    return 0
+    if _WORLD is not None:
+        if _WORLD.default_pg is None:
+            return 0
+    elif not (_DISTRIBUTED and torch.distributed.is_initialized()):
+        return 0
+    return torch.distributed.get_rank()
 
 
 def check_seed(seed: object) -> int:
@@ -76,6 +94,8 @@ def graph_safe_state(device: torch.device, generator: Optional[torch.Generator] 
 
 def rank_salt() -> int:
     """This process's ``rank_key``: what sources 2 and 3 XOR into the key."""
+    if _WORLD is not None and _WORLD.default_pg is None:  # not distributed: every eager call asks
+        return 0
     return rank_key(process_rank())
 
 

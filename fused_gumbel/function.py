@@ -206,28 +206,31 @@ class GumbelSoftmaxFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y):
-        # (Seven gradients: the eager twin's apply takes the call's EagerCall as a seventh input;
-        # autograd drops a trailing None where there are six.)
+        # (Eight gradients: the eager twin's apply takes the call's EagerCall and its output as a
+        # seventh and eighth input; autograd drops the trailing Nones where there are six.)
         src, tau_tensor, stats = ctx.saved_tensors
         call = ctx.call
         if call is not None and not torch.is_grad_enabled() and call.generation == kernels.generation \
                 and grad_y.stride() == call.out_strides and grad_y.dtype == call.dtype:
-            # The common eager backward (see EagerCall): a contiguous gradient, its plan made in the forward.
+            # The common eager backward (see EagerCall): a contiguous gradient, its launch bound in the forward.
             grad_x = torch.empty_like(grad_y)
-            kernels.gumbel_softmax_backward(grad_y, call.read_strides, src, call.src_strides, grad_x,
-                                            call.out_row_strides, None, ctx.tau_float, call.rows, call.classes,
-                                            call.inner, ctx.seed, ctx.offset, ctx.hard, stats=stats,
-                                            plan=call.backward_plan)
-            return grad_x, None, None, None, None, None, None
+            if call.backward_launch is not None:
+                call.backward_launch(grad_y, src, grad_x, stats, ctx.tau_float, ctx.words)
+            else:
+                kernels.gumbel_softmax_backward(grad_y, call.read_strides, src, call.src_strides, grad_x,
+                                                call.out_row_strides, None, ctx.tau_float, call.rows, call.classes,
+                                                call.inner, ctx.seed, ctx.offset, ctx.hard, stats=stats,
+                                                plan=call.backward_plan)
+            return grad_x, None, None, None, None, None, None, None
         tau = ctx.tau_float if tau_tensor is None else tau_tensor
         if torch.is_grad_enabled():  # create_graph=True: the kernel's gradient would have no graph
             y, t = _soft_sample(ctx, src, tau, differentiable=True)
             grad_x, grad_tau = _autograd.vjp(grad_y, y, t, tau, ctx.dim, src.dtype, ctx.needs_input_grad[1])
-            return grad_x, grad_tau, None, None, None, None, None
+            return grad_x, grad_tau, None, None, None, None, None, None
         src, src_strides = as_rows(src, ctx.dim)
         grad_x, grad_tau = sample_backward(grad_y, src, src_strides, tau, ctx.dim, ctx.seed, ctx.offset,
                                            ctx.hard, ctx.needs_input_grad[1], stats, ctx.native)
-        return grad_x, grad_tau, None, None, None, None, None
+        return grad_x, grad_tau, None, None, None, None, None, None
 
     @staticmethod
     def jvp(ctx, logits_tangent, tau_tangent, *_):
@@ -271,10 +274,11 @@ class _EagerGumbelSoftmaxFunction(torch.autograd.Function):
     that form (and get it), plain autograd and forward-mode AD do not."""
 
     @staticmethod
-    def forward(ctx, logits, tau, hard, dim, seed, offset, call=None):
+    def forward(ctx, logits, tau, hard, dim, seed, offset, call=None, prepared=None):
         if call is not None:  # eager_sample's call: a Triton launch planned for its signature
-            y, stats = _eager_launch(call, logits, tau, seed, offset)
+            y, stats = _eager_launch(call, logits, tau, prepared)
             _save_context(ctx, logits, tau, hard, dim, seed, offset, y, stats, False, False, call)
+            ctx.words = prepared[3]
             return y
         native = runs_native(logits.device)
         y, stats = _forward_launch(logits, tau, hard, dim, seed, offset, native)
@@ -307,12 +311,18 @@ def apply(logits, tau, hard, dim, seed, offset, launcher=None):
         _launcher.name = previous
 
 
+# launch_prelude's output layouts (kernels/csrc/eager.cpp): empty_like the logits (dense row-major),
+# a contiguous empty_like, or INDEX_LAYOUT + dim: the categorical's int64 indices without ``dim``.
+LAYOUT_OF_LOGITS, CONTIGUOUS_LAYOUT, INDEX_LAYOUT = 0, 1, 2
+
+
 class EagerCall(NamedTuple):
     """What an eager Triton call launches with, as far as that is a function of its signature: the
-    logits' sizes, strides, dtype and device, ``dim``, ``hard``, whether autograd records the call,
-    and a float ``tau`` (``eager_call``). ``sample_forward``'s layout (``rows_layout``, held flat:
-    a ``RowShape`` property costs a call) and plan, and for a recorded call its backward's plan and
-    the layouts that backward takes without a check (the saved source's, and a gradient with the
+    logits' sizes, strides, dtype and device, ``dim``, the mode (soft, hard or, for ``categorical``,
+    index), whether autograd records the call, and a float ``tau`` (``eager_call``).
+    ``sample_forward``'s layout (``rows_layout``, held flat: a ``RowShape`` property costs a call),
+    plan and bound launch, and for a recorded call its backward's plan and bound launch and the
+    layouts that backward takes without a check (the saved source's, and a gradient with the
     output's strides, ``out_strides``). Derived in the kernels' ``generation``; a later generation
     (a changed tunable, stubbed kernels) derives it again."""
     mode: int
@@ -324,55 +334,113 @@ class EagerCall(NamedTuple):
     x_strides: tuple
     out_row_strides: tuple  # (outer, class, inner) strides the launchers give the contiguous outputs
     read_strides: Optional[tuple]  # and those as_rows finds in a contiguous tensor (the backward reads)
-    contiguous: bool  # the logits are: empty_like gives a contiguous output without a memory_format
+    out_layout: int  # launch_prelude's layout of the output
     plan: kernels.LaunchPlan
     backward_plan: Optional[kernels.LaunchPlan]
     src_strides: Optional[tuple]
     out_strides: Optional[tuple]
     generation: int
+    launch: Optional[object]  # kernels.bound_forward of the plan (None: a split plan, launched in full)
+    backward_launch: Optional[object]  # kernels.bound_backward of the backward plan
 
 
-def eager_call(logits: torch.Tensor, dim: int, hard: bool, records: bool) -> Optional[EagerCall]:
-    """The ``EagerCall`` of a valid, non-empty call with a float tau (``dim`` normalised), or None
-    where the signature takes the general path: float64 logits (tau goes to the kernel as a
-    float64 tensor, ``functional._tau_for_kernel``) and logits with no [outer, K, inner] view
-    (the kernel reads a copy)."""
+def eager_call(logits: torch.Tensor, dim: int, mode: int, records: bool) -> Optional[EagerCall]:
+    """The ``EagerCall`` of a valid, non-empty call with a float tau (``dim`` normalised; ``mode`` a
+    ``kernels.MODE_*``; index mode never records), or None where the signature takes the general
+    path: float64 logits (tau goes to the kernel as a float64 tensor, ``functional._tau_for_kernel``)
+    and logits with no [outer, K, inner] view (the kernel reads a copy)."""
     if logits.dtype == torch.float64 or logits.dim() == 0:
         return None
     shape, x_strides = rows_layout(logits, dim)
     if x_strides is None:
         return None
-    mode = kernels.MODE_HARD if hard else kernels.MODE_SOFT
+    hard = mode == kernels.MODE_HARD
     plan = kernels.forward_plan(shape.rows, shape.classes, mode, logits.dtype, False, records and hard)
     out_strides = contiguous_strides(logits.shape)
-    backward_plan = src_strides = read_strides = None
+    backward_plan = src_strides = read_strides = backward_launch = None
     if records:
         backward_plan = kernels.backward_plan(shape.rows, shape.classes, logits.dtype, hard, False, False)
         read_strides = contiguous_row_strides(logits.shape, dim)
         src_strides = x_strides if hard else read_strides
-    return EagerCall(mode, dim, logits.dtype, shape.rows, shape.classes, shape.inner, x_strides,
-                     shape.contiguous_strides, read_strides, logits.stride() == out_strides, plan, backward_plan,
-                     src_strides, out_strides if records else None, kernels.generation)
+        backward_launch = kernels.bound_backward(backward_plan, shape.inner, read_strides, src_strides,
+                                                 shape.contiguous_strides, logits)
+    if mode == kernels.MODE_INDEX:
+        out_row_strides, out_layout = (0, 0, 0), INDEX_LAYOUT + dim
+    else:
+        out_row_strides = shape.contiguous_strides
+        out_layout = LAYOUT_OF_LOGITS if logits.stride() == out_strides else CONTIGUOUS_LAYOUT
+    return EagerCall(mode, dim, logits.dtype, shape.rows, shape.classes, shape.inner, x_strides, out_row_strides,
+                     read_strides, out_layout, plan, backward_plan, src_strides, out_strides if records else None,
+                     kernels.generation, kernels.bound_forward(plan, shape.inner, x_strides, out_row_strides, logits),
+                     backward_launch)
 
 
-def eager_sample(call: EagerCall, logits, tau: float, hard: bool, seed: int, offset: int, records: bool):
-    """``apply(logits, tau, hard, call.dim, seed, offset, "triton")`` for a call of ``call``'s
-    signature outside torch.func transforms and forward-mode AD (the caller checked): the eager
-    twin of the Function when autograd records the call, else the forward launch alone."""
+def _python_launch_prelude(logits, salt: int, layout: int, stats_words: int):
+    """``fused_gumbel._C.launch_prelude`` where the extension is not built: the call's draw
+    (``_seeding.draw_generator``'s, salted with ``salt``), its seed words, its output (``layout``:
+    ``LAYOUT_OF_LOGITS``, ``CONTIGUOUS_LAYOUT`` or ``INDEX_LAYOUT + dim``) and its stats buffer
+    (None for 0 words)."""
+    from . import rng
+
+    key, offset = rng.draw_seed_offset(logits.device)
+    key ^= salt
+    if layout == LAYOUT_OF_LOGITS:
+        y = torch.empty_like(logits)
+    elif layout == CONTIGUOUS_LAYOUT:
+        y = torch.empty_like(logits, memory_format=torch.contiguous_format)
+    else:
+        y = logits.new_empty(_index_shape(logits.shape, layout - INDEX_LAYOUT), dtype=torch.int64)
+    stats = logits.new_empty(stats_words, dtype=compute_dtype(logits.dtype)) if stats_words else None
+    return y, key, offset, kernels.seed_words(key, offset), stats
+
+
+_launch_prelude = None
+
+
+def _find_launch_prelude():
+    """``_C.launch_prelude`` (one C call: the draw, the seed words, the output), else its Python twin."""
+    global _launch_prelude
+    module = _native.load()
+    _launch_prelude = getattr(module, "launch_prelude", None) or _python_launch_prelude
+    return _launch_prelude
+
+
+def eager_sample(call: EagerCall, logits, tau: float, hard: bool, salt: int, records: bool):
+    """``apply(logits, tau, hard, call.dim, seed, offset, "triton")`` with the (seed, offset) drawn
+    from the default generator of the logits' device (``_seeding.draw_generator``: ``salt`` is its
+    ``rank_salt``) for a call of ``call``'s signature outside torch.func transforms, forward-mode AD
+    and CUDA-graph capture (the caller checked): the eager twin of the Function when autograd records
+    the call, else the forward launch alone."""
+    prepared = (_launch_prelude or _find_launch_prelude())(logits, salt, call.out_layout, call.plan.stats_words)
     if records:
-        return _EagerGumbelSoftmaxFunction.apply(logits, tau, hard, call.dim, seed, offset, call)
-    return _eager_launch(call, logits, tau, seed, offset)[0]
+        return _EagerGumbelSoftmaxFunction.apply(logits, tau, hard, call.dim, prepared[1], prepared[2], call, prepared)
+    launch = call.launch
+    if launch is None:
+        return _eager_launch(call, logits, tau, prepared)[0]
+    y = prepared[0]
+    launch(logits, y, prepared[4], tau, prepared[3])  # _eager_launch's launch, one Python frame fewer
+    return y
 
 
-def _eager_launch(call: EagerCall, logits, tau: float, seed: int, offset: int):
-    """``sample_forward`` of a call of ``call``'s signature (its soft or hard mode, the Triton launch):
-    the sample, and the statistics its hard backward reads."""
-    y = torch.empty_like(logits) if call.contiguous else torch.empty_like(logits, memory_format=torch.contiguous_format)
-    plan = call.plan
-    stats = torch.empty(plan.stats_words, dtype=compute_dtype(call.dtype), device=logits.device) \
-        if plan.stats_words else None
-    kernels.gumbel_softmax_forward(logits, call.x_strides, y, call.out_row_strides, None, tau, call.rows, call.classes,
-                                   call.inner, seed, offset, call.mode, stats=stats, plan=plan)
+def eager_categorical(call: EagerCall, logits, salt: int):
+    """``sample_forward(logits, 1.0, call.mode, call.dim, seed, offset)[0]`` with the (seed, offset)
+    drawn as ``eager_sample`` draws them: ``categorical``'s index or one-hot draw for a call of
+    ``call``'s signature (the caller checked what ``eager_sample``'s caller checks)."""
+    return _eager_launch(call, logits, 1.0, (_launch_prelude or _find_launch_prelude())(
+        logits, salt, call.out_layout, call.plan.stats_words))[0]
+
+
+def _eager_launch(call: EagerCall, logits, tau: float, prepared: tuple):
+    """``sample_forward`` of a call of ``call``'s signature (its mode's Triton launch) with its
+    ``launch_prelude``: the sample (or indices), and the statistics its hard backward reads."""
+    y, seed, offset, words, stats = prepared
+    if call.launch is not None:
+        call.launch(logits, y, stats, tau, words)
+    else:
+        index = call.mode == kernels.MODE_INDEX
+        kernels.gumbel_softmax_forward(logits, call.x_strides, None if index else y, call.out_row_strides,
+                                       y if index else None, tau, call.rows, call.classes, call.inner, seed, offset,
+                                       call.mode, stats=stats, plan=call.plan)
     return y, (stats if call.mode == kernels.MODE_HARD else None)
 
 

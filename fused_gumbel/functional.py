@@ -296,6 +296,9 @@ def _graph_mode() -> bool:
 # torch.jit.is_tracing() without its Python wrapper (which first asks whether TorchScript is
 # compiling this code: never, for this function).
 _jit_tracing = getattr(torch._C, "_is_tracing", torch.jit.is_tracing)
+# The innermost torch.func interpreter, None outside every transform (``_functorch.transforms_active``
+# without its Python frame, for the eager fast paths); where the internals are missing, never None.
+_peek_transform = _functorch._peek if _functorch._peek is not None else object
 
 
 def _is_tracing() -> bool:
@@ -412,7 +415,7 @@ _EAGER_CALL_CACHE_SIZE = 4096
 _UNSEEN = object()
 
 
-def _new_eager_call(key: tuple, logits: torch.Tensor, dim: int, hard: bool, records: bool, requested: str):
+def _new_eager_call(key: tuple, logits: torch.Tensor, dim: int, mode: int, records: bool, requested: str):
     """``function.EagerCall`` for a valid signature that runs Triton, else None; kept for ``key``.
     Bad input is not kept (the general path raises), nor the meta device (no kernel runs)."""
     try:
@@ -423,7 +426,7 @@ def _new_eager_call(key: tuple, logits: torch.Tensor, dim: int, hard: bool, reco
         return None
     call = None
     if chosen == "triton" and device.type != "meta" and logits.numel():
-        call = _function().eager_call(logits, dim, hard, records)
+        call = _function().eager_call(logits, dim, mode, records)
     if len(_eager_calls) >= _EAGER_CALL_CACHE_SIZE:  # many distinct signatures: start over rather than grow
         _eager_calls.clear()
     _eager_calls[key] = call
@@ -502,27 +505,28 @@ def gumbel_softmax(
         # capture; the environment; grad mode). Looked up by the call's signature: everything the
         # general path below validates and derives from the logits' sizes, strides, dtype and device,
         # dim, hard and the backend asked for (function.EagerCall, made once by _new_eager_call).
-        # Then the seed is drawn as _draw draws it, and the Function launches. Anything else (a miss
+        # Then the seed is drawn as _draw draws it (with the output, in one C call: function.eager_sample),
+        # and the kernel launches. Anything else (a miss
         # that is not a fast signature, the CUDA twin) runs the general path, which raises what it raises.
         function = _function_module
         if (type(tau) is float and generator is None and type(dim) is int and (hard is True or hard is False)
-                and 0 < tau <= _FLOAT_MAX and function is not None and not _functorch.transforms_active()
+                and 0 < tau <= _FLOAT_MAX and function is not None and _peek_transform() is None
                 and not _jit_tracing() and getattr(_forward_ad, "_current_level", 0) < 0
                 and (on_cpu or logits.is_cuda)):
             requested = backend or _env(BACKEND_ENV, "auto")
             records = torch.is_grad_enabled() and logits.requires_grad
-            key = (logits.shape, logits.stride(), logits.dtype, -1 if on_cpu else logits.get_device(), dim, hard,
+            mode = _MODE_HARD if hard else _MODE_SOFT
+            key = (logits.shape, logits.stride(), logits.dtype, -1 if on_cpu else logits.get_device(), dim, mode,
                    records, requested, _INTERPRETED, function.kernels.generation)
             try:
                 call = _eager_calls.get(key, _UNSEEN)
             except TypeError:  # an unhashable backend argument: the general path says what is wrong with it
                 call = None
             if call is _UNSEEN:
-                call = _new_eager_call(key, logits, dim, hard, records, requested)
+                call = _new_eager_call(key, logits, dim, mode, records, requested)
             if call is not None and (on_cpu or not (torch.cuda.is_current_stream_capturing() or _cuda_launcher(
                     requested, logits, call.dim, call.mode, tau, records) != "triton")):
-                seed, offset = _seeding.draw_generator(None if on_cpu else logits.device)
-                return function.eager_sample(call, logits, tau, hard, seed, offset, records)
+                return function.eager_sample(call, logits, tau, hard, _seeding.rank_salt(), records)
     if eps != 1e-10:
         # A plain UserWarning, as PyTorch's (a DeprecationWarning is hidden by default).
         warnings.warn("`eps` parameter is deprecated and has no effect.", stacklevel=2)
@@ -596,13 +600,32 @@ def categorical(
     ``+inf``) give index -1 (a NaN row when one-hot). Same noise stream as :func:`gumbel_softmax`;
     ``generator`` and ``seed`` as there.
     """
-    if seed is None and isinstance(logits, torch.Tensor) and logits.is_cpu and not torch.compiler.is_compiling():
-        sample_eager = _native_eager(backend)
+    if seed is None and isinstance(logits, torch.Tensor) and not torch.compiler.is_compiling():
+        on_cpu = logits.is_cpu
+        sample_eager = _native_eager(backend) if on_cpu and (backend is None or backend == "native") else None
         if sample_eager is not None:
             mode = _custom_op.MODE_HARD if one_hot else _custom_op.MODE_INDEX
             drawn = sample_eager(logits, 1.0, mode, dim, generator, _seeding.rank_salt(), backend is None, True)
             if drawn is not None:
                 return drawn
+        # The repeat call that runs Triton, as gumbel_softmax's (a draw never records: no grad mode or
+        # forward-AD check; a one-hot draw shares the signature of an unrecorded hard gumbel_softmax).
+        function = _function_module
+        if (generator is None and type(dim) is int and (one_hot is True or one_hot is False) and function is not None
+                and _peek_transform() is None and not _jit_tracing() and (on_cpu or logits.is_cuda)):
+            requested = backend or _env(BACKEND_ENV, "auto")
+            mode = _MODE_HARD if one_hot else _MODE_INDEX
+            key = (logits.shape, logits.stride(), logits.dtype, -1 if on_cpu else logits.get_device(), dim, mode,
+                   False, requested, _INTERPRETED, function.kernels.generation)
+            try:
+                call = _eager_calls.get(key, _UNSEEN)
+            except TypeError:
+                call = None
+            if call is _UNSEEN:
+                call = _new_eager_call(key, logits, dim, mode, False, requested)
+            if call is not None and (on_cpu or not (torch.cuda.is_current_stream_capturing() or _cuda_launcher(
+                    requested, logits, call.dim, mode, backward=False) != "triton")):
+                return function.eager_categorical(call, logits, _seeding.rank_salt())
     device = _check_logits(logits)
     ndim = logits.dim()
     dim = _normalize_dim(dim, ndim)

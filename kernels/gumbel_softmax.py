@@ -1127,6 +1127,12 @@ _TWO_UINT64 = struct.Struct("<QQ")
 _FOUR_INT32 = struct.Struct("<iiii")
 
 
+def seed_words(seed: int, offset: int) -> tuple:
+    """The four int32 words (seed low, seed high, offset low, offset high) the kernels take for a
+    scalar (seed, offset) in [0, 2**64) (``fused_gumbel._C.launch_prelude`` computes the same)."""
+    return _FOUR_INT32.unpack(_TWO_UINT64.pack(seed, offset))
+
+
 def _seed_args(seed, offset, rng_out, like: torch.Tensor):
     """(seed_lo, seed_hi, offset_lo, offset_hi, rng_ptr, rng_mode) for an int seed (with
     ``offset``) or an int64 [2] device tensor (seed, offset); ``like``: a tensor on the launch's device."""
@@ -1366,3 +1372,65 @@ def gumbel_softmax_backward(grad_y, grad_y_strides, src, src_strides, grad_x, gr
         gumbel_softmax_bwd_kernel[plan.grid](
             *pointers, _dummy_tensor(src, "float32") if stats is None else stats, tau_ptr, tau_value,
             *plan.head, inner, *plan.tail, *strides, *seed_args, **plan.consts)
+
+
+def bound_forward(plan: LaunchPlan, inner: int, x_strides, out_strides, like: torch.Tensor):
+    """``gumbel_softmax_forward`` of ``plan`` for a float tau and no ``rng_out``, with every argument
+    that depends only on the problem bound once: ``launch(x, out, stats, tau, words)`` (``out``: the
+    sample, or in index mode the int64 indices; ``words``: the four int32 seed words of
+    ``_seed_args``; ``stats`` as there, or None).
+    The host path of a repeated eager call (``fused_gumbel.function.EagerCall``) pays the launch
+    alone. None for split plans, whose per-launch partials the general launcher allocates. Bound in
+    one ``generation``: the kernel objects are those of that generation."""
+    if plan.kind == "split":
+        return None
+    # tau's pointer argument is x and its stride 0, as _tau_args gives them for a float tau.
+    strides = (*x_strides, *out_strides, 0)
+    rng_tail = (_dummy_tensor(like), RNG_SCALAR)
+    consts = plan.consts
+    index = consts["MODE"] == MODE_INDEX  # the pointers are (x, out, index): x stands in for the unused one
+    if plan.kind == "small":
+        kernel = gumbel_softmax_small_fwd_kernel[plan.grid]
+        middle = (*plan.head, inner, *strides)
+        if index:
+            def launch(x, out, stats, tau, words):
+                kernel(x, x, out, x, tau, *middle, *words, *rng_tail, **consts)
+        else:
+            def launch(x, out, stats, tau, words):
+                kernel(x, out, x, x, tau, *middle, *words, *rng_tail, **consts)
+        return launch
+    kernel = gumbel_softmax_fwd_kernel[plan.grid]
+    middle = (*plan.head, inner, *plan.tail, *strides)
+    no_stats = _dummy_tensor(like, "float32")
+    if index:
+        def launch(x, out, stats, tau, words):
+            kernel(x, x, out, no_stats if stats is None else stats, x, tau, *middle, *words, *rng_tail, **consts)
+    else:
+        def launch(x, out, stats, tau, words):
+            kernel(x, out, x, no_stats if stats is None else stats, x, tau, *middle, *words, *rng_tail, **consts)
+    return launch
+
+
+def bound_backward(plan: LaunchPlan, inner: int, grad_y_strides, src_strides, grad_x_strides, like: torch.Tensor):
+    """``gumbel_softmax_backward`` of ``plan`` for a float tau and no tau gradient, bound as
+    ``bound_forward``: ``launch(grad_y, src, grad_x, stats, tau, words)``; None for split plans."""
+    if plan.kind == "split":
+        return None
+    strides = (*grad_y_strides, *src_strides, *grad_x_strides, 0)
+    rng_tail = (_dummy_tensor(like), RNG_SCALAR)
+    consts = plan.consts
+    if plan.kind == "small":
+        kernel = gumbel_softmax_small_bwd_kernel[plan.grid]
+        middle = (*plan.head, inner, *strides)
+
+        def launch(grad_y, src, grad_x, stats, tau, words):
+            kernel(grad_y, src, grad_x, grad_x, src, tau, *middle, *words, *rng_tail, **consts)
+        return launch
+    kernel = gumbel_softmax_bwd_kernel[plan.grid]
+    middle = (*plan.head, inner, *plan.tail, *strides)
+    no_stats = _dummy_tensor(like, "float32")
+
+    def launch(grad_y, src, grad_x, stats, tau, words):
+        kernel(grad_y, src, grad_x, grad_x, no_stats if stats is None else stats, src, tau, *middle, *words,
+               *rng_tail, **consts)
+    return launch

@@ -23,7 +23,10 @@ WORKER = textwrap.dedent("""
     from fused_gumbel.nn import GumbelSoftmax
 
     rank, world, init_file, out_dir = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    from fused_gumbel import _seeding
+    assert _seeding._WORLD is not None and _seeding.process_rank() == 0  # the direct read of c10d's record
     dist.init_process_group("gloo", init_method="file://" + init_file, rank=rank, world_size=world)
+    assert _seeding.process_rank() == rank == dist.get_rank()
     logits = torch.linspace(-2, 2, 64 * 8).reshape(64, 8)
     result = {}
     for backend in sys.argv[5:]:
@@ -44,6 +47,7 @@ WORKER = textwrap.dedent("""
         json.dump(result, f)
     dist.barrier()
     dist.destroy_process_group()
+    assert _seeding.process_rank() == 0
 """)
 
 

@@ -123,6 +123,12 @@ def test_first_order_backward_still_one_kernel_launch(monkeypatch):
     calls = []
     launch = kernels.gumbel_softmax_backward
     monkeypatch.setattr(kernels, "gumbel_softmax_backward", lambda *a, **k: calls.append(1) or launch(*a, **k))
+    bind = kernels.bound_backward  # the eager fast path's launch, bound once per call signature
+
+    def counted_bind(*args):
+        bound = bind(*args)
+        return bound and (lambda *a: calls.append(1) or bound(*a))
+    monkeypatch.setattr(kernels, "bound_backward", counted_bind)
     for hard in (False, True):
         x = torch.randn(4, 5, requires_grad=True)
         fused_gumbel.gumbel_softmax(x, 0.5, hard, backend="triton").pow(2).sum().backward()
@@ -308,6 +314,7 @@ def test_meta_tensors_give_meta_outputs_without_a_launch(backend, hard, monkeypa
         raise AssertionError("a kernel was launched for a meta tensor")
 
     monkeypatch.setattr(kernels, "gumbel_softmax_forward", no_launch)
+    monkeypatch.setattr(kernels, "bound_forward", lambda *args: no_launch)
     state = torch.random.get_rng_state()
     logits = torch.empty(4, 3, 7, device="meta", dtype=torch.bfloat16, requires_grad=True)
     tau = torch.empty(4, 1, 7, device="meta", dtype=torch.bfloat16, requires_grad=True)

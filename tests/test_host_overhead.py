@@ -3,6 +3,7 @@ eager call goes through, that it never pays for ``inspect.signature``, and that 
 the same sample and gradients. Host times themselves are measured by ``python -m bench.static
 --host``, not asserted here (a shared machine is too noisy)."""
 import inspect
+import itertools
 import os
 
 import pytest
@@ -189,6 +190,159 @@ def test_fast_path_is_bit_identical_to_the_general_path(monkeypatch, sizes, stri
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("tunables,kind", [({"MAX_RESIDENT": 16, "MAX_RESIDENT_SOFT_FORWARD": 16}, "rows"),
+                                           ({"SPLIT_MIN_SEGMENT": 32}, "split")])
+@pytest.mark.parametrize("hard", [False, True])
+def test_fast_path_streamed_and_split_rows(monkeypatch, tunables, kind, hard):
+    """Rows streamed in chunks (the bound launch with a stats buffer: soft scratch, hard row maxima)
+    and rows split across programs (launched in full, unbound) give the general path's sample and
+    gradient bit for bit."""
+    for name, value in tunables.items():
+        monkeypatch.setattr(kernels, name, value)
+    x = torch.randn(3, 100)
+    plan = kernels.forward_plan(3, 100, kernels.MODE_HARD if hard else kernels.MODE_SOFT, x.dtype, False, hard)
+    assert plan.kind == kind and (plan.stats_words > 0) == (kind == "rows" or hard)
+    w = torch.randn(3, 100)
+    _warm(x, 0.6, hard, backend="triton")
+
+    def run():
+        torch.manual_seed(4)
+        y = fused_gumbel.gumbel_softmax(x, 0.6, hard, backend="triton")
+        xg = x.detach().requires_grad_(True)
+        return y, torch.autograd.grad(fused_gumbel.gumbel_softmax(xg, 0.6, hard, backend="triton"), xg, w)[0]
+
+    served = _count_fast_calls(monkeypatch)
+    fast = run()
+    assert len(served) == 2 and (served[0].launch is None) == (kind == "split")
+    with monkeypatch.context() as m:
+        _general_path_only(m)
+        general = run()
+    for a, b in zip(fast, general):
+        assert torch.equal(a, b)
+
+
+def _count_fast_categoricals(monkeypatch) -> list:
+    served = []
+    real = function.eager_categorical
+    monkeypatch.setattr(function, "eager_categorical", lambda *args: served.append(args[0]) or real(*args))
+    return served
+
+
+@pytest.mark.parametrize("sizes,strides,dim", CASES)
+@pytest.mark.parametrize("one_hot", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_categorical_is_bit_identical_to_the_general_path(monkeypatch, sizes, strides, dim, one_hot, dtype):
+    """``categorical`` (indices or one-hot) takes the fast path too: the general path's draw, output
+    (shape, strides, dtype) and generator state, also for logits that require grad (no graph)."""
+    base = torch.randn(sum(s * (n - 1) for s, n in zip(strides, sizes)) + 1, dtype=dtype)
+    x = torch.as_strided(base, sizes, strides)
+    xg = x.detach().requires_grad_(True)
+    for _ in range(2):
+        fused_gumbel.categorical(x, dim, one_hot=one_hot, backend="triton")
+
+    def run():
+        torch.manual_seed(5)
+        drawn = [fused_gumbel.categorical(t, dim, one_hot=one_hot, backend="triton") for t in (x, xg)]
+        return drawn, torch.get_rng_state()
+
+    served = _count_fast_categoricals(monkeypatch)
+    fast, fast_state = run()
+    assert len(served) == 2
+    with monkeypatch.context() as m:
+        _general_path_only(m)
+        general, general_state = run()
+    assert len(served) == 2 and torch.equal(fast_state, general_state)
+    for a, b in zip(fast, general):
+        assert torch.equal(a, b) and a.stride() == b.stride() and a.dtype == b.dtype and a.grad_fn is None
+
+
+@pytest.mark.parametrize("tunables,kind", [({"MAX_RESIDENT": 16, "MAX_RESIDENT_SOFT_FORWARD": 16}, "rows"),
+                                           ({"SPLIT_MIN_SEGMENT": 32, "INDEX_SPLIT_SEGMENT": 32}, "split")])
+def test_fast_categorical_streamed_and_split_rows(monkeypatch, tunables, kind):
+    for name, value in tunables.items():
+        monkeypatch.setattr(kernels, name, value)
+    x = torch.randn(3, 100)
+    assert kernels.forward_plan(3, 100, kernels.MODE_INDEX, x.dtype, False, False).kind == kind
+    fused_gumbel.categorical(x, backend="triton")
+    served = _count_fast_categoricals(monkeypatch)
+    torch.manual_seed(6)
+    fast = fused_gumbel.categorical(x, backend="triton")
+    assert len(served) == 1
+    with monkeypatch.context() as m:
+        _general_path_only(m)
+        torch.manual_seed(6)
+        assert torch.equal(fused_gumbel.categorical(x, backend="triton"), fast)
+
+
+@pytest.mark.parametrize("call", [
+    lambda x: fused_gumbel.categorical(x, seed=4, backend="triton"),
+    lambda x: fused_gumbel.categorical(x, generator=torch.Generator().manual_seed(1), backend="triton"),
+    lambda x: fused_gumbel.categorical(x.double(), backend="triton"),
+    lambda x: fused_gumbel.categorical(x.reshape(2, 2, 6).transpose(0, 1), backend="triton"),  # no row view
+    lambda x: fused_gumbel.categorical(x, backend="reference"),
+    lambda x: fused_gumbel.categorical(x, one_hot=1, backend="triton"),
+    lambda x: fused_gumbel.categorical(x.to("meta"), backend="triton"),
+    lambda x: fused_gumbel.categorical(x[:0], backend="triton"),
+    lambda x: vmap(lambda t: fused_gumbel.categorical(t, backend="triton"), randomness="different")(x),
+])
+def test_other_categoricals_take_the_general_path(monkeypatch, call):
+    x = torch.randn(4, 6)
+    fused_gumbel.categorical(x, backend="triton")
+    served = _count_fast_categoricals(monkeypatch)
+    call(x)
+    call(x)
+    assert served == []
+
+
+def test_categorical_bad_input_raises_after_a_cached_call():
+    x = torch.randn(4, 6)
+    fused_gumbel.categorical(x, backend="triton")
+    with pytest.raises(IndexError):
+        fused_gumbel.categorical(x, 2, backend="triton")
+    with pytest.raises(TypeError):
+        fused_gumbel.categorical(x, True, backend="triton")
+    with pytest.raises(ValueError):
+        fused_gumbel.categorical(x, backend="cuda")
+
+
+def test_launch_prelude_matches_its_python_twin():
+    """``_C.launch_prelude`` draws what ``_seeding.draw_generator`` draws (salted, generator state
+    included), gives the seed words of ``kernels.seed_words`` and the output layout of the Python
+    twin (dense logits keep their layout, others get a contiguous output)."""
+    prelude = function._find_launch_prelude()
+    if prelude is function._python_launch_prelude:
+        pytest.skip("fused_gumbel._C is not built")
+    for x in (torch.randn(4, 5), torch.randn(5, 4).t(), torch.randn(4, 6)[:, ::2], torch.randn(2, 3, 4).permute(2, 0, 1)):
+        layouts = [function.CONTIGUOUS_LAYOUT] + [function.INDEX_LAYOUT + d for d in range(x.dim())]
+        if x.is_contiguous():
+            layouts.append(function.LAYOUT_OF_LOGITS)
+        for salt, layout, stats_words in itertools.product((0, 0x5DEECE66D), layouts, (0, 7)):
+            torch.manual_seed(11)
+            y, key, offset, words, stats = prelude(x, salt, layout, stats_words)
+            state = torch.get_rng_state()
+            torch.manual_seed(11)
+            y_py, key_py, offset_py, words_py, stats_py = function._python_launch_prelude(x, salt, layout, stats_words)
+            assert torch.equal(state, torch.get_rng_state())
+            torch.manual_seed(11)
+            assert (key ^ salt, offset) == fused_gumbel._seeding.draw_generator(None) == (key_py ^ salt, offset_py)
+            assert words == words_py == kernels.seed_words(key, offset)
+            assert all(-2**31 <= w < 2**31 for w in words)
+            assert (y.shape, y.stride(), y.dtype) == (y_py.shape, y_py.stride(), y_py.dtype)
+            if layout == function.CONTIGUOUS_LAYOUT:
+                assert y.is_contiguous() and y.shape == x.shape and y.dtype == x.dtype
+            elif layout >= function.INDEX_LAYOUT:
+                d = layout - function.INDEX_LAYOUT
+                assert y.shape == x.shape[:d] + x.shape[d + 1:] and y.dtype == torch.int64 and y.is_contiguous()
+            if stats_words:
+                assert stats.shape == stats_py.shape == (7,) and stats.dtype == stats_py.dtype == torch.float32
+            else:
+                assert stats is None and stats_py is None
+    with pytest.raises(TypeError, match="Tensor"):
+        prelude([1.0], 0, 0, 0)
+    with pytest.raises(ValueError, match="layout"):
+        prelude(torch.randn(3, 4), 0, function.INDEX_LAYOUT + 2, 0)
+
+
 def test_fast_backward_takes_any_gradient_layout(monkeypatch):
     """A gradient without the output's strides (expanded, transposed, another dtype) and double
     backward take the general backward, with the general path's result."""
@@ -304,6 +458,7 @@ def test_bad_input_raises_after_a_cached_call(monkeypatch, bad, error):
     _warm(x, backend="triton")
     launches = []
     monkeypatch.setattr(kernels, "gumbel_softmax_forward", lambda *a, **k: launches.append(a))
+    monkeypatch.setattr(function, "_eager_launch", lambda *a, **k: launches.append(a))  # the fast path's launch
     with pytest.raises(error):
         fused_gumbel.gumbel_softmax(x, **{"backend": "triton", **bad})
     assert launches == []

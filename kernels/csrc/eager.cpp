@@ -18,14 +18,28 @@
 // runs the CPU kernel: the same sample, and the same generator state afterwards, as the Python
 // path. Anything else returns None (the caller takes the Python path, which raises for bad input),
 // so this never changes behaviour, only host time.
+//
+// launch_prelude(logits, salt, layout, stats_words) -> (y, key, offset, words, stats): the per-call
+// host work of an eager Triton launch whose checks and plan the caller already holds
+// (fused_gumbel.function.EagerCall): the draw from the default generator of the logits' device
+// (fused_gumbel/rng.py, draw_seed_offset: the CPU draw above; a CUDA generator is a Philox generator
+// itself, whose seed is the key and whose offset is reserved by advancing it by CUDA_OFFSET_INCREMENT,
+// under its lock as Generator.get_offset/set_offset take it), the key XOR `salt`, the two values and
+// the four int32 words the kernels take (key low, key high, offset low, offset high, each read as
+// signed: kernels/gumbel_softmax.py, seed_words), and the outputs: y, by `layout`, empty_like the
+// logits (0: they are dense row-major), a contiguous empty_like (1), or 2 + d: the categorical's int64
+// indices, the logits' sizes without dimension d; and, for a positive `stats_words`, the launch's
+// statistics buffer of that many words in the compute dtype (else None).
 #include <Python.h>
 
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <vector>
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Context.h>
 #include <ATen/PythonTorchFunctionTLS.h>
 #include <ATen/record_function.h>
 #include <c10/core/GradMode.h>
@@ -257,12 +271,82 @@ PyObject* sample_eager(PyObject*, PyObject* args) {
   }
 }
 
+// fused_gumbel/rng.py, CUDA_OFFSET_INCREMENT: the offsets one call reserves on a CUDA generator.
+constexpr uint64_t kCudaOffsetIncrement = 4;
+
+// The RNG spec's (key, offset) draw from the default generator of `device` (see the file comment).
+void draw_default(const c10::Device& device, uint64_t& key, uint64_t& offset) {
+  if (device.is_cpu()) {
+    at::Generator generator = at::detail::getDefaultCPUGenerator();
+    draw(generator, key, offset);
+    return;
+  }
+  at::Generator generator = at::globalContext().defaultGenerator(device);
+  std::lock_guard<std::mutex> lock(generator.mutex());
+  offset = generator.get_offset();
+  generator.set_offset(offset + kCudaOffsetIncrement);
+  key = generator.current_seed();
+}
+
+// launch_prelude's output layouts: empty_like the logits, a contiguous empty_like, or (kIndexLayout + d)
+// int64 indices of the logits' sizes without dimension d.
+constexpr long long kLayoutOfLogits = 0, kContiguousLayout = 1, kIndexLayout = 2;
+
+PyObject* launch_prelude(PyObject*, PyObject* args) {
+  PyObject* logits_object;
+  long long salt, layout, stats_words;
+  if (!PyArg_ParseTuple(args, "OLLL", &logits_object, &salt, &layout, &stats_words)) return nullptr;
+  if (!THPVariable_Check(logits_object)) {
+    PyErr_Format(PyExc_TypeError, "launch_prelude expects a Tensor, got %s", Py_TYPE(logits_object)->tp_name);
+    return nullptr;
+  }
+  try {
+    const at::Tensor& logits = THPVariable_Unpack(logits_object);
+    const int64_t index_dim = layout - kIndexLayout;
+    if (layout < 0 || index_dim >= logits.dim()) {
+      PyErr_Format(PyExc_ValueError, "launch_prelude: layout %lld for a %lld-dim tensor", layout,
+                   static_cast<long long>(logits.dim()));
+      return nullptr;
+    }
+    uint64_t key, offset;
+    draw_default(logits.device(), key, offset);
+    key ^= static_cast<uint64_t>(salt);
+    at::Tensor y;
+    if (layout == kLayoutOfLogits) {
+      y = at::empty_like(logits);
+    } else if (layout == kContiguousLayout) {
+      y = at::empty_like(logits, at::MemoryFormat::Contiguous);
+    } else {  // the categorical's indices: the logits' sizes without index_dim, row-major
+      std::vector<int64_t> sizes(logits.sizes().begin(), logits.sizes().end());
+      sizes.erase(sizes.begin() + index_dim);
+      y = at::empty(sizes, logits.options().dtype(at::kLong));
+    }
+    PyObject* stats = Py_None;
+    if (stats_words > 0) {
+      stats = THPVariable_Wrap(at::empty({stats_words}, logits.options().dtype(cpu::compute_type(logits))));
+    } else {
+      Py_INCREF(stats);
+    }
+    // Each 32-bit word as the int32 with its bit pattern, as kernels/gumbel_softmax.py's _seed_args gives it.
+    auto word = [](uint64_t value, int shift) { return static_cast<long>(static_cast<int32_t>(value >> shift)); };
+    return Py_BuildValue("(NKK(llll)N)", THPVariable_Wrap(std::move(y)), static_cast<unsigned long long>(key),
+                         static_cast<unsigned long long>(offset), word(key, 0), word(key, 32), word(offset, 0),
+                         word(offset, 32), stats);
+  } catch (const std::exception& error) {
+    PyErr_SetString(PyExc_RuntimeError, error.what());
+    return nullptr;
+  }
+}
+
 PyMethodDef methods[] = {
     {"draw_key_offset", draw_key_offset, METH_O,
      "draw_key_offset(generator or None) -> (key, offset): the RNG spec's draw from a CPU generator"},
     {"sample_eager", sample_eager, METH_VARARGS,
      "sample_eager(logits, tau, mode, dim, generator, salt, check_env, detached) -> Tensor or None: the eager CPU "
      "fast path"},
+    {"launch_prelude", launch_prelude, METH_VARARGS,
+     "launch_prelude(logits, salt, layout, stats_words) -> (y, key, offset, words, stats): an eager Triton "
+     "launch's draw and output"},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

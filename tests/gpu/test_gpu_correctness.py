@@ -220,6 +220,38 @@ def test_generator_stream_and_manual_seed():
     assert not torch.equal(first, second)
 
 
+@pytest.mark.parametrize("hard", [False, True])
+def test_eager_fast_path_draws_from_the_default_cuda_generator(monkeypatch, hard):
+    """The repeat eager call (``function.eager_sample``: ``_C.launch_prelude`` draws the key and
+    reserves the offset on the device's default generator in C++) is the reference's sample for the
+    generator's (initial seed, offset) and advances the offset as ``rng.draw_seed_offset`` does; the
+    categorical's fast call likewise."""
+    from fused_gumbel import function, rng
+
+    x = _logits((512, 1000), FP32, seed=10).to(CUDA)
+    served = []
+    real = function.eager_sample
+    monkeypatch.setattr(function, "eager_sample", lambda *args: served.append(args[0]) or real(*args))
+    fused_gumbel.gumbel_softmax(x, 0.7, hard, backend="triton")  # cached signature from here on
+    generator = torch.cuda.default_generators[x.device.index]
+    torch.cuda.manual_seed(2**40 + 3)
+    generator.set_offset(4 * (2**33 + 1))
+    seed, offset = generator.initial_seed(), generator.get_offset()
+    y = fused_gumbel.gumbel_softmax(x, 0.7, hard, backend="triton")
+    assert len(served) == 2 and generator.get_offset() == offset + rng.CUDA_OFFSET_INCREMENT
+    y_ref = reference.gumbel_softmax(x.cpu(), 0.7, hard, -1, seed=seed, offset=offset)
+    if hard:
+        assert (y.cpu() == y_ref).all(-1).float().mean() >= MIN_AGREEMENT
+    else:
+        _assert_values_close(y, y_ref, FP32)
+    offset = generator.get_offset()
+    fused_gumbel.categorical(x, backend="triton")
+    index = fused_gumbel.categorical(x, backend="triton")
+    assert generator.get_offset() == offset + 2 * rng.CUDA_OFFSET_INCREMENT
+    expected = reference.categorical(x.cpu(), -1, seed=seed, offset=offset + rng.CUDA_OFFSET_INCREMENT)
+    assert (index.cpu() == expected).float().mean() >= MIN_AGREEMENT
+
+
 @pytest.mark.parametrize("classes", [1000, 32000])
 @pytest.mark.parametrize("dtype", [FP32, BF16, FP16], ids=str)
 def test_no_nan_at_extremes(dtype, classes):
