@@ -94,8 +94,6 @@ def graph_safe_state(device: torch.device, generator: Optional[torch.Generator] 
 
 def rank_salt() -> int:
     """This process's ``rank_key``: what sources 2 and 3 XOR into the key."""
-    if _WORLD is not None and _WORLD.default_pg is None:  # not distributed: every eager call asks
-        return 0
     return rank_key(process_rank())
 
 
